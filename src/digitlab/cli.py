@@ -1,0 +1,120 @@
+"""The `digitlab` command: a thin layer over the library. Each subcommand parses, calls, prints.
+
+Errors a user can fix (DigitlabError) print one line on stderr and exit with status 1; bad flags
+exit with status 2, as argparse does, but also in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+
+from digitlab.errors import DigitlabError
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def field_comments() -> dict[str, str]:
+    """TrainConfig's inline field comments, reused as --help text so the two never drift apart."""
+    from digitlab.config import TrainConfig
+
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, re.M)}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size, --model-args ...), all defaulting to 'not given'."""
+    from digitlab.config import config_fields
+
+    comments = field_comments()
+    group = parser.add_argument_group("recipe fields (override the preset; defaults shown are TrainConfig's)")
+    for name, type_, default in config_fields():
+        if name == "preset":
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = f"{comments.get(name, '')} (default: {default})".replace("%", "%%")
+        if type_ is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            metavar = "K=V,..." if type_ is dict else type_.__name__.upper()
+            group.add_argument(flag, dest=name, type=str, default=None, metavar=metavar, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = Parser(prog="digitlab", description="Train, compare, explain and serve digit classifiers.",
+                    formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True,
+                                                                          parser_class=Parser)
+    info = data.add_parser("info", help="sizes, classes, counts, file locations", formatter_class=fmt)
+    show = data.add_parser("show", help="a grid of samples as PNG", formatter_class=fmt)
+    for p in (info, show):
+        p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+        p.add_argument("--data-dir", default=None, help="folder with the IDX files")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("-n", type=int, default=25, help="number of images")
+    show.add_argument("-o", "--output", default="samples.png", help="PNG file to write")
+    show.add_argument("--split", default="train", choices=["train", "test"])
+    show.add_argument("--seed", type=int, default=0, help="which samples (random, seeded)")
+
+    models = sub.add_parser("models", help="list models and presets with parameter counts", formatter_class=fmt)
+    models.add_argument("--json", action="store_true")
+    summary = sub.add_parser("summary", help="layer-by-layer output shapes of a model", formatter_class=fmt)
+    summary.add_argument("model", help="model name (see `digitlab models`) or preset name")
+    summary.add_argument("--model-args", default=None, help="builder options, e.g. hidden_size=64")
+
+    train = sub.add_parser("train", help="train a model (a preset, or any --model)", formatter_class=fmt)
+    train.add_argument("--preset", default=None, help="start from a named recipe (see `digitlab models`)")
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_flags(train)
+
+    ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ev.add_argument("--data-dir", default=None)
+
+    plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt)
+    plot.add_argument("run")
+    plot.add_argument("--x", default="step", choices=["step", "epoch"], help="x axis")
+    plot.add_argument("-o", "--output", default=None, help="PNG file (default RUN/curves.png)")
+
+    pred = sub.add_parser("predict", help="predict test images or image files", formatter_class=fmt)
+    pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
+    pred.add_argument("--test-index", type=int, default=None, help="predict this test-set image")
+    pred.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    pred.add_argument("--save", default=None, help="with --test-index: save the image as PNG")
+    pred.add_argument("--top-k", type=int, default=3)
+    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--data-dir", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from digitlab import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return handler(args) or 0
+    except DigitlabError as e:
+        print(f"digitlab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("digitlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

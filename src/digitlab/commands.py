@@ -1,0 +1,238 @@
+"""What each `digitlab` subcommand does: call the library, print the result. No ML logic here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from digitlab.errors import ConfigError, RunError
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from digitlab.data import dataset_info, load_dataset
+
+    ds = load_dataset(args.dataset, args.data_dir)
+    if args.data_command == "info":
+        info = dataset_info(ds)
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{info['name']}: {info['train_size']:,} train + {info['test_size']:,} test images, "
+              f"{info['image_shape'][0]}x{info['image_shape'][1]} {info['dtype']}, "
+              f"pixel mean {info['train_pixel_mean']} std {info['train_pixel_std']} (train, in [0,1])")
+        print(f"{'class':<6}{'name':<14}{'train':>8}{'test':>8}")
+        for i, name in enumerate(info["classes"]):
+            print(f"{i:<6}{name:<14}{info['train_counts'][i]:>8,}{info['test_counts'][i]:>8,}")
+        print("files:")
+        for stem, path in info["sources"].items():
+            print(f"  {stem:<26}{path}")
+        return 0
+    from digitlab.plots import plot_grid
+
+    if args.n < 1:
+        raise ConfigError("-n must be at least 1")
+    images, labels = ds.split(args.split)
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.n]
+    titles = [ds.classes[int(labels[i])] for i in idx]
+    out = plot_grid(images[idx], titles, Path(args.output), title=f"{ds.name} {args.split}")
+    print(f"wrote {out} ({len(idx)} {ds.name} {args.split} images)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from digitlab.models import count_parameters, create_model, get_builder, list_models
+    from digitlab.presets import PRESETS
+
+    models = [{"name": n, "parameters": count_parameters(create_model(n)),
+               "description": (get_builder(n).__doc__ or "").strip()} for n in list_models()]
+    presets = [{"name": n, "model": p.config["model"], "model_args": p.config.get("model_args", {}),
+                "parameters": count_parameters(create_model(p.config["model"], **p.config.get("model_args", {}))),
+                "dataset": p.config.get("dataset", "mnist"), "epochs": p.config.get("epochs"),
+                "published": p.published, "description": p.description} for n, p in PRESETS.items()]
+    if args.json:
+        print(json.dumps({"models": models, "presets": presets}, indent=2))
+        return 0
+    print("models (default options):")
+    for m in models:
+        print(f"  {m['name']:<10}{m['parameters']:>12,} params  {m['description']}")
+    print("\npresets (digitlab train --preset NAME):")
+    for p in presets:
+        print(f"  {p['name']:<16}{p['model']:<9}{p['parameters']:>12,} params  {p['dataset']:<14}"
+              f"{p['epochs']:>3} ep  published: {p['published']}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from digitlab.config import parse_model_args
+    from digitlab.models import create_model, list_models
+    from digitlab.presets import PRESETS
+    from digitlab.summary import format_summary
+
+    name, model_args = args.model, {}
+    if name in PRESETS and name not in list_models():
+        name, model_args = PRESETS[name].config["model"], dict(PRESETS[name].config.get("model_args", {}))
+    if args.model_args:
+        model_args.update(parse_model_args(args.model_args))
+    print(format_summary(name, create_model(name, **model_args)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digitlab.config import field_types, make_config
+    from digitlab.presets import preset_config
+    from digitlab.train import resume_config, train
+
+    overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
+    if args.resume:
+        if args.preset:
+            raise ConfigError("--resume continues a run with its own recipe; drop --preset")
+        cfg = resume_config(args.resume, **overrides)
+    else:
+        preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
+        cfg = make_config(preset_config(preset) if preset else {}, **overrides)
+    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    final = result.final
+    print(f"run: {result.run_dir}")
+    print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
+          f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s; best {result.best_accuracy:.2%}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from digitlab.data import load_dataset
+    from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
+    from digitlab.plots import plot_confusion, plot_grid
+    from digitlab.runs import load_run
+
+    loaded = load_run(args.run, args.checkpoint)
+    ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
+    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization)
+    metrics = metrics_from_logits(logits, ds.test_labels)
+    mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
+    run_dir = loaded.source.parent
+    confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), run_dir / "confusion.png",
+                                   title=f"{run_dir.name} ({args.checkpoint})")
+    titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
+    mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
+                             run_dir / "misclassified.png", title="most confident mistakes (true -> predicted)")
+    report = {"run": str(run_dir), "checkpoint": args.checkpoint, "model": loaded.model_name,
+              "dataset": ds.name, **metrics, "misclassified": mistakes,
+              "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{run_dir} [{args.checkpoint}] {loaded.model_name} on {ds.name}: test accuracy "
+          f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images)")
+    print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
+    for i, name in enumerate(ds.classes):
+        errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
+        print(f"{i} {name:<14}{metrics['per_class_accuracy'][i]:>9.2%}{errors:>8}")
+    print(f"wrote {confusion_png} and {mistakes_png}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from digitlab.plots import plot_curves
+    from digitlab.runs import read_metrics
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise RunError(f"{run} is not a run folder")
+    history = read_metrics(run)
+    if not history:
+        raise RunError(f"{run}/metrics.csv has no rows yet")
+    out = plot_curves(history, Path(args.output) if args.output else run / "curves.png", title=run.name, x=args.x)
+    print(f"wrote {out} ({len(history)} evaluations)")
+    return 0
+
+
+def ascii_image(image: torch.Tensor) -> str:
+    """A 28x28 uint8 image as 28 lines of characters, dark to bright."""
+    ramp = " .:-=+*#%@"
+    return "\n".join("".join(ramp[int(v) * (len(ramp) - 1) // 255] * 2 for v in row) for row in image)
+
+
+def split_run_and_files(inputs: list[str]) -> tuple[str | None, list[str]]:
+    """The first input is a run if it is a folder with config.json or a .safetensors file."""
+    if inputs:
+        first = Path(inputs[0])
+        if (first.is_dir() and (first / "config.json").exists()) or first.suffix == ".safetensors":
+            return inputs[0], inputs[1:]
+    return None, list(inputs)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from digitlab.predict import Predictor
+
+    run, files = split_run_and_files(args.inputs)
+    if args.test_index is None and not files:
+        raise ConfigError("give image files or folders to predict, or --test-index I")
+    predictor = Predictor.from_run(run, args.checkpoint)
+    if args.test_index is not None:
+        return predict_test_image(predictor, args)
+    return predict_files(predictor, files, args)
+
+
+def predict_test_image(predictor, args: argparse.Namespace) -> int:
+    from digitlab.data import load_dataset
+
+    ds = load_dataset(predictor.loaded.dataset, args.data_dir, progress=False)
+    n = ds.test_images.shape[0]
+    if not 0 <= args.test_index < n:
+        raise ConfigError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
+    image, label = ds.test_images[args.test_index], int(ds.test_labels[args.test_index])
+    with torch.inference_mode():
+        from digitlab.normalize import normalize
+
+        logits = predictor.model(normalize(image[None], predictor.loaded.normalization)).float()[0]
+    pred = predictor.describe_probs(logits.softmax(0), args.top_k)
+    if args.save:
+        from PIL import Image
+
+        Image.fromarray(image.numpy()).save(args.save)
+    if args.json:
+        print(json.dumps({"test_index": args.test_index, "true": label, "logits": logits.tolist(), **pred.to_dict()}))
+        return 0
+    print(ascii_image(image))
+    print(f"test image {args.test_index}: true {label} ({ds.classes[label]})")
+    print(f"{'class':<16}{'logit':>9}{'prob':>9}")
+    for i, name in enumerate(ds.classes):
+        marker = " <" if i == pred.label else ""
+        print(f"{i} {name:<14}{logits[i].item():>9.3f}{pred.probabilities[i]:>9.2%}{marker}")
+    verdict = "right" if pred.label == label else "wrong"
+    print(f"predicted {pred.label} ({pred.class_name}) with {pred.probability:.2%}: {verdict}")
+    if args.save:
+        print(f"saved {args.save}")
+    return 0
+
+
+def predict_files(predictor, files: list[str], args: argparse.Namespace) -> int:
+    from digitlab.errors import DigitlabError
+
+    failed = 0
+    for path in expand_inputs(files):
+        try:
+            pred = predictor.predict(str(path), top_k=args.top_k)[0]
+        except DigitlabError as e:
+            failed += 1
+            print(json.dumps({"file": str(path), "error": str(e)}) if args.json else f"{path}: error: {e}",
+                  file=sys.stdout if args.json else sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": str(path), **pred.to_dict()}))
+        else:
+            top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
+            print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}")
+    return 1 if failed else 0
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; a folder means every file in it, sorted."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        out += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return out

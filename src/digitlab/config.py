@@ -1,0 +1,179 @@
+"""TrainConfig: every knob of a training run in one flat dataclass, saved as the run's config.json.
+
+A preset (presets.py) is a partial TrainConfig; CLI flags override fields by name. Unknown keys and
+values of the wrong type or range are a ConfigError that says which field and what it accepts.
+"""
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+from digitlab.errors import ConfigError
+from digitlab.normalize import NORMALIZATIONS
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
+SCHEDULES = ("constant", "step", "onecycle", "cosine")
+AUGMENTATIONS = ("none", "affine", "affine+elastic")
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train
+    preset: str | None = None  # the preset these values started from (informational)
+    dataset: str = "mnist"  # mnist | fashion-mnist
+    data_dir: str | None = None  # folder holding the IDX files; default: the search order in data.py
+    model: str = "cnn"  # any name from `digitlab models`
+    model_args: dict = field(default_factory=dict)  # builder options, e.g. {"hidden_size": 128}
+    normalization: str = "standard"  # none | unit ([0,1]) | standard (MNIST mean/std) | symmetric ([-1,1])
+    # --- optimisation
+    optimizer: str = "adamw"  # sgd | adam | adamw | adadelta | rmsprop
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.0  # SGD/RMSprop momentum; 0.9 is the usual alternative
+    nesterov: bool = False  # Nesterov momentum (SGD only)
+    weight_decay: float = 0.0  # L2 (SGD/Adam) or decoupled (AdamW) weight decay
+    schedule: str = "constant"  # constant | step (x gamma every step_epochs) | onecycle | cosine
+    step_epochs: int = 1  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    warmup: float = 0.2  # onecycle: fraction of training spent rising to the peak lr
+    label_smoothing: float = 0.0  # cross-entropy label smoothing; 0.1 helps the bigger nets
+    batch_size: int = 64  # global batch size (split across ranks under torchrun)
+    epochs: int = 1  # passes over the training set
+    augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic
+    ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
+    # --- evaluation and logging
+    eval_every: int = 0  # also evaluate on the full test set every N steps; 0: only at epoch end
+    log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
+    eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
+    tta: bool = False  # test-time augmentation at evaluation (average over small shifts)
+    target_accuracy: float = 0.0  # stop as soon as test accuracy reaches this (0: never)
+    max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
+    # --- machine
+    seed: int = 0  # seeds python, numpy and torch; also fixes the data order of every epoch
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
+    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where it does not pay)
+    channels_last: bool = True  # channels_last memory format for conv nets on CUDA
+    compile: bool = False  # torch.compile the model (worth it for long CUDA runs)
+    out: str | None = None  # run folder; default runs/<time>-<name>
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and choices; returns self so calls chain."""
+        from digitlab.data import DATASETS
+        from digitlab.models import list_models
+
+        choices = {"dataset": tuple(DATASETS), "normalization": tuple(NORMALIZATIONS),
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
+                   "model": tuple(list_models())}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} {getattr(self, key)!r} is not one of: {', '.join(allowed)}")
+        positive = ("lr", "batch_size", "epochs", "eval_batch_size", "step_epochs", "log_every")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
+        non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema")
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)!r}")
+        unit = ("label_smoothing", "target_accuracy", "warmup", "ema", "gamma")
+        for key in unit:
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
+        if self.ema >= 1:
+            raise ConfigError("ema must be below 1")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def field_types() -> dict[str, type]:
+    """Field name -> the concrete type a value must have (Optional[X] gives X)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = args[0]
+        out[name] = typing.get_origin(hint) or hint
+    return out
+
+
+def coerce(key: str, value, expected: type):
+    """Check (and for CLI strings, convert) one value; ints are accepted where floats are."""
+    if value is None:
+        return None
+    if isinstance(value, str) and expected is not str:
+        try:
+            if expected is bool:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if expected is dict:
+                return parse_model_args(value)
+            return expected(value)
+        except ValueError:
+            raise ConfigError(f"{key} expects {expected.__name__}, got {value!r}") from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} expects {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_model_args(text: str) -> dict:
+    """'hidden_size=128,num_layers=2' or a JSON object -> dict with JSON-typed values."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"model_args: invalid JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise ConfigError("model_args must be a JSON object")
+        return value
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"model_args: expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def make_config(base: dict | None = None, **overrides) -> TrainConfig:
+    """A validated TrainConfig from a base dict (a preset or a saved config) plus overrides."""
+    types_ = field_types()
+    merged = dict(base or {})
+    merged.update(overrides)
+    unknown = set(merged) - set(types_)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    values = {k: coerce(k, v, types_[k]) for k, v in merged.items()}
+    base_model = (base or {}).get("model")
+    if "model" in overrides and overrides["model"] != base_model and "model_args" not in overrides:
+        values.pop("model_args", None)  # a preset's model options do not carry over to another model
+    return TrainConfig(**values).validate()
+
+
+def config_from_json(text: str) -> TrainConfig:
+    """Rebuild a TrainConfig from a run's config.json; unknown keys are an error, not ignored."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config.json is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    return make_config(data)
+
+
+def config_fields() -> list[tuple[str, type, object]]:
+    """(name, type, default) of every field, for building CLI flags."""
+    types_ = field_types()
+    defaults = TrainConfig()
+    return [(f.name, types_[f.name], getattr(defaults, f.name)) for f in fields(TrainConfig)]

@@ -1,0 +1,267 @@
+"""Datasets: read MNIST and Fashion-MNIST from their IDX files, verified, into uint8 tensors.
+
+A dataset is held in memory as a uint8 tensor (N, 28, 28) plus int64 labels (N,), so batches are
+index slices and no per-sample Python runs while training. The four files of a dataset are looked
+for in this order, and the first folder that has a file wins for that file:
+
+1. ``data_dir`` argument, or the ``DIGITLAB_DATA`` environment variable
+2. the repository's ``data/<name>/`` folder (MNIST ships there, so the default job works offline)
+3. the user cache, ``~/.cache/digitlab/<name>/``
+4. the system dataset folder ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``)
+5. otherwise the file is downloaded from the public mirrors into the user cache
+
+Every file is checked against the MD5 of its uncompressed content before use.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digitlab.errors import DataError
+
+REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What distinguishes one dataset from another: where it lives, what its classes are."""
+
+    name: str
+    classes: tuple[str, ...]
+    md5: dict[str, str]  # file stem -> MD5 of the uncompressed bytes
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        classes=tuple(str(i) for i in range(10)),
+        md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+}
+
+
+@dataclass
+class Dataset:
+    """One dataset in memory: uint8 images (N, 28, 28) and int64 labels, for train and test."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    sources: dict[str, str] = field(default_factory=dict)  # file stem -> path it was read from
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (images, labels) pair of the 'train' or 'test' split."""
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise DataError(f"unknown split {name!r}; choose 'train' or 'test'")
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of a dataset by name, or a clear error listing the known names."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def cache_dir() -> Path:
+    """The per-user folder where downloaded datasets are kept."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digitlab"
+
+
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders searched for a dataset's files, in order (see the module docstring)."""
+    dirs: list[Path] = []
+    explicit = data_dir or os.environ.get("DIGITLAB_DATA")
+    if explicit:
+        root = Path(explicit).expanduser()
+        # Accept both the dataset folder itself and a parent holding one folder per dataset.
+        dirs += [root / name, root]
+    dirs += [REPO_DATA_DIR / name, cache_dir() / name, SYSTEM_DATA_DIR / name]
+    return dirs
+
+
+def find_file(stem: str, dirs: list[Path]) -> Path | None:
+    """The first `stem` or `stem.gz` found in `dirs`, or None."""
+    for d in dirs:
+        for candidate in (d / f"{stem}.gz", d / stem):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_bytes(path: Path) -> bytes:
+    """The uncompressed content of an IDX file, gzipped or not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot be read ({e}); delete it and let digitlab fetch it again") from e
+
+
+def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes (uint8 payload) into an array whose shape comes from the header."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{source}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{source}: IDX header is truncated")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(f"{source}: has {len(raw)} bytes but its header promises {expected}; "
+                        "the file is truncated or corrupted")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def download(spec: DatasetSpec, stem: str, dest_dir: Path, progress: bool = True) -> Path:
+    """Fetch `stem.gz` from the first mirror that answers into `dest_dir`, atomically."""
+    from tqdm import tqdm
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{stem}.gz"
+    errors = []
+    for base in spec.mirrors:
+        url = base + f"{stem}.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tmp")
+                with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
+                                                       desc=f"{stem}.gz", disable=not progress) as bar:
+                    while chunk := response.read(1 << 16):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            os.replace(tmp, dest)
+            return dest
+        except OSError as e:
+            errors.append(f"{url}: {e}")
+    raise DataError(f"could not download {stem}.gz for {spec.name}: " + "; ".join(errors))
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, download_missing: bool = True,
+           progress: bool = True) -> dict[str, Path]:
+    """Paths of the four files of a dataset, downloading the missing ones into the user cache."""
+    spec = get_spec(name)
+    dirs = search_dirs(name, data_dir)
+    paths: dict[str, Path] = {}
+    for stem in spec.md5:
+        path = find_file(stem, dirs)
+        if path is None and download_missing:
+            try:
+                path = download(spec, stem, cache_dir() / name, progress=progress)
+            except DataError as e:
+                raise DataError(f"{stem} for {name} was not found in {', '.join(map(str, dirs))} "
+                                f"and {e}. Put the four IDX files in one of those folders or pass "
+                                "--data-dir.") from None
+        if path is None:
+            raise DataError(f"{stem} for {name} was not found in {', '.join(map(str, dirs))}")
+        paths[stem] = path
+    return paths
+
+
+def read_verified(path: Path, expected_md5: str) -> np.ndarray:
+    """Read one IDX file, refusing it unless its uncompressed MD5 is the published one."""
+    raw = read_bytes(path)
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != expected_md5:
+        raise DataError(f"{path}: checksum mismatch (MD5 {digest}, expected {expected_md5}); the file "
+                        "is truncated or corrupted. Delete it so digitlab can fetch it again, or replace "
+                        "it with the original")
+    return parse_idx(raw, str(path))
+
+
+_CACHE: dict[tuple[str, tuple[str, ...]], Dataset] = {}
+
+
+def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> Dataset:
+    """Load a dataset (train and test) as uint8 image tensors and int64 labels."""
+    spec = get_spec(name)
+    paths = locate(name, data_dir, progress=progress)
+    key = (name, tuple(str(p) for p in paths.values()))
+    if key in _CACHE:  # reading and hashing 55 MB costs about a second; do it once per process
+        return _CACHE[key]
+    arrays = {stem: read_verified(path, spec.md5[stem]) for stem, path in paths.items()}
+    tensors = {stem: torch.from_numpy(a.copy()) for stem, a in arrays.items()}
+    ds = Dataset(
+        name=name,
+        classes=spec.classes,
+        train_images=tensors["train-images-idx3-ubyte"],
+        train_labels=tensors["train-labels-idx1-ubyte"].long(),
+        test_images=tensors["t10k-images-idx3-ubyte"],
+        test_labels=tensors["t10k-labels-idx1-ubyte"].long(),
+        sources={stem: str(p.resolve()) for stem, p in paths.items()},
+    )
+    for split in ("train", "test"):
+        images, labels = ds.split(split)
+        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+            raise DataError(f"{name} {split}: {tuple(images.shape)} images for {labels.shape[0]} labels")
+    _CACHE[key] = ds
+    return ds
+
+
+def dataset_info(ds: Dataset) -> dict:
+    """Plain-data description of a loaded dataset: sizes, shape, classes, counts, sources."""
+    def counts(labels: torch.Tensor) -> list[int]:
+        return torch.bincount(labels, minlength=len(ds.classes)).tolist()
+
+    return {
+        "name": ds.name,
+        "train_size": int(ds.train_images.shape[0]),
+        "test_size": int(ds.test_images.shape[0]),
+        "image_shape": list(ds.train_images.shape[1:]),
+        "dtype": str(ds.train_images.dtype).replace("torch.", ""),
+        "classes": list(ds.classes),
+        "train_counts": counts(ds.train_labels),
+        "test_counts": counts(ds.test_labels),
+        "train_pixel_mean": round(ds.train_images.float().mean().item() / 255, 4),
+        "train_pixel_std": round(ds.train_images.float().std().item() / 255, 4),
+        "sources": ds.sources,
+    }
+

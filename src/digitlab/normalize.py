@@ -1,0 +1,27 @@
+"""Pixel normalisation: the one place uint8 images become model input.
+
+Normalisation is part of a recipe and is saved with every run, so training, evaluation, prediction,
+export and the web page all feed a model exactly what it was trained on.
+"""
+from __future__ import annotations
+
+import torch
+
+MNIST_MEAN = 0.1307  # mean pixel of MNIST's training set, in [0, 1]
+MNIST_STD = 0.3081  # its standard deviation
+
+# name -> (shift, scale): model input = (pixels / 255 - shift) / scale
+NORMALIZATIONS: dict[str, tuple[float, float]] = {
+    "none": (0.0, 1 / 255),  # raw 0..255 values as floats
+    "unit": (0.0, 1.0),  # pixels in [0, 1]
+    "standard": (MNIST_MEAN, MNIST_STD),  # zero mean, unit variance over MNIST
+    "symmetric": (0.5, 0.5),  # (x - 0.5) / 0.5, pixels in [-1, 1]
+}
+
+
+def normalize(images: torch.Tensor, kind: str = "standard", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28), on the images' device."""
+    shift, scale = NORMALIZATIONS[kind]
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return images.to(dtype).div_(255.0).sub_(shift).div_(scale)

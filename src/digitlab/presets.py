@@ -1,0 +1,74 @@
+"""Named recipes: each preset fixes model, options, dataset, scaling, optimiser, schedule, batch and epochs.
+
+A preset is a partial TrainConfig (a plain dict, like minGPT's model_type table); any CLI flag
+overrides any field. `published` is the figure the recipe's source reports, for comparison.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from digitlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    published: str
+    config: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        "digitlab's quick start: DigitNet w16, AdamW one-cycle, 2 epochs",
+        "(digitlab's own; see README)",
+        dict(model="digitnet", model_args={"width": 16}, normalization="standard", optimizer="adamw",
+             lr=4e-3, weight_decay=5e-4, schedule="onecycle", warmup=0.25, label_smoothing=0.1,
+             batch_size=128, epochs=2),
+    ),
+    "lstm-64": Preset(
+        "LSTM 64 hidden over image rows, Adam 0.01, one epoch, test curves every 100 steps",
+        "curves over the epoch",
+        dict(model="lstm", model_args={"hidden_size": 64, "num_layers": 1}, normalization="unit",
+             optimizer="adam", lr=0.01, batch_size=64, epochs=1, eval_every=100),
+    ),
+    "lstm-2x128": Preset(
+        "2-layer LSTM 128 hidden over image rows, Adam 1e-3, batch 100, 30 epochs",
+        "99.08% test",
+        dict(model="lstm", model_args={"hidden_size": 128, "num_layers": 2}, normalization="unit",
+             optimizer="adam", lr=1e-3, batch_size=100, epochs=30),
+    ),
+    "cnn-bn": Preset(
+        "CNN with BatchNorm and dropout, plain SGD 0.01, batch 64, 50 epochs",
+        "about 99.1%",
+        dict(model="cnn", normalization="unit", optimizer="sgd", lr=0.01, batch_size=64, epochs=50),
+    ),
+    "alexnet": Preset(
+        "AlexNet adapted to 28x28, plain SGD 0.01, batch 64, 50 epochs",
+        "about 99.1%",
+        dict(model="alexnet", normalization="unit", optimizer="sgd", lr=0.01, batch_size=64, epochs=50),
+    ),
+    "lenet5-fashion": Preset(
+        "LeNet-5 (sigmoid, avg pool, Xavier init) on Fashion-MNIST, SGD 0.9, batch 256, 10 epochs",
+        "(measure it)",
+        dict(model="lenet5", model_args={"activation": "sigmoid", "pool": "avg"}, dataset="fashion-mnist",
+             normalization="unit", optimizer="sgd", lr=0.9, batch_size=256, epochs=10),
+    ),
+    "mlp-bn": Preset(
+        "MLP 784-300-100-10 with BatchNorm, SGD 0.01 momentum 0.5, lr x0.1 every 5 epochs, 20 epochs",
+        "(measure it)",
+        dict(model="mlp", normalization="symmetric", optimizer="sgd", lr=0.01, momentum=0.5,
+             schedule="step", step_epochs=5, gamma=0.1, batch_size=64, epochs=20),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """A preset by name, or a clear error listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_config(name: str) -> dict:
+    """The preset's fields as a fresh dict, tagged with its name."""
+    return {"preset": name, **get_preset(name).config}
