@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--data-dir", default=None)
+
+    serve = sub.add_parser("serve", help="web page and REST API: draw a digit, see the probabilities",
+                           formatter_class=fmt)
+    serve.add_argument("run", nargs="?", default=None, help="run folder or .safetensors file; none: shipped model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    serve.add_argument("--threads", type=int, default=1, help="CPU threads torch uses per prediction")
     return parser
 
 

@@ -236,3 +236,25 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         path = Path(item)
         out += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from digitlab.errors import DigitlabError
+    from digitlab.predict import Predictor
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        from digitlab.serve import run_server
+    except ImportError as e:
+        raise DigitlabError(f"digitlab serve needs the web extra ({e.name} is missing): "
+                            "pip install 'digitlab[web]'") from None
+    predictor = Predictor.from_run(args.run, args.checkpoint)  # loaded once, before the server starts
+    info = predictor.describe()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}) on http://{host}:{args.port} "
+          "(Ctrl+C to stop)", flush=True)
+    run_server(predictor, args.host, args.port, threads=args.threads)
+    return 0

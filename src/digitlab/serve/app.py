@@ -1,0 +1,214 @@
+"""The REST API and the drawing page: `create_app(predictor)` returns a FastAPI app.
+
+    GET  /             the drawing page (static/index.html, with style.css and app.js under /static)
+    POST /api/predict  an image file (multipart field `file`), or JSON {"pixels": 28 rows of 28 numbers 0..255,
+                       bright ink on black}; answers label, ten probabilities and the 28x28 image the model saw
+    GET  /api/model    what is loaded
+    GET  /healthz      {"status": "ok"}
+    GET  /docs         OpenAPI docs (FastAPI's)
+
+The routes hold no ML code: pixels go through digitlab.preprocess (the functions training data and the CLI use),
+then through the Predictor, which is loaded once, outside, and shared. Preprocessing and inference run in worker
+threads under a time limit, the model under a lock. Every refusal is a 4xx JSON error {"detail": "..."}.
+"""
+from __future__ import annotations
+
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import anyio
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+
+from digitlab.errors import DigitlabError, ImageError
+from digitlab.predict import Predictor
+from digitlab.preprocess import canvas_to_mnist, load_image, to_mnist
+from digitlab.serve.limits import BodySizeLimit, Limits, check_image_header
+
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+Pixel = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: "7" and true are refused
+Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+
+
+class PixelsRequest(BaseModel):
+    """A 28x28 grid, bright ink (255) on black (0), e.g. a drawing canvas scaled down to 28x28."""
+
+    model_config = ConfigDict(extra="forbid")
+    pixels: Annotated[list[Row], Field(min_length=28, max_length=28, description="28 rows of 28 numbers in 0..255")]
+
+
+class PredictResponse(BaseModel):
+    label: int = Field(description="index of the most probable class")
+    class_name: str
+    probability: float = Field(description="probability of `label`")
+    probabilities: list[float] = Field(description="one probability per class, summing to 1")
+    preprocessed: list[list[int]] = Field(description="the 28x28 uint8 image the model saw")
+    model: dict[str, Any] = Field(description="what is loaded, as GET /api/model")
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "an image of one digit"}}}},
+    "application/json": {"schema": PixelsRequest.model_json_schema()},
+}}}
+
+
+def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
+    """The web app around one loaded predictor."""
+    app = FastAPI(title="digitlab", summary="Handwritten-digit classifier: draw a digit or upload an image.",
+                  version=_version())
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    add_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    page = (STATIC / "index.html").read_text()
+    model_info = predictor.describe()
+    model_lock = threading.Lock()  # one inference at a time on the shared model
+    limiter = anyio.CapacityLimiter(limits.workers)
+
+    def infer(prepare: Callable[[], np.ndarray]) -> dict:
+        image = prepare()
+        with model_lock:
+            probs = predictor.probabilities(torch.from_numpy(image)[None])[0]
+        pred = predictor.describe_probs(probs)
+        return {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
+                "probabilities": pred.probabilities, "preprocessed": image.tolist(), "model": model_info}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/model")
+    def model() -> dict:
+        """The loaded model: name, builder options, normalisation, dataset, class names, test accuracy."""
+        return model_info
+
+    @app.post("/api/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY, responses={
+        400: {"description": "empty or unreadable file"}, 408: {"description": "body sent too slowly"},
+        413: {"description": "body or image too large"}, 415: {"description": "not an image, or wrong body type"},
+        422: {"description": "pixels of the wrong shape or range, or no digit"},
+        503: {"description": "took too long"}})
+    async def predict(request: Request) -> dict:
+        """Predict one digit: an uploaded image (multipart field `file`) or 28x28 canvas pixels as JSON."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("multipart/form-data", "application/json"):
+            raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
+                                     f"application/json, not {kind or 'a body without Content-Type'}")
+        body = await read_body(request, limits.read_timeout_s)
+        if kind == "application/json":
+            prepare = partial(prepare_pixels, parse_pixels(body))
+        else:
+            data = await read_upload(request)
+            check_image_header(data, limits.max_image_side)
+            prepare = partial(prepare_upload, data, limits.max_image_side)
+        try:
+            with anyio.fail_after(limits.inference_timeout_s):
+                return await anyio.to_thread.run_sync(infer, prepare, limiter=limiter, abandon_on_cancel=True)
+        except TimeoutError:
+            raise HTTPException(503, f"the prediction took longer than {limits.inference_timeout_s:g} s") from None
+
+    return app
+
+
+async def read_body(request: Request, timeout_s: float) -> bytes:
+    """The whole body (BodySizeLimit caps its size), within `timeout_s`."""
+    try:
+        with anyio.fail_after(timeout_s):
+            return await request.body()
+    except TimeoutError:
+        raise HTTPException(408, f"the request body took longer than {timeout_s:g} s to arrive") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before sending the whole body") from None
+
+
+async def read_upload(request: Request) -> bytes:
+    """The bytes of the multipart field `file` (the body is already read and size-checked)."""
+    form = await request.form(max_files=1, max_fields=8)
+    try:
+        upload = form.get("file")
+        if upload is None:
+            raise HTTPException(400, "the multipart body has no 'file' field; send the image as file=@digit.png")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "the 'file' field must be an uploaded file, not a text value")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def parse_pixels(body: bytes) -> np.ndarray:
+    """JSON {"pixels": 28x28} -> float32 array, or a 422 naming the first problem."""
+    try:
+        return np.asarray(PixelsRequest.model_validate_json(body).pixels, dtype=np.float32)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False, include_input=False))
+
+
+def prepare_pixels(pixels: np.ndarray) -> np.ndarray:
+    try:
+        return canvas_to_mnist(pixels)
+    except ImageError as e:
+        raise HTTPException(422, str(e)) from None
+
+
+def prepare_upload(data: bytes, max_side: int) -> np.ndarray:
+    try:
+        image = load_image(data, max_side)
+    except ImageError as e:
+        raise HTTPException(400, str(e)) from None
+    try:
+        return to_mnist(image, max_side=max_side)
+    except ImageError as e:
+        raise HTTPException(422, str(e)) from None
+
+
+def describe_errors(errors: list[dict]) -> str:
+    """Pydantic errors as one line: 'pixels[0][3]: Input should be a finite number'."""
+    def where(loc) -> str:
+        parts = [p for p in loc if p != "body"]
+        return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
+
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where(first.get('loc', ())) or 'body'}: {first.get('msg', 'invalid')}{more}"
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """One JSON shape for every error, {"detail": "..."}, and never a traceback in a response."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": describe_errors(errors), "errors": errors}, status_code=422)
+
+    @app.exception_handler(DigitlabError)
+    async def user_error(_request: Request, exc: DigitlabError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def crash(_request: Request, _exc: Exception) -> JSONResponse:  # the server still logs the traceback
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _version() -> str:
+    from digitlab import __version__
+
+    return __version__

@@ -1,0 +1,220 @@
+// digitlab's drawing page: draw on a canvas, send it as 28x28 pixels to POST /api/predict, show the answer.
+// The page only scales the drawing down (10x10 block averages); all preprocessing happens on the server,
+// in the same functions the CLI and the Python API use.
+"use strict";
+
+const SIDE = 28;            // the API takes 28x28 pixels, bright ink on black
+const STROKE = 20;          // pen width in canvas pixels (the canvas is 280x280, so 2 px at 28x28, like MNIST)
+const THROTTLE_MS = 150;    // at most one prediction request per this interval while drawing
+
+const canvas = document.getElementById("canvas");
+const ctx = canvas.getContext("2d", { willReadFrequently: true });
+const preview = document.getElementById("preview");
+const previewCtx = preview.getContext("2d");
+const predictionEl = document.getElementById("prediction");
+const confidenceEl = document.getElementById("confidence");
+const barsEl = document.getElementById("bars");
+const errorEl = document.getElementById("error");
+const hintEl = document.getElementById("hint");
+
+let classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+let drawing = false;
+let hasInk = false;
+let last = null;            // last pointer position while drawing, in canvas pixels
+let lastSent = 0;
+let inFlight = false;
+let queued = false;
+let generation = 0;         // bumped by Clear, so answers about an old drawing are dropped
+
+// ---- drawing
+
+function clearCanvas() {
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+}
+
+function position(event) {
+  const rect = canvas.getBoundingClientRect();
+  return {
+    x: (event.clientX - rect.left) * (canvas.width / rect.width),
+    y: (event.clientY - rect.top) * (canvas.height / rect.height),
+  };
+}
+
+function strokeTo(p) {
+  ctx.strokeStyle = "#fff";
+  ctx.fillStyle = "#fff";
+  ctx.lineWidth = STROKE;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  if (!last) {  // a dot where the stroke starts, so a tap leaves a mark
+    ctx.beginPath();
+    ctx.arc(p.x, p.y, STROKE / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  } else {
+    ctx.beginPath();
+    ctx.moveTo(last.x, last.y);
+    ctx.lineTo(p.x, p.y);
+    ctx.stroke();
+  }
+  last = p;
+  hasInk = true;
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  canvas.setPointerCapture(event.pointerId);
+  drawing = true;
+  last = null;
+  strokeTo(position(event));
+  hintEl.textContent = "Keep drawing, or Clear to start again";
+});
+
+canvas.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  event.preventDefault();
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  for (const e of (events.length ? events : [event])) strokeTo(position(e));
+  if (performance.now() - lastSent >= THROTTLE_MS) requestPrediction();
+});
+
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  last = null;
+  requestPrediction();
+}
+canvas.addEventListener("pointerup", endStroke);
+canvas.addEventListener("pointercancel", endStroke);
+
+// ---- talking to the API
+
+function canvasPixels() {
+  // Average each (scale x scale) block of the red channel: the canvas at 28x28, as plain numbers 0..255.
+  const scale = canvas.width / SIDE;
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  const rows = [];
+  for (let r = 0; r < SIDE; r++) {
+    const row = [];
+    for (let c = 0; c < SIDE; c++) {
+      let sum = 0;
+      for (let y = r * scale; y < (r + 1) * scale; y++) {
+        for (let x = c * scale; x < (c + 1) * scale; x++) sum += data[(y * canvas.width + x) * 4];
+      }
+      row.push(Math.round(sum / (scale * scale)));
+    }
+    rows.push(row);
+  }
+  return rows;
+}
+
+async function requestPrediction() {
+  if (!hasInk) return;
+  if (inFlight) { queued = true; return; }
+  inFlight = true;
+  queued = false;
+  lastSent = performance.now();
+  const sentFor = generation;
+  try {
+    const response = await fetch("/api/predict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pixels: canvasPixels() }),
+    });
+    const answer = await response.json();
+    if (sentFor !== generation) return;
+    if (response.ok) showPrediction(answer);
+    else showError(response.status === 422 ? "No digit yet: keep drawing" : answer.detail);
+  } catch (err) {
+    if (sentFor === generation) showError("The server did not answer (" + err.message + ")");
+  } finally {
+    inFlight = false;
+    if (queued) requestPrediction();
+  }
+}
+
+// ---- showing the answer
+
+function buildBars() {
+  barsEl.replaceChildren();
+  classes.forEach((name, i) => {
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.dataset.class = String(i);
+    bar.innerHTML = '<span class="name"></span><div class="track"><div class="fill"></div></div>' +
+      '<span class="pct">0%</span>';
+    bar.querySelector(".name").textContent = name;
+    bar.title = name;
+    barsEl.appendChild(bar);
+  });
+}
+
+function showPrediction(answer) {
+  errorEl.textContent = "";
+  predictionEl.textContent = classes.every((c) => c.length === 1) ? String(answer.label) : answer.class_name;
+  predictionEl.dataset.label = String(answer.label);
+  confidenceEl.textContent = (100 * answer.probability).toFixed(1) + "% sure";
+  answer.probabilities.forEach((p, i) => {
+    const bar = barsEl.querySelector(`[data-class="${i}"]`);
+    if (!bar) return;
+    bar.classList.toggle("top", i === answer.label);
+    bar.querySelector(".fill").style.width = (100 * p).toFixed(1) + "%";
+    bar.querySelector(".pct").textContent = (100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1) + "%";
+  });
+  drawPreview(answer.preprocessed);
+}
+
+function drawPreview(pixels) {
+  const image = previewCtx.createImageData(SIDE, SIDE);
+  pixels.forEach((row, r) => row.forEach((v, c) => {
+    const k = (r * SIDE + c) * 4;
+    image.data[k] = image.data[k + 1] = image.data[k + 2] = v;
+    image.data[k + 3] = 255;
+  }));
+  previewCtx.putImageData(image, 0, 0);
+}
+
+function showError(message) {
+  errorEl.textContent = message || "Something went wrong";
+}
+
+function reset() {
+  generation++;
+  hasInk = false;
+  queued = false;
+  clearCanvas();
+  previewCtx.fillStyle = "#000";
+  previewCtx.fillRect(0, 0, SIDE, SIDE);
+  predictionEl.textContent = "–";
+  delete predictionEl.dataset.label;
+  confidenceEl.innerHTML = "&nbsp;";
+  errorEl.textContent = "";
+  hintEl.textContent = "Draw one digit, large and centred";
+  barsEl.querySelectorAll(".bar").forEach((bar) => {
+    bar.classList.remove("top");
+    bar.querySelector(".fill").style.width = "0";
+    bar.querySelector(".pct").textContent = "0%";
+  });
+}
+
+document.getElementById("clear").addEventListener("click", reset);
+
+async function loadModel() {
+  const el = document.getElementById("model");
+  try {
+    const model = await (await fetch("/api/model")).json();
+    if (Array.isArray(model.classes) && model.classes.length) {
+      classes = model.classes.map(String);
+      buildBars();
+    }
+    const accuracy = typeof model.test_accuracy === "number"
+      ? ` · ${(100 * model.test_accuracy).toFixed(2)}% test accuracy` : "";
+    el.textContent = `model: ${model.name} on ${model.dataset}${accuracy}`;
+  } catch (err) {
+    el.textContent = "model: unknown";
+  }
+}
+
+buildBars();
+reset();
+loadModel();
