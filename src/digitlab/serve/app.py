@@ -185,6 +185,7 @@ def describe_errors(errors: list[dict]) -> str:
         parts = [p for p in loc if p != "body"]
         return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
 
+    errors = sorted(errors, key=lambda e: e.get("type") != "missing")  # "pixels: Field required" says the most
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where(first.get('loc', ())) or 'body'}: {first.get('msg', 'invalid')}{more}"
