@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from digitlab import distributed as dist
-from digitlab.checkpoint import load_training_checkpoint, save_checkpoint, save_weights
+from digitlab.augment import augment
+from digitlab.checkpoint import has_checkpoint, load_training_checkpoint, save_checkpoint, save_weights
 from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
 from digitlab.device import pick_device, rng_state, set_rng_state, set_seed
@@ -53,6 +54,17 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+def rank_shard(num_examples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's data order for one epoch: every world_size-th index of the epoch's permutation.
+
+    The permutation is cut to a multiple of world_size so all ranks run the same number of steps. With a
+    per-rank batch b = B / world_size, step i of the ranks together takes exactly perm[i*B:(i+1)*B], the
+    batch one process with batch size B takes at step i.
+    """
+    n = (num_examples // world_size) * world_size
+    return epoch_permutation(num_examples, seed, epoch)[:n][rank::world_size]
+
+
 def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext) -> Path:
     """Create (rank 0) and share the run folder; fail before training if it cannot be written."""
     run_dir = None
@@ -83,8 +95,13 @@ def sharded_eval(model, images, labels, cfg: TrainConfig, ctx: dist.DistContext,
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
 
 
+def log_line(text: str) -> None:
+    """Print and flush, so an epoch line reaches a log file the moment it is written."""
+    print(text, flush=True)
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-          progress: bool = True, log=print) -> TrainResult:
+          progress: bool = True, log=log_line) -> TrainResult:
     """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint."""
     cfg.validate()
     ctx = dist.context_from_env()
@@ -116,8 +133,14 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     start_epoch, step, history, best_acc = 0, 0, [], -1.0
-    if resume:
+    if resume and not has_checkpoint(run_dir, "last"):
+        log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
+    elif resume:
+        if not ctx.is_main:
+            dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
         weights, _meta, state = load_training_checkpoint(run_dir, "last")
+        if ctx.is_main:
+            dist.barrier()
         model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
@@ -156,15 +179,16 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
                "images_per_s": round(sums[2].item() / max(step_s, 1e-9), 1),
                "data_fraction": round(data_s / max(step_s, 1e-9), 4)}
         history.append(row)
+        improved = test_acc > best_acc  # test_acc is reduced over ranks, so every rank agrees
+        best_acc = max(best_acc, test_acc)
         if ctx.is_main:
-            if test_acc > best_acc:
-                best_acc = test_acc
+            if improved:
                 save_weights(run_dir / "best.safetensors", model, {**meta, "step": step, "metrics": row})
             write_metrics(run_dir, history)
         return row
 
     for epoch in range(start_epoch, cfg.epochs):
-        perm = epoch_permutation(train_x.shape[0], cfg.seed, epoch)[:n][ctx.rank::ctx.world_size]
+        perm = rank_shard(train_x.shape[0], cfg.seed, epoch, ctx.rank, ctx.world_size)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         data_s = step_s = 0.0
         net.train()
@@ -174,6 +198,8 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
             t0 = time.perf_counter()
             idx = perm[i * local_batch:(i + 1) * local_batch].to(device)
             x = normalize(train_x[idx], cfg.normalization)
+            if cfg.augment != "none":
+                x = augment(x, cfg.augment)
             y = train_y[idx]
             if device.type == "cuda" and cfg.channels_last and is_conv:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -208,7 +234,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
             if step == cfg.max_steps:
                 break
         bar.close()
-        check_finite(sums[0], step, run_dir)
+        check_finite(sums[0], step, run_dir, model)  # before the checkpoint: never save inf/NaN weights
         row = history[-1] if stopped_early else evaluate_now(epoch + (i + 1) / steps_per_epoch, sums, data_s, step_s)
         log(format_row(row, epoch, cfg.epochs))
         if ctx.is_main:
@@ -225,11 +251,18 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
     return TrainResult(run_dir, history, best_acc, stopped_early)
 
 
-def check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
-    """Stop on a NaN/inf loss, naming the step; checkpoints on disk are from before it."""
+def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.Module | None = None) -> None:
+    """Stop on a NaN/inf loss (or, given a model, NaN/inf weights), naming the step; checkpoints on disk
+    are from before it."""
     if not torch.isfinite(loss).all():
-        raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good checkpoint "
-                            f"is kept in {run_dir} (try a lower --lr)")
+        problem = f"loss became {loss.item()}"
+    elif model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+        problem = "weights became inf/NaN"
+    else:
+        return
+    kept = (f"the last good checkpoint is kept in {run_dir}" if has_checkpoint(run_dir, "last")
+            else f"no checkpoint was written yet in {run_dir}")
+    raise TrainingError(f"{problem} at step {step}; stopped, {kept} (try a lower --lr)")
 
 
 def format_row(row: dict, epoch: int, epochs: int) -> str:
@@ -247,7 +280,7 @@ def plot_curves_quietly(run_dir: Path, history: list[dict]) -> None:
     try:
         plot_curves(history, run_dir / "curves.png", title=run_dir.name)
     except Exception as e:  # noqa: BLE001 - figures are a convenience, the run is what matters
-        print(f"warning: could not draw curves.png ({e})")
+        log_line(f"warning: could not draw curves.png ({e})")
 
 
 def train_from_preset(preset: str, **overrides) -> TrainResult:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine, then run the whole suite.
+#   bash scripts/test.sh [pytest args...]
+# torch==2.13.0 is the CPU build; with a GPU, install your CUDA build of torch first and drop the pin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+
+# The browser test drives Debian's Chromium through Playwright (no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+python -m pytest "$@"

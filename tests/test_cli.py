@@ -1,0 +1,103 @@
+"""The `digitlab` command end to end in subprocesses, including bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from helpers import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "--model", "cnn", "--optimizer", "adam", "--lr", "2e-3", "--batch-size", "128",
+                   "--max-steps", "120", "--eval-every", "60", "--threads", "2", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy:" in proc.stdout and "epoch 1/1" in proc.stdout
+    return out
+
+
+def test_train_writes_run_folder(run_dir):
+    for name in ("config.json", "metrics.csv", "last.safetensors", "best.safetensors", "curves.png"):
+        assert (run_dir / name).is_file()
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 120
+
+
+def test_eval_json_reports_accuracy_and_figures(run_dir):
+    proc = run_cli("eval", str(run_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["accuracy"] > 0.9 and report["count"] == 10000
+    assert len(report["per_class_accuracy"]) == 10 and sum(map(sum, report["confusion"])) == 10000
+    assert report["misclassified"][0]["true"] != report["misclassified"][0]["predicted"]
+    for key in ("confusion", "misclassified"):
+        assert Image.open(report["figures"][key]).size[0] > 300
+
+
+def test_eval_table(run_dir):
+    proc = run_cli("eval", str(run_dir), "--checkpoint", "last")
+    assert proc.returncode == 0 and "test accuracy" in proc.stdout and proc.stdout.count("%") >= 11
+
+
+def test_plot_over_epochs(run_dir, tmp_path):
+    out = tmp_path / "c.png"
+    proc = run_cli("plot", str(run_dir), "--x", "epoch", "-o", str(out))
+    assert proc.returncode == 0 and "2 evaluations" in proc.stdout and Image.open(out).size[0] > 400
+
+
+def test_predict_test_index(run_dir, tmp_path):
+    png = tmp_path / "digit.png"
+    proc = run_cli("predict", str(run_dir), "--test-index", "0", "--save", str(png), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["true"] == 7 and out["label"] == 7 and len(out["logits"]) == 10
+    assert abs(sum(out["probabilities"]) - 1) < 1e-4
+    assert Image.open(png).size == (28, 28)
+    text = run_cli("predict", str(run_dir), "--test-index", "0").stdout
+    assert "true 7" in text and "predicted 7" in text and "@" in text  # ASCII art of the digit
+
+
+def test_data_show_and_info(tmp_path):
+    out = tmp_path / "s.png"
+    proc = run_cli("data", "show", "--dataset", "fashion-mnist", "--data-dir", str(REPO.parent / "shared" / "data"),
+                   "-n", "12", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size[0] > 300
+    info = json.loads(run_cli("data", "info", "--json").stdout)
+    assert info["train_size"] == 60000 and info["test_counts"][1] == 1135
+
+
+def test_models_and_summary():
+    listing = json.loads(run_cli("models", "--json").stdout)
+    assert {p["name"] for p in listing["presets"]} >= {"lstm-64", "lstm-2x128", "cnn-bn", "alexnet",
+                                                       "lenet5-fashion", "mlp-bn"}
+    summary = run_cli("summary", "alexnet").stdout
+    assert "(1, 256, 6, 6)" in summary and "56,826,570" in summary
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "resnet"], "model 'resnet' is not one of"),
+    (["train", "--preset", "bogus"], "unknown preset 'bogus'"),
+    (["train", "--epochs", "0"], "epochs must be positive"),
+    (["train", "--lr", "fast"], "lr expects float"),
+    (["train", "--resume", "/nonexistent/run"], "not a run folder"),
+    (["eval", "/nonexistent/run"], "does not exist"),
+    (["plot", "/nonexistent/run"], "not a run folder"),
+    (["predict", "--test-index", "3"], None),  # shipped model may be absent: either works or errors cleanly
+    (["data", "info", "--dataset", "kmnist"], "unknown dataset 'kmnist'"),
+    (["summary", "vgg"], "unknown model 'vgg'"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    proc = run_cli(*args)
+    if message is None:
+        assert proc.returncode == 0 or (proc.returncode != 0 and "Traceback" not in proc.stderr)
+        return
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
