@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--data-dir", default=None)
+    pred.add_argument("--onnx", default=None, metavar="MODEL.onnx",
+                      help="predict with this file from `digitlab export` in onnxruntime instead of a run")
+
+    export = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch",
+                            formatter_class=fmt)
+    export.add_argument("run", help="run folder or .safetensors file")
+    export.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    export.add_argument("-o", "--output", default=None, help="file to write (default RUN/model.onnx or RUN/model.pt)")
+    export.add_argument("--check-images", type=int, default=1000,
+                        help="test images on which the export must match PyTorch (logits within 1e-4, same argmax)")
+    export.add_argument("--dynamo", action="store_true", help="use torch.onnx's dynamo exporter (slower)")
+    export.add_argument("--data-dir", default=None, help="folder with the IDX files for the check")
 
     serve = sub.add_parser("serve", help="web page and REST API: draw a digit, see the probabilities",
                            formatter_class=fmt)

@@ -168,12 +168,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.predict import Predictor
 
     run, files = split_run_and_files(args.inputs)
+    if args.onnx:
+        return predict_onnx(run, files, args)
     if args.test_index is None and not files:
         raise ConfigError("give image files or folders to predict, or --test-index I")
     predictor = Predictor.from_run(run, args.checkpoint)
     if args.test_index is not None:
         return predict_test_image(predictor, args)
     return predict_files(predictor, files, args)
+
+
+def predict_onnx(run: str | None, files: list[str], args: argparse.Namespace) -> int:
+    """`predict --onnx MODEL.onnx FILE...`: the same output, inference in onnxruntime."""
+    from digitlab.onnx_predict import ONNXPredictor
+
+    if run is not None:
+        raise ConfigError(f"give either a run ({run}) or --onnx MODEL.onnx, not both")
+    if args.test_index is not None:
+        raise ConfigError("--test-index needs a run; with --onnx, give image files or folders")
+    if not files:
+        raise ConfigError("give image files or folders to predict with --onnx")
+    return predict_files(ONNXPredictor(args.onnx), files, args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from digitlab.export import export_run
+
+    result = export_run(args.run, args.format, args.output, args.checkpoint, args.check_images, args.data_dir,
+                        dynamo=args.dynamo)
+    print(f"wrote {result.path} ({result.how}, {result.size_bytes / 1e6:.1f} MB)")
+    print(f"parity with PyTorch on {result.parity_images}: {result.parity}")
+    return 0
 
 
 def predict_test_image(predictor, args: argparse.Namespace) -> int:

@@ -1,0 +1,226 @@
+"""Export a trained run to ONNX (or TorchScript), its metadata inside, checked against PyTorch first.
+
+    digitlab export runs/<run>                         # -> runs/<run>/model.onnx
+    digitlab export runs/<run> --format torchscript    # -> runs/<run>/model.pt
+    export_run("runs/<run>", "onnx")                   # the same from Python -> ExportResult
+
+The ONNX graph takes `images`, float (B, 1, 28, 28) already normalised, and returns `logits` (B, 10);
+the batch axis is dynamic. The model's name and options, normalisation, dataset, classes and metrics
+travel in the file's metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone
+is enough to predict: see ONNXPredictor.
+
+Every export is checked before it lands: on real test images of the run's dataset, onnxruntime (or
+torch.jit.load) must give logits within 1e-4 of PyTorch's and the same argmax for every image. The file
+is written to `<file>.tmp` and renamed only when the check passes; a failed check is an ExportError.
+
+Exporter: torch.onnx's TorchScript-based exporter (dynamo=False), opset 17. The dynamo exporter
+(dynamo=True) also exports every registered model with matching logits, but takes 2-11 s per small model
+on a 2-core CPU instead of 0.1-0.7 s, and logs warnings while it works; `dynamo=True` (or
+`digitlab export --dynamo`) selects it, under the same parity check.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from digitlab.checkpoint import commit, write_tmp
+from digitlab.errors import ConfigError, DigitlabError
+from digitlab.evaluate import predict_logits
+from digitlab.onnx_predict import INPUT_NAME, OUTPUT_NAME, ONNXPredictor, encode_metadata
+from digitlab.runs import LoadedModel, load_run
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output
+OPSET = 17
+TOLERANCE = 1e-4  # largest absolute logit difference accepted between PyTorch and the exported model
+
+
+class ExportError(DigitlabError):
+    """An export could not be written, or disagrees with the PyTorch model it came from."""
+
+
+@dataclass
+class Parity:
+    """How closely an exported model reproduces PyTorch's logits on some images."""
+
+    images: int
+    max_abs_diff: float
+    same_argmax: int
+    require_same_argmax: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff < TOLERANCE and (self.same_argmax == self.images or not self.require_same_argmax)
+
+    def __str__(self) -> str:
+        return (f"max |logit difference| {self.max_abs_diff:.2e} (limit {TOLERANCE:g}), "
+                f"same prediction for {self.same_argmax:,}/{self.images:,} images")
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            raise ExportError(f"exported model disagrees with PyTorch: {self}")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    size_bytes: int
+    parity: Parity
+    parity_images: str  # what the parity images were, e.g. "the first 1,000 mnist test images"
+    how: str  # format and exporter, e.g. "ONNX opset 17, TorchScript-based exporter, dynamic batch axis"
+
+
+def model_metadata(loaded: LoadedModel) -> dict:
+    """Everything needed to feed and read the model, plus the checkpoint's own metadata (step, metrics)."""
+    from digitlab import __version__
+
+    return {**loaded.meta, "model": loaded.model_name, "model_args": loaded.model_args,
+            "normalization": loaded.normalization, "dataset": loaded.dataset, "classes": list(loaded.classes),
+            "checkpoint": loaded.source.name, "digitlab_version": __version__}
+
+
+def example_input() -> torch.Tensor:
+    """A batch of 2 for tracing: not 1, so nothing in the graph specialises to a single image."""
+    return torch.zeros(2, 1, 28, 28)
+
+
+def onnx_model_bytes(loaded: LoadedModel, dynamo: bool = False) -> bytes:
+    """The run's model as a serialised ONNX model with a dynamic batch axis and digitlab metadata."""
+    import onnx
+
+    model = loaded.model.cpu().eval()
+    try:
+        proto = _export_dynamo(model) if dynamo else _export_torchscript(model)
+    except Exception as e:  # the exporters raise many types; a model that cannot be exported is the user's to know
+        raise ExportError(f"torch.onnx.export failed for {loaded.model_name}: {str(e).splitlines()[0][:200]}") from None
+    onnx.helper.set_model_props(proto, encode_metadata(model_metadata(loaded)))
+    return proto.SerializeToString()
+
+
+def quiet_tracing() -> None:
+    """Inside warnings.catch_warnings(): silence what tracing says about every model here and never matters.
+
+    torch.jit and the TorchScript-based exporter announce their deprecation; nn.RNN's input and hidden-size
+    checks become constants of the trace (the sizes are fixed: 28 features, hidden from the checkpoint),
+    and the exporter notes that RNN sequence lengths may vary (ours are always 28 rows). Batch sizes 1 and
+    many are checked against PyTorch in tests/test_export.py.
+    """
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", FutureWarning)
+    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+
+
+def _export_torchscript(model: torch.nn.Module):
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        quiet_tracing()
+        torch.onnx.export(model, (example_input(),), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_dynamo(model: torch.nn.Module):
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # it warns about every optional operator library it does not find
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example_input(),), input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        dynamo=True, external_data=False, verbose=False)
+    finally:
+        onnx_logger.setLevel(level)
+    return program.model_proto
+
+
+def torchscript_model_bytes(loaded: LoadedModel) -> bytes:
+    """The run's model traced to TorchScript, with digitlab metadata in `_extra_files`."""
+    model = loaded.model.cpu().eval()
+    with warnings.catch_warnings():
+        quiet_tracing()
+        traced = torch.jit.trace(model, example_input())
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files={"digitlab.json": json.dumps(model_metadata(loaded))})
+    return buf.getvalue()
+
+
+def torchscript_logits_fn(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """Load a TorchScript file written by torchscript_model_bytes; return uint8 images -> logits."""
+    from digitlab.normalize import normalize
+
+    extra = {"digitlab.json": ""}
+    with warnings.catch_warnings():
+        quiet_tracing()
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    normalization = json.loads(extra["digitlab.json"])["normalization"]
+
+    @torch.inference_mode()
+    def logits(images) -> np.ndarray:
+        return module(normalize(torch.as_tensor(np.asarray(images)), normalization)).float().numpy()
+
+    return logits
+
+
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    """n uint8 noise images (n, 28, 28), seeded: parity inputs when the dataset is not at hand."""
+    return torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def check_parity(loaded: LoadedModel, exported_logits: Callable, images: torch.Tensor, batch_size: int = 250,
+                 require_same_argmax: bool = True) -> Parity:
+    """Compare PyTorch's logits on uint8 images (N, 28, 28) with `exported_logits(uint8 batch) -> (B, 10)`."""
+    reference = predict_logits(loaded.model, images, loaded.normalization, batch_size).numpy()
+    exported = np.concatenate([np.asarray(exported_logits(images[i:i + batch_size].numpy()))
+                               for i in range(0, images.shape[0], batch_size)])
+    return Parity(images=int(images.shape[0]), max_abs_diff=float(np.abs(exported - reference).max()),
+                  same_argmax=int((exported.argmax(1) == reference.argmax(1)).sum()),
+                  require_same_argmax=require_same_argmax)
+
+
+def default_output(loaded: LoadedModel, fmt: str) -> Path:
+    """RUN/model.onnx (or model.pt), next to the checkpoint."""
+    return loaded.source.parent / f"model{FORMATS[fmt]}"
+
+
+def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = None, checkpoint: str = "best",
+               check_images: int = 1000, data_dir: str | None = None, dynamo: bool = False) -> ExportResult:
+    """Export a run's checkpoint, check it on `check_images` real test images, then move it into place."""
+    from digitlab.data import load_dataset
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of: {', '.join(FORMATS)}; got {fmt!r}")
+    if check_images < 1:
+        raise ConfigError(f"check_images must be at least 1, got {check_images}")
+    loaded = load_run(run, checkpoint)
+    output = Path(output) if output is not None else default_output(loaded, fmt)
+    dataset = load_dataset(loaded.dataset, data_dir, progress=False)
+    images = dataset.test_images[:check_images]
+    data = onnx_model_bytes(loaded, dynamo) if fmt == "onnx" else torchscript_model_bytes(loaded)
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        write_tmp(output, lambda path: path.write_bytes(data))
+        logits_fn = ONNXPredictor(tmp).logits if fmt == "onnx" else torchscript_logits_fn(tmp)
+        parity = check_parity(loaded, logits_fn, images)
+        parity.raise_if_failed()
+        commit((tmp, output))
+    except OSError as e:
+        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    how = {"onnx": f"ONNX opset {OPSET}, {'dynamo' if dynamo else 'TorchScript-based'} exporter, dynamic batch axis",
+           "torchscript": "TorchScript, torch.jit.trace"}[fmt]
+    return ExportResult(output, fmt, len(data), parity, f"the first {len(images):,} {dataset.name} test images", how)

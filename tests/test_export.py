@@ -1,0 +1,182 @@
+"""ONNX and TorchScript export: parity with PyTorch for every model, the .onnx file alone predicting,
+the `digitlab export` and `digitlab predict --onnx` commands end to end, and their errors."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from digitlab.checkpoint import save_weights
+from digitlab.cli import main
+from digitlab.data import get_spec, load_dataset
+from digitlab.errors import RunError
+from digitlab.export import (TOLERANCE, ExportError, check_parity, export_run, onnx_model_bytes,
+                             torchscript_model_bytes)
+from digitlab.models import create_model, list_models
+from digitlab.onnx_predict import ONNXPredictor
+from digitlab.predict import Predictor
+from digitlab.runs import load_run
+from helpers import run_cli
+
+PARITY_IMAGES = {"alexnet": 4}  # 57M parameters: a few images are enough to compare, 1000 would take a minute
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    ds = load_dataset("mnist", progress=False)
+    assert ds.test_images.shape == (10_000, 28, 28), "MNIST test set missing or wrong: see data/mnist/"
+    return ds
+
+
+def random_weights_file(name: str, folder: Path, normalization: str = "standard") -> Path:
+    """A checkpoint of model `name` with seeded random weights, BatchNorm statistics included."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):  # not the identity a fresh BN would be
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = folder / f"{name}.safetensors"
+    save_weights(path, model, {"model": name, "model_args": {}, "normalization": normalization, "dataset": "mnist",
+                               "classes": list(get_spec("mnist").classes), "step": 0, "metrics": None})
+    return path
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnx_parity_every_model_random_weights(name, tmp_path, mnist):
+    checkpoint = random_weights_file(name, tmp_path, normalization="symmetric")
+    out = tmp_path / f"{name}.onnx"
+    n = PARITY_IMAGES.get(name, 32)
+    result = export_run(checkpoint, "onnx", out, check_images=n)
+    assert result.parity.images == n and result.parity.same_argmax == n
+    assert result.parity.max_abs_diff < TOLERANCE
+    assert out.is_file() and not out.with_name(out.name + ".tmp").exists()
+
+    predictor = ONNXPredictor(out)  # the file alone: normalisation and names come from its metadata
+    assert predictor.describe()["name"] == name and predictor.normalization == "symmetric"
+    images = mnist.test_images[:n]
+    batch = predictor.logits(images.numpy())
+    single = predictor.logits(images[:1].numpy())  # the batch axis is dynamic: 1 works as well as n
+    assert batch.shape == (n, 10) and single.shape == (1, 10)
+    np.testing.assert_allclose(single[0], batch[0], atol=TOLERANCE)
+
+
+def test_dynamo_exporter_matches_pytorch(tmp_path, mnist):
+    loaded = load_run(random_weights_file("mlp", tmp_path))  # the quickest to export this way (about 1 s)
+    predictor = ONNXPredictor(onnx_model_bytes(loaded, dynamo=True))
+    parity = check_parity(loaded, predictor.logits, mnist.test_images[:64])
+    assert parity.ok and parity.max_abs_diff < TOLERANCE and parity.same_argmax == 64
+
+
+def test_trained_model_onnx_and_torchscript_parity(trained_run, tmp_path, mnist):
+    onnx_result = export_run(trained_run, "onnx", tmp_path / "m.onnx", check_images=1000)
+    ts_result = export_run(trained_run, "torchscript", tmp_path / "m.pt", check_images=1000)
+    for result in (onnx_result, ts_result):
+        assert result.parity.images == 1000 and result.parity.same_argmax == 1000
+        assert result.parity.max_abs_diff < TOLERANCE
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["format"] == "digitlab-onnx-1" and meta["model"] == '"cnn"' and meta["normalization"] == '"standard"'
+    assert meta["classes"] == '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
+
+    images, labels = mnist.test_images[:1000], mnist.test_labels[:1000]
+    onnx_probs = ONNXPredictor(tmp_path / "m.onnx").probabilities(images.numpy())
+    torch_probs = Predictor.from_run(trained_run).probabilities(images).numpy()
+    assert (onnx_probs.argmax(1) == torch_probs.argmax(1)).all()
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
+    assert (onnx_probs.argmax(1) == labels.numpy()).mean() > 0.93  # the fixture model reads digits
+
+
+def test_torchscript_file_carries_metadata(trained_run):
+    extra = {"digitlab.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load points users to torch.export
+        torch.jit.load(io.BytesIO(torchscript_model_bytes(load_run(trained_run))), _extra_files=extra)
+    meta = json.loads(extra["digitlab.json"])
+    assert meta["model"] == "cnn" and meta["normalization"] == "standard" and len(meta["classes"]) == 10
+
+
+def test_from_run_serves_like_predictor(trained_run, mnist):
+    onnx_predictor, torch_predictor = ONNXPredictor.from_run(trained_run, threads=1), Predictor.from_run(trained_run)
+    described = onnx_predictor.describe()
+    assert {k: v for k, v in described.items() if k not in ("runtime", "source")} == \
+        {k: v for k, v in torch_predictor.describe().items() if k != "source"}
+    for i in range(5):  # the calls the web app makes
+        image = mnist.test_images[i].numpy()
+        ours = onnx_predictor.describe_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        theirs = torch_predictor.describe_probs(torch_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        assert ours.label == theirs.label == int(mnist.test_labels[i])
+        np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-5)
+
+
+def test_failed_parity_is_an_error_and_keeps_the_old_file(trained_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_text("the previous export")
+    honest = ONNXPredictor.logits
+    monkeypatch.setattr(ONNXPredictor, "logits", lambda self, images: honest(self, images) + 1e-3)
+    assert main(["export", str(trained_run), "-o", str(out), "--check-images", "50"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disagrees with PyTorch" in err and "1.00e-03" in err
+    assert out.read_text() == "the previous export" and not out.with_name("model.onnx.tmp").exists()
+    with pytest.raises(ExportError):
+        export_run(trained_run, "onnx", tmp_path / "new.onnx", check_images=50)
+    assert not (tmp_path / "new.onnx").exists()
+
+
+def test_export_and_predict_onnx_cli(trained_run, tmp_path, mnist):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # the shared fixture run stays as it was
+    done = run_cli("export", str(run))  # default output: RUN/model.onnx, checked on 1,000 test images
+    assert done.returncode == 0, done.stderr
+    assert (run / "model.onnx").is_file()
+    diff = float(re.search(r"max \|logit difference\| (\S+)", done.stdout).group(1))
+    assert diff < TOLERANCE and "same prediction for 1,000/1,000 images" in done.stdout
+
+    files, labels = [], []
+    for i in range(10):
+        path = tmp_path / f"test{i}.png"
+        Image.fromarray(mnist.test_images[i].numpy()).save(path)
+        files.append(str(path))
+        labels.append(int(mnist.test_labels[i]))
+    done = run_cli("predict", "--onnx", str(run / "model.onnx"), *files)
+    assert done.returncode == 0, done.stderr
+    predicted = [int(m) for m in re.findall(r"^\S+\.png: (\d) \(", done.stdout, re.M)]
+    assert predicted == [p.label for p in Predictor.from_run(run).predict(files)]  # same answers as PyTorch
+    assert sum(p == t for p, t in zip(predicted, labels)) >= 9
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path), "--format", "tflite"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'tflite'" in err
+
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"not a protobuf")
+    assert main(["predict", "--onnx", str(not_onnx), str(not_onnx)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a readable ONNX model" in err
+
+
+def test_onnx_file_without_digitlab_metadata_is_refused(tmp_path):
+    plain = tmp_path / "plain.onnx"
+    proto = onnx.load_from_string(onnx_model_bytes(load_run(random_weights_file("mlp", tmp_path))))
+    del proto.metadata_props[:]
+    plain.write_bytes(proto.SerializeToString())
+    with pytest.raises(RunError, match="not exported by digitlab"):
+        ONNXPredictor(plain)
+
