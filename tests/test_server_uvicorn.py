@@ -1,0 +1,186 @@
+"""`digitlab serve` as a real uvicorn process on 127.0.0.1: good requests, bad ones, raw broken HTTP, concurrency.
+
+Every loop here is bounded in count and time, and the server process is always terminated (see conftest.py).
+"""
+from __future__ import annotations
+
+import io
+import json
+import select
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+from digitlab.data import load_dataset
+from helpers import run_cli
+
+TIMEOUT_S = 15
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """(28x28 list, PNG bytes, label) for the first eight test digits."""
+    ds = load_dataset("mnist", progress=False)
+    out = []
+    for i in range(8):
+        buf = io.BytesIO()
+        Image.fromarray(ds.test_images[i].numpy()).save(buf, format="PNG")
+        out.append((ds.test_images[i].tolist(), buf.getvalue(), int(ds.test_labels[i])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def http(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=TIMEOUT_S) as client:
+        yield client
+
+
+def raw_exchange(port: int, request: bytes, close_after_send: bool = False) -> bytes:
+    """Send raw bytes on a fresh connection and read until the server closes it (or, if asked, hang up at once)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as s:
+        s.sendall(request)
+        if close_after_send:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST: abrupt
+            return b""
+        return read_all(s)
+
+
+def read_all(s: socket.socket) -> bytes:
+    chunks = []
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def test_serve_prints_its_url(live_server):
+    assert f"http://127.0.0.1:{live_server.port}" in live_server.output()
+
+
+def test_page_health_and_model(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert 'id="prediction"' in http.get("/").text
+    assert http.get("/api/model").json()["name"] == "cnn"
+
+
+def test_good_requests(http, digits):
+    for pixels, png, label in digits[:3]:
+        r = http.post("/api/predict", json={"pixels": pixels})
+        assert r.status_code == 200 and r.json()["label"] == label, r.text
+        r = http.post("/api/predict", files={"file": ("d.png", png, "image/png")})
+        assert r.status_code == 200 and r.json()["label"] == label, r.text
+
+
+def test_bad_requests_get_json_errors(http):
+    cases = [
+        (dict(content=b"x" * 100, headers={"content-type": "text/plain"}), 415),
+        (dict(files={"file": ("a.txt", b"plain text", "text/plain")}), 415),
+        (dict(files={"file": ("a.png", b"", "image/png")}), 400),
+        (dict(content=b'{"pixels": [[NaN]]}', headers={"content-type": "application/json"}), 422),
+        (dict(json={"pixels": [[0] * 28] * 27}), 422),
+    ]
+    for kwargs, status in cases:
+        r = http.post("/api/predict", **kwargs)
+        assert r.status_code == status and isinstance(r.json()["detail"], str), (kwargs.keys(), r.text)
+
+
+def test_large_content_length_is_refused_before_the_body(live_server):
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000000\r\nConnection: close\r\n\r\n")
+    response = raw_exchange(live_server.port, head)  # no body sent at all: the answer comes from the headers
+    assert status_of(response) == 413 and "limit" in json_body(response)["detail"]
+
+
+def test_chunked_body_is_cut_off_at_the_limit(live_server):
+    """No Content-Length: the server counts bytes as they arrive and answers 413 long before 32 MB are sent
+    (loopback socket buffers alone hold several MB, so a smaller total could all be sent before the answer)."""
+    total, sent, response = 32 * 1024 * 1024, 0, b""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=TIMEOUT_S) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"  # 64 KiB per chunk
+        try:
+            while sent < total and not select.select([s], [], [], 0)[0]:
+                s.sendall(chunk)
+                sent += 0x10000
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = read_all(s)
+    assert status_of(response) == 413, response[:300]
+    assert sent < total, "the server took the whole 32 MB body"
+
+
+def test_truncated_and_broken_requests_do_not_hurt_the_server(live_server, http, digits):
+    port = live_server.port
+    body = json.dumps({"pixels": digits[0][0]}).encode()
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    raw_exchange(port, head + body[: len(body) // 3], close_after_send=True)  # hang up half-way through the body
+    raw_exchange(port, head, close_after_send=True)  # hang up right after the headers
+    raw_exchange(port, b"POST /api/predict HTTP/1.1\r\nHost: 12", close_after_send=True)  # ... inside the headers
+    multipart = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9000\r\n"
+                 b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n--xyz\r\nContent-Disposition: form-data; "
+                 b'name="file"; filename="d.png"\r\n\r\n' + digits[0][1][:100])
+    raw_exchange(port, multipart, close_after_send=True)  # an upload cut off mid-file
+    bad_length = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: abc\r\nConnection: close\r\n\r\n")
+    assert status_of(raw_exchange(port, bad_length)) == 400
+    assert status_of(raw_exchange(port, b"NONSENSE\r\n\r\n")) == 400
+    time.sleep(0.5)  # let the server notice the hang-ups
+    r = http.post("/api/predict", json={"pixels": digits[0][0]})
+    assert r.status_code == 200 and r.json()["label"] == digits[0][2]
+
+
+def test_concurrent_requests_get_their_own_answers(http, digits):
+    def ask(i: int) -> tuple[int, int]:
+        pixels, png, label = digits[i % len(digits)]
+        if i % 2:
+            r = http.post("/api/predict", files={"file": ("d.png", png, "image/png")})
+        else:
+            r = http.post("/api/predict", json={"pixels": pixels})
+        assert r.status_code == 200, r.text
+        return r.json()["label"], label
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(ask, range(24), timeout=60))
+    assert len(answers) == 24
+    right = sum(got == want for got, want in answers)
+    assert right == 24, answers
+
+
+def test_server_is_still_healthy_and_logged_no_traceback(live_server, http):
+    """Runs last in this module: after everything above, the same process still answers."""
+    assert live_server.process.poll() is None
+    assert http.get("/healthz").json() == {"status": "ok"}
+    log = live_server.output()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert " 413 " in log and " 415 " in log and " 422 " in log  # the access log saw the refusals
+
+
+def test_bad_run_is_one_line_error(tmp_path):
+    r = run_cli("serve", str(tmp_path / "no-such-run"), "--port", "8799", timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    r = run_cli("serve", "--port", "70000", timeout=120)
+    assert r.returncode == 1 and "--port" in r.stderr and "Traceback" not in r.stderr
