@@ -77,7 +77,7 @@ def strip_timing(rows: list[dict]) -> list[dict]:
 
 def test_resume_equals_uninterrupted(small, tmp_path):
     base = dict(model="cnn", optimizer="sgd", lr=0.05, momentum=0.9, batch_size=100, epochs=2, seed=7,
-                normalization="unit", schedule="cosine", threads=1)
+                normalization="unit", threads=1)  # constant lr, as the faithful recipes
     straight = train(make_config(base, out=str(tmp_path / "straight")), dataset=small, progress=False,
                      log=lambda *_: None)
     first = train(make_config(base, epochs=1, out=str(tmp_path / "split")), dataset=small, progress=False,
