@@ -371,3 +371,16 @@ def test_client_supplied_path_is_never_opened(client, tmp_path):
     assert_error(r, 415)
     r = client.post(PREDICT, json={"pixels": str(secret)})
     assert_error(r, 422)
+
+
+def test_shipped_model_loads_and_serves(mnist_test):
+    """`digitlab serve` with no RUN serves the model shipped in the package."""
+    from digitlab.predict import DEFAULT_WEIGHTS, Predictor
+
+    assert DEFAULT_WEIGHTS.is_file(), f"the shipped model {DEFAULT_WEIGHTS} is missing"
+    with TestClient(create_app(Predictor.from_run())) as c:
+        assert c.get("/api/model").json()["source"] == DEFAULT_WEIGHTS.name
+        images, labels = mnist_test
+        for index in range(5):
+            r = c.post(PREDICT, json=pixels_body(images[index].tolist()))
+            assert r.status_code == 200 and r.json()["label"] == int(labels[index]), r.text

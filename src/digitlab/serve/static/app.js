@@ -25,6 +25,7 @@ let lastSent = 0;
 let inFlight = false;
 let queued = false;
 let generation = 0;         // bumped by Clear, so answers about an old drawing are dropped
+let strokesEnded = 0;       // finished strokes since the page loaded
 
 // ---- drawing
 
@@ -67,7 +68,7 @@ canvas.addEventListener("pointerdown", (event) => {
   drawing = true;
   last = null;
   strokeTo(position(event));
-  hintEl.textContent = "Keep drawing, or Clear to start again";
+  hintEl.textContent = "Clear to start again";
 });
 
 canvas.addEventListener("pointermove", (event) => {
@@ -82,6 +83,7 @@ function endStroke() {
   if (!drawing) return;
   drawing = false;
   last = null;
+  strokesEnded++;
   requestPrediction();
 }
 canvas.addEventListener("pointerup", endStroke);
@@ -115,6 +117,8 @@ async function requestPrediction() {
   queued = false;
   lastSent = performance.now();
   const sentFor = generation;
+  const strokes = strokesEnded;
+  const final = !drawing;   // sent after the pen was lifted: nothing newer is drawn yet
   try {
     const response = await fetch("/api/predict", {
       method: "POST",
@@ -130,6 +134,8 @@ async function requestPrediction() {
   } finally {
     inFlight = false;
     if (queued) requestPrediction();
+    // body[data-settled] = how many finished strokes the shown answer covers (tests and tools wait on it)
+    else if (final && !drawing && strokes === strokesEnded) document.body.dataset.settled = String(strokes);
   }
 }
 
@@ -153,15 +159,19 @@ function showPrediction(answer) {
   errorEl.textContent = "";
   predictionEl.textContent = classes.every((c) => c.length === 1) ? String(answer.label) : answer.class_name;
   predictionEl.dataset.label = String(answer.label);
-  confidenceEl.textContent = (100 * answer.probability).toFixed(1) + "% sure";
+  confidenceEl.textContent = percent(answer.probability) + " sure";
   answer.probabilities.forEach((p, i) => {
     const bar = barsEl.querySelector(`[data-class="${i}"]`);
     if (!bar) return;
     bar.classList.toggle("top", i === answer.label);
     bar.querySelector(".fill").style.width = (100 * p).toFixed(1) + "%";
-    bar.querySelector(".pct").textContent = (100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1) + "%";
+    bar.querySelector(".pct").textContent = percent(p);
   });
   drawPreview(answer.preprocessed);
+}
+
+function percent(p) {  // "0%", "0.4%", "87.5%", "100%": a decimal only where it tells something
+  return (100 * p).toFixed(p >= 0.9995 || p < 0.0005 ? 0 : 1) + "%";
 }
 
 function drawPreview(pixels) {
