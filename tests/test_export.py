@@ -165,6 +165,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'tflite'" in err
 
+    assert main(["export", str(tmp_path), "--format", "torchscript", "--dynamo"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dynamo exporter writes ONNX only" in err
+
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"not a protobuf")
     assert main(["predict", "--onnx", str(not_onnx), str(not_onnx)]) == 1

@@ -205,6 +205,8 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
         raise ConfigError(f"format must be one of: {', '.join(FORMATS)}; got {fmt!r}")
     if check_images < 1:
         raise ConfigError(f"check_images must be at least 1, got {check_images}")
+    if dynamo and fmt != "onnx":
+        raise ConfigError("the dynamo exporter writes ONNX only; drop --dynamo or use --format onnx")
     loaded = load_run(run, checkpoint)
     output = Path(output) if output is not None else default_output(loaded, fmt)
     dataset = load_dataset(loaded.dataset, data_dir, progress=False)
