@@ -149,9 +149,9 @@ def main() -> None:
             print(f"  {name} done", flush=True)
         elapsed = time.perf_counter() - start
 
-    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; onnxruntime {ort.__version__} with {args.threads} intra-op threads, "
-          f"sequential, all graph optimisations")
+    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
+          f"torch.get_num_threads() = {torch.get_num_threads()}; onnxruntime {ort.__version__}, "
+          f"intra_op_num_threads = {args.threads}, sequential, all graph optimisations")
     print(f"load average (1 min) before / after: {load:.2f} / {os.getloadavg()[0]:.2f}; "
           f"{args.runs} single-image runs per model (alexnet {max(5, args.runs // HEAVY['alexnet'])}); "
           f"took {elapsed:.0f} s\n")
