@@ -111,7 +111,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in ("multipart/form-data", "application/json"):
             raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
-                                     f"application/json, not {kind or 'a body without Content-Type'}")
+                                     f"application/json, not {kind[:80] or 'a body without Content-Type'}")
         body = await read_body(request, limits.read_timeout_s)
         if kind == "application/json":
             prepare = partial(prepare_pixels, parse_pixels(body))
