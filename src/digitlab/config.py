@@ -10,12 +10,12 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from digitlab.augment import AUGMENTATIONS
 from digitlab.errors import ConfigError
 from digitlab.normalize import NORMALIZATIONS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
-AUGMENTATIONS = ("none", "affine", "affine+elastic")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing; 0.1 helps the bigger nets
     batch_size: int = 64  # global batch size (split across ranks under torchrun)
     epochs: int = 1  # passes over the training set
-    augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic
+    augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
     # --- evaluation and logging
     eval_every: int = 0  # also evaluate on the full test set every N steps; 0: only at epoch end
@@ -64,7 +64,7 @@ class TrainConfig:
         from digitlab.models import list_models
 
         choices = {"dataset": tuple(DATASETS), "normalization": tuple(NORMALIZATIONS),
-                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": tuple(AUGMENTATIONS),
                    "model": tuple(list_models())}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

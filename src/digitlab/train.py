@@ -141,7 +141,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         weights, _meta, state = load_training_checkpoint(run_dir, "last")
         if ctx.is_main:
             dist.barrier()
-        model.load_state_dict(weights)
+        model.load_state_dict(state.get("train_weights", weights))  # with EMA the .safetensors holds the average
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         best_acc = state["best_accuracy"]
@@ -150,6 +150,8 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         else:
             set_seed(cfg.seed + ctx.rank + 1000 * start_epoch)
         log(f"resuming {run_dir} at epoch {start_epoch}, step {step}")
+    ema = make_ema(model, cfg.ema, weights if resume and cfg.ema and step else None)
+    scored = ema.module if ema else model  # what is evaluated and saved: the averaged weights when ema > 0
     net = model
     if ctx.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -170,7 +172,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
     def evaluate_now(epoch_pos: float, train_sums: torch.Tensor, data_s: float, step_s: float) -> dict:
         nonlocal best_acc
         sums = dist.all_reduce_sum(train_sums.clone())
-        test_loss, test_acc = sharded_eval(model, ds.test_images, ds.test_labels, cfg, ctx, device)
+        test_loss, test_acc = sharded_eval(scored, ds.test_images, ds.test_labels, cfg, ctx, device)
         row = {"step": step, "epoch": round(epoch_pos, 4),
                "train_loss": (sums[0] / sums[2].clamp(min=1)).item(),
                "train_accuracy": (sums[1] / sums[2].clamp(min=1)).item(),
@@ -183,7 +185,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         best_acc = max(best_acc, test_acc)
         if ctx.is_main:
             if improved:
-                save_weights(run_dir / "best.safetensors", model, {**meta, "step": step, "metrics": row})
+                save_weights(run_dir / "best.safetensors", scored, {**meta, "step": step, "metrics": row})
             write_metrics(run_dir, history)
         return row
 
@@ -211,6 +213,8 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema:
+                ema.update_parameters(model)
             step += 1
             sums[0] += loss.detach().double() * y.numel()
             sums[1] += (logits.argmax(1) == y).sum()
@@ -241,7 +245,9 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
             state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
                      "history": history, "best_accuracy": best_acc, "rng": rng_state(),
                      "config": json.dumps(asdict(cfg))}
-            save_checkpoint(run_dir, "last", model, {**meta, "step": step, "metrics": row}, state)
+            if ema:  # resuming needs the raw weights too; the .safetensors file holds the average
+                state["train_weights"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(run_dir, "last", scored, {**meta, "step": step, "metrics": row}, state)
             plot_curves_quietly(run_dir, history)
         dist.barrier()
         if cfg.target_accuracy and row["test_accuracy"] >= cfg.target_accuracy:
@@ -249,6 +255,20 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         if stopped_early or step == cfg.max_steps:
             break
     return TrainResult(run_dir, history, best_acc, stopped_early)
+
+
+def make_ema(model: torch.nn.Module, decay: float, averaged: dict | None = None):
+    """An exponential moving average of the weights and BatchNorm statistics (None when decay is 0),
+    optionally restored from `averaged` weights saved by an earlier run."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if averaged is not None:
+        ema.module.load_state_dict(averaged)
+        ema.n_averaged.fill_(1)  # otherwise the next update would copy the raw weights over the average
+    return ema
 
 
 def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.Module | None = None) -> None:

@@ -1,0 +1,88 @@
+"""Batched data augmentation on the training device: one grid_sample per batch, no per-sample Python.
+
+    x = normalize(train_x[idx], "standard")          # (B, 1, 28, 28) float
+    x = augment(x, "affine")                         # same shape, dtype and device; labels unchanged
+
+Each image gets its own random rotation, scale and shift (and, for "affine+elastic", a smooth random
+displacement field; for "flip+shift", a random horizontal flip), all folded into one sampling grid
+and applied with F.grid_sample, like airbench's batch_crop / batch_flip_lr work on whole batches.
+Random numbers come from `generator` or, by default, torch's global RNG on the images' device, which
+training seeds and restores on resume, so a run's augmentation is reproducible.
+Pixels that come in from outside the image are background: each image's minimum value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    degrees: float = 0.0  # rotation drawn uniformly in [-degrees, degrees]
+    scale: float = 0.0  # zoom factor drawn uniformly in [1 - scale, 1 + scale]
+    shift: float = 0.0  # translation in pixels, drawn uniformly in [-shift, shift] on each axis
+    elastic: float = 0.0  # typical size in pixels of a smooth random displacement (0: none)
+    flip: bool = False  # mirror left-right with probability 1/2 (clothes, never digits)
+
+
+# name -> what it does; TrainConfig.augment accepts these names.
+AUGMENTATIONS: dict[str, AugmentSpec | None] = {
+    "none": None,
+    "affine": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5),  # digits: small rotate, zoom, shift
+    "affine+elastic": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5, elastic=0.8),  # + stroke wobble
+    "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
+}
+ELASTIC_GRID = 4  # the displacement field is drawn on a 4x4 grid and upsampled: smooth over ~9 pixels
+
+
+def uniform(n: int, low: float, high: float, device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) * (high - low) + low
+
+
+def affine_matrices(n: int, spec: AugmentSpec, size: int, device, generator=None) -> torch.Tensor:
+    """(n, 2, 3) matrices mapping output to input coordinates in grid_sample's [-1, 1] units."""
+    angle = uniform(n, -spec.degrees, spec.degrees, device, generator) * (math.pi / 180)
+    zoom = uniform(n, 1 - spec.scale, 1 + spec.scale, device, generator)
+    shift = uniform(2 * n, -spec.shift, spec.shift, device, generator).view(n, 2) * (2 / size)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # sampling with 1/zoom enlarges the digit
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if spec.flip:  # negating the x column mirrors the output left-right
+        sign = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+        theta[:, :, 0] = theta[:, :, 0] * sign[:, None]
+    return theta
+
+
+def elastic_field(n: int, spec: AugmentSpec, size: int, device, generator=None) -> torch.Tensor:
+    """(n, size, size, 2) smooth random displacements, about spec.elastic pixels, in [-1, 1] units."""
+    coarse = torch.randn(n, 2, ELASTIC_GRID, ELASTIC_GRID, device=device, generator=generator)
+    field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return (field * (spec.elastic * 2 / size)).permute(0, 2, 3, 1)
+
+
+def base_grid(size: int, device, dtype) -> torch.Tensor:
+    """(size, size, 3) homogeneous pixel-centre coordinates (x, y, 1) in [-1, 1], as affine_grid uses."""
+    lin = (torch.arange(size, device=device, dtype=dtype) * 2 + 1) / size - 1
+    ones = torch.ones(size, size, device=device, dtype=dtype)
+    return torch.stack([lin.expand(size, size), lin[:, None].expand(size, size), ones], -1)
+
+
+def augment(x: torch.Tensor, kind: str = "affine", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Randomly transform a float batch (B, C, H, W) per `AUGMENTATIONS[kind]`; 'none' returns x itself."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    spec = AUGMENTATIONS[kind]
+    if spec is None or x.shape[0] == 0:
+        return x
+    n, size = x.shape[0], x.shape[-1]
+    theta = affine_matrices(n, spec, size, x.device, generator)
+    # Same grid as F.affine_grid(theta, x.shape), which takes ~6x longer on CPU (5 ms vs 0.8 ms at B=256).
+    grid = torch.einsum("hwk,bjk->bhwj", base_grid(size, x.device, theta.dtype), theta)  # (B, H, W, 2)
+    if spec.elastic:
+        grid = grid + elastic_field(n, spec, size, x.device, generator)
+    background = x.amin(dim=(1, 2, 3), keepdim=True)  # what a blank pixel looks like after normalisation
+    out = F.grid_sample(x - background, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return out + background
