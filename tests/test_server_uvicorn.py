@@ -182,5 +182,9 @@ def test_bad_run_is_one_line_error(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    r = run_cli("serve", "--port", "70000", timeout=120)
-    assert r.returncode == 1 and "--port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_port_in_use_is_one_line_error(live_server, trained_run):
+    r = run_cli("serve", str(trained_run), "--port", str(live_server.port), timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"cannot listen on 127.0.0.1:{live_server.port}" in r.stderr

@@ -94,6 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
         cfg = make_config(preset_config(preset) if preset else {}, **overrides)
     result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    from digitlab.distributed import context_from_env
+
+    if not context_from_env().is_main:
+        return 0  # under torchrun, rank 0 reports for all ranks
     final = result.final
     print(f"run: {result.run_dir}")
     print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
@@ -149,6 +153,46 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_summary(run: Path) -> tuple[dict, list[dict]]:
+    """One compare-table row for a run folder (from config.json and metrics.csv), and its history."""
+    from digitlab.runs import read_config, read_metrics
+
+    if not run.is_dir():
+        raise RunError(f"{run} is not a run folder")
+    cfg, history = read_config(run), read_metrics(run)
+    if not history:
+        raise RunError(f"{run}/metrics.csv has no rows yet")
+    last = history[-1]
+    return {"run": str(run), "preset": cfg.preset, "model": cfg.model, "dataset": cfg.dataset,
+            "epochs": last["epoch"], "final_accuracy": last["test_accuracy"],
+            "best_accuracy": max(r["test_accuracy"] for r in history),
+            "seconds_per_epoch": last["elapsed_s"] / last["epoch"] if last["epoch"] else None}, history
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from digitlab.plots import plot_compare
+
+    runs = [Path(r) for r in args.runs]
+    summaries = [run_summary(run) for run in runs]
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # same folder name under different parents: use the paths
+        names = [str(run) for run in runs]
+    out = plot_compare({name: history for name, (_, history) in zip(names, summaries)}, Path(args.output))
+    rows = [row for row, _ in summaries]
+    if args.json:
+        print(json.dumps({"runs": rows, "figure": str(out)}, indent=2))
+        return 0
+    width = max(len(n) for n in names) + 2
+    print(f"{'run':<{width}}{'preset/model':<22}{'dataset':<15}{'epochs':>7}{'final':>9}{'best':>9}{'s/epoch':>9}")
+    for name, row in zip(names, rows):
+        recipe = f"{row['preset'] or '-'}/{row['model']}"
+        per_epoch = f"{row['seconds_per_epoch']:.1f}" if row["seconds_per_epoch"] is not None else "-"
+        print(f"{name:<{width}}{recipe:<22}{row['dataset']:<15}{row['epochs']:>7g}{row['final_accuracy']:>9.2%}"
+              f"{row['best_accuracy']:>9.2%}{per_epoch:>9}")
+    print(f"wrote {out} (test accuracy of {len(rows)} runs)")
+    return 0
+
+
 def ascii_image(image: torch.Tensor) -> str:
     """A 28x28 uint8 image as 28 lines of characters, dark to bright."""
     ramp = " .:-=+*#%@"
@@ -172,6 +216,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_onnx(run, files, args)
     if args.test_index is None and not files:
         raise ConfigError("give image files or folders to predict, or --test-index I")
+    if args.test_index is not None and args.save_preprocessed:
+        raise ConfigError("--save-preprocessed is for image files; a test image is already 28x28: use --save")
     predictor = Predictor.from_run(run, args.checkpoint)
     if args.test_index is not None:
         return predict_test_image(predictor, args)
@@ -237,21 +283,60 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
 def predict_files(predictor, files: list[str], args: argparse.Namespace) -> int:
     from digitlab.errors import DigitlabError
 
-    failed = 0
-    for path in expand_inputs(files):
+    paths = expand_inputs(files)
+    save_dir = prepare_save_dir(args.save_preprocessed, paths) if args.save_preprocessed else None
+    failed, used_names = 0, set()
+    for path in paths:
         try:
-            pred = predictor.predict(str(path), top_k=args.top_k)[0]
+            image = predictor.to_input(str(path))  # the 28x28 MNIST-style image the model sees
+            pred = predictor.predict(image, top_k=args.top_k, preprocess=False)[0]
         except DigitlabError as e:
             failed += 1
             print(json.dumps({"file": str(path), "error": str(e)}) if args.json else f"{path}: error: {e}",
                   file=sys.stdout if args.json else sys.stderr)
             continue
+        saved = save_preprocessed(image, save_dir, path.stem, used_names) if save_dir else None
         if args.json:
-            print(json.dumps({"file": str(path), **pred.to_dict()}))
+            extra = {"preprocessed": str(saved)} if saved else {}
+            print(json.dumps({"file": str(path), **pred.to_dict(), **extra}))
         else:
             top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
-            print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}")
+            print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"
+                  + (f"  saved {saved}" if saved else ""))
     return 1 if failed else 0
+
+
+def prepare_save_dir(folder: str, inputs: list[Path]) -> Path:
+    """Create the --save-preprocessed folder; refuse one that holds input images (they would be overwritten)."""
+    out = Path(folder)
+    if out.exists() and any(p.parent.resolve() == out.resolve() for p in inputs):
+        raise ConfigError(f"--save-preprocessed {out} holds input images; choose another folder so none is "
+                          "overwritten")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--save-preprocessed {out}: cannot create the folder ({e.strerror})") from None
+    return out
+
+
+def save_preprocessed(image, folder: Path, stem: str, used: set[str]) -> Path:
+    """Write a (28, 28) uint8 image as folder/<stem>.png; a stem seen before gets -2, -3... (a.png and a.jpg)."""
+    import numpy as np
+    from PIL import Image
+
+    from digitlab.errors import DigitlabError
+
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    path = folder / f"{name}.png"
+    try:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
+    except OSError as e:
+        raise DigitlabError(f"cannot write {path} ({e.strerror or e})") from None
+    return path
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -272,11 +357,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     try:
-        from digitlab.serve import run_server
+        from digitlab.serve import check_can_listen, run_server
     except ImportError as e:
         raise DigitlabError(f"digitlab serve needs the web extra ({e.name} is missing): "
                             "pip install 'digitlab[web]'") from None
     predictor = Predictor.from_run(args.run, args.checkpoint)  # loaded once, before the server starts
+    check_can_listen(args.host, args.port)
     info = predictor.describe()
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}) on http://{host}:{args.port} "

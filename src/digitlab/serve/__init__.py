@@ -7,6 +7,6 @@
 """
 from digitlab.serve.app import create_app
 from digitlab.serve.limits import Limits
-from digitlab.serve.server import run_server
+from digitlab.serve.server import check_can_listen, run_server
 
-__all__ = ["create_app", "Limits", "run_server"]
+__all__ = ["create_app", "Limits", "run_server", "check_can_listen"]

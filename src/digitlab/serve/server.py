@@ -5,14 +5,28 @@ seconds, so a flood of clients cannot pile up work or sockets; the app's own Lim
 """
 from __future__ import annotations
 
+import socket
+
 import torch
 
+from digitlab.errors import DigitlabError
 from digitlab.predict import Predictor
 from digitlab.serve.app import create_app
 from digitlab.serve.limits import Limits
 
 LIMIT_CONCURRENCY = 64  # open connections + requests at once; beyond it uvicorn answers 503
 TIMEOUT_KEEP_ALIVE_S = 5  # idle keep-alive connections are closed after this many seconds
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail early, in one line, if host:port cannot be bound (taken, or not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does, so TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise DigitlabError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def run_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
