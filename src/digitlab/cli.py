@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--data-dir", default=None)
     pred.add_argument("--onnx", default=None, metavar="MODEL.onnx",
                       help="predict with this file from `digitlab export` in onnxruntime instead of a run")
+    pred.add_argument("--save-preprocessed", default=None, metavar="DIR",
+                      help="write what the model saw for each image file, as DIR/<stem>.png (28x28)")
 
     export = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch",
                             formatter_class=fmt)
