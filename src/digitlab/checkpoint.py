@@ -7,19 +7,26 @@ A checkpoint is two files in a run folder:
 
 Both files are first written to ``<file>.tmp`` and fsynced, then renamed over the old ones, the
 state file last: it is the commit point. If a kill lands between the two renames, the state on disk is
-the old one and its ``step`` does not match the weights; load_training_checkpoint then finishes the
-interrupted commit from the complete ``.tmp`` file or falls back to the previous pair.
+the old one (or, on the first commit, absent) and its ``step`` does not match the weights;
+load_training_checkpoint then finishes the interrupted commit from the complete ``.tmp`` file.
+Both files are serialised in memory and written with plain Python file I/O, so a full disk is always an
+OSError (torch.save and safetensors' save_file, writing on their own, report it as a RuntimeError or not at
+all). A write that fails removes its ``.tmp`` file and raises a RunError; the files it was to replace are
+untouched.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from digitlab.errors import RunError
 
@@ -27,11 +34,18 @@ FORMAT = "digitlab-checkpoint-1"
 
 
 def write_tmp(path: Path, write) -> Path:
-    """Call write(tmp_path) and fsync the result; the caller renames it into place."""
+    """Call write(tmp_path) and fsync the result; the caller renames it into place.
+
+    A failed write (no space left, no permission) removes the partial .tmp file and raises a RunError.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is kept") from None
     return tmp
 
 
@@ -50,7 +64,8 @@ def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:
     """Safetensors of the model's weights, `meta` (JSON-encoded values) as metadata, into path.tmp."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
-    return write_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    data = safetensors_bytes(tensors, metadata=metadata)
+    return write_tmp(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
@@ -82,11 +97,12 @@ def read_state(path: Path) -> dict:
     if not path.is_file():
         raise RunError(f"checkpoint state {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise RunError(f"refused to load {path}: it holds objects other than plain tensors and "
-                       f"numbers, which could run code ({first})") from None
+                       f"numbers, which could run code ({unpickling_reason(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise RunError(f"{path} is not a readable checkpoint state ({e})") from None
     if not isinstance(state, dict) or "step" not in state:
@@ -94,24 +110,45 @@ def read_state(path: Path) -> dict:
     return state
 
 
+def unpickling_reason(error: Exception) -> str:
+    """The line of torch's weights_only refusal that names what was refused (e.g. 'GLOBAL posix.system')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported" in line.lower() or "GLOBAL" in line:
+            return line
+    return "unsupported content"
+
+
 def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, meta: dict, state: dict) -> None:
     """Write weights and state to .tmp files, then rename weights, then state (the commit point)."""
     weights_path, state_path = run_dir / f"{name}.safetensors", run_dir / f"{name}.state.pt"
     weights_tmp = write_weights_tmp(weights_path, model, meta)
-    state_tmp = write_tmp(state_path, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        state_tmp = write_tmp(state_path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+    except RunError:
+        weights_tmp.unlink(missing_ok=True)
+        raise
     commit((weights_tmp, weights_path), (state_tmp, state_path))
+
+
+def has_checkpoint(run_dir: Path, name: str = "last") -> bool:
+    """Whether a commit of checkpoint `name` ever completed its first rename (the weights file)."""
+    return (run_dir / f"{name}.safetensors").is_file()
 
 
 def load_training_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict, dict, dict]:
     """(weights, meta, state) of a consistent checkpoint pair, repairing an interrupted commit."""
     weights_path, state_path = run_dir / f"{name}.safetensors", run_dir / f"{name}.state.pt"
-    state = read_state(state_path)
+    pending = state_path.with_name(state_path.name + ".tmp")
+    # No state file at all is the first commit interrupted between its renames: repaired below.
+    state = read_state(state_path) if state_path.is_file() or not pending.is_file() else None
     weights, meta = read_weights(weights_path)
-    if meta.get("step") == state["step"]:
+    if state is not None and meta.get("step") == state["step"]:
         return weights, meta, state
     # A kill between the two renames: the weights are one commit ahead of the state. The new state
     # is still complete in its .tmp file (written and fsynced before either rename).
-    pending = state_path.with_name(state_path.name + ".tmp")
     if pending.is_file():
         try:
             new_state = read_state(pending)
@@ -120,5 +157,6 @@ def load_training_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict, d
         if new_state is not None and new_state["step"] == meta.get("step"):
             os.replace(pending, state_path)
             return weights, meta, new_state
-    raise RunError(f"{run_dir}: weights (step {meta.get('step')}) and state (step {state['step']}) "
+    state_step = state["step"] if state is not None else "missing"
+    raise RunError(f"{run_dir}: weights (step {meta.get('step')}) and state (step {state_step}) "
                    "do not match and cannot be repaired")

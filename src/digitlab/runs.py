@@ -25,6 +25,7 @@ from digitlab.config import TrainConfig, config_from_json
 from digitlab.data import get_spec
 from digitlab.errors import ConfigError, RunError
 from digitlab.models import create_model
+from digitlab.normalize import NORMALIZATIONS
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "lr", "elapsed_s", "images_per_s", "data_fraction"]
@@ -88,24 +89,48 @@ class LoadedModel:
     meta: dict
 
 
+def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Module:
+    """create_model(name, **args) whose state_dict has exactly the shapes of `weights`, else a RunError.
+
+    The model is first built on the meta device (no memory), so metadata asking for a huge model
+    fails here instead of allocating more than the weights file holds.
+    """
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise RunError(f"{source}: checkpoint metadata does not name a model and its options")
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **args)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as e:
+        detail = str(e).splitlines()[0] if str(e) else repr(e)
+        raise RunError(f"{source}: cannot rebuild model {name!r} with {args} ({detail})") from None
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise RunError(f"{source}: weights do not fit model {name!r} with {args} "
+                       f"(first differing tensors, name and shape: {diff})")
+    return create_model(name, **args)
+
+
 def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
     """Rebuild the registered model named in `meta` and load `weights` into it strictly."""
-    try:
-        name, args = meta["model"], meta.get("model_args", {})
-        model = create_model(name, **args)
-    except KeyError:
-        raise RunError(f"{source}: checkpoint metadata does not name a model") from None
-    except (ConfigError, TypeError) as e:
-        raise RunError(f"{source}: cannot rebuild its model ({e})") from None
+    if "model" not in meta:
+        raise RunError(f"{source}: checkpoint metadata does not name a model")
+    name, args = meta["model"], meta.get("model_args", {})
+    model = build_model_checked(name, args, weights, source)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise RunError(f"{source}: weights do not fit model {name!r} with {args} ({detail})") from None
     model.eval()
-    dataset = meta.get("dataset", "mnist")
-    return LoadedModel(model, name, args, meta.get("normalization", "standard"), dataset,
-                       tuple(meta.get("classes") or get_spec(dataset).classes), source, meta)
+    dataset, normalization = meta.get("dataset", "mnist"), meta.get("normalization", "standard")
+    classes = meta.get("classes") or get_spec(dataset).classes
+    if normalization not in NORMALIZATIONS:
+        raise RunError(f"{source}: unknown normalization {normalization!r} in its metadata")
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise RunError(f"{source}: class names in its metadata are not a list of strings")
+    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta)
 
 
 def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
