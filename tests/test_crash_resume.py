@@ -1,0 +1,260 @@
+"""Crash-safe runs: kill training with SIGKILL at random moments and inside checkpoint writes, resume each time.
+
+After every kill every checkpoint on disk must load, and the run resumed to the end must write exactly the
+metrics (all but the timing columns) and the weights of an uninterrupted run with the same seed. The kills
+inside a write are made deterministic by tests/digitlab_wrapped.py (a torn .tmp file; a kill between the
+weights' and the state's renames); the others land at random times, with the seed in any failure message.
+The killed runs train on the first 12,000 MNIST images (DIGITLAB_TEST_TRAIN_SUBSET) to keep the test short.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from digitlab import load_dataset, load_run, make_config, train
+from digitlab.checkpoint import load_training_checkpoint, read_state
+from digitlab.runs import read_metrics
+from digitlab.train import resume_config
+
+REPO = Path(__file__).resolve().parents[1]
+WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")
+TIMING = ("elapsed_s", "images_per_s", "data_fraction")
+EPOCHS = 6
+SUBSET = 12_000  # training images; the test set stays whole
+STEPS = 47  # per epoch: ceil(12000 / 256)
+RECIPE = dict(model="mlp", epochs=EPOCHS, batch_size=256, max_steps=0, schedule="onecycle", threads=1)
+TRAIN_ARGS = ["--model", "mlp", "--epochs", str(EPOCHS), "--batch-size", "256", "--max-steps", "0",
+              "--schedule", "onecycle", "--threads", "1", "--no-progress"]
+LINE_TIMEOUT_S = 120
+
+
+def quiet(*_args) -> None:
+    pass
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    assert (REPO / "data" / "mnist" / "train-images-idx3-ubyte.gz").is_file(), "MNIST missing from data/mnist"
+    return load_dataset("mnist", progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Train in this process on one thread, as the subprocesses do (same arithmetic), then restore."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+class Training:
+    """`python tests/digitlab_wrapped.py train ...` in a subprocess, its output read line by line."""
+
+    def __init__(self, args: list[str], kill_hook: str | None = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIGITLAB_TEST_TRAIN_SUBSET": str(SUBSET)}
+        env.pop("DIGITLAB_TEST_KILL", None)
+        if kill_hook:
+            env["DIGITLAB_TEST_KILL"] = kill_hook
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, str(WRAPPER), *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str) -> str:
+        """Block until an output line matches `pattern`; fail if the process ends or stalls first."""
+        deadline = time.monotonic() + LINE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"training ended before {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+        self.kill()
+        raise AssertionError(f"no line matching {pattern!r} within {LINE_TIMEOUT_S} s:\n" + "\n".join(self.lines))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def finish(self) -> int:
+        self.proc.wait(timeout=LINE_TIMEOUT_S * EPOCHS)
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+        return self.proc.returncode
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def assert_everything_loads(run: Path, scratch: Path) -> int:
+    """Every checkpoint in `run` loads (repairs on a copy, so the resume does its own); returns the last step."""
+    assert (run / "config.json").is_file()
+    rows = read_metrics(run) if (run / "metrics.csv").exists() else []  # metrics.csv always parses
+    if not (run / "last.safetensors").exists():
+        assert not rows or rows[-1]["step"] <= STEPS, "an epoch finished but left no checkpoint"
+        return 0
+    last = load_run(run, "last")
+    best = load_run(run, "best")
+    assert best.meta["metrics"]["test_accuracy"] >= last.meta["metrics"]["test_accuracy"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(run, scratch)
+    weights, meta, state = load_training_checkpoint(scratch, "last")
+    assert meta["step"] == state["step"] == last.meta["step"] == STEPS * state["epoch"]
+    assert [r["step"] for r in state["history"]] == [STEPS * (e + 1) for e in range(state["epoch"])]
+    assert all(torch.equal(weights[k], v) for k, v in last.model.state_dict().items())
+    assert not (scratch / "last.state.pt.tmp").exists() or meta["step"] != read_state_step(scratch)
+    return meta["step"]
+
+
+def read_state_step(run: Path) -> int | None:
+    try:
+        return read_state(run / "last.state.pt.tmp")["step"]
+    except Exception:  # noqa: BLE001 - a torn file is expected here
+        return None
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterrupted(tmp_path, mnist, one_thread):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    why = f"(random seed {seed})"
+    subset = replace(mnist, train_images=mnist.train_images[:SUBSET], train_labels=mnist.train_labels[:SUBSET])
+    reference = train(make_config(RECIPE, out=str(tmp_path / "reference")), dataset=subset, progress=False,
+                      log=quiet)
+    run = tmp_path / "run"
+    first = ["train", *TRAIN_ARGS, "--out", str(run)]
+    resume = ["train", "--resume", str(run), "--no-progress"]
+    kills = []
+
+    # 1. Killed between the two renames of the very first commit: weights in place, state only in its .tmp.
+    t = Training(first, kill_hook="rename:last.safetensors:1")
+    assert t.finish() == -signal.SIGKILL, t.output
+    assert not (run / "last.state.pt").exists() and (run / "last.state.pt.tmp").exists()
+    kills.append(("between renames, first commit", assert_everything_loads(run, tmp_path / "check")))
+
+    # 2. A random moment in a tight window after an epoch line: around the checkpoint write and the plot.
+    t = Training(resume)
+    t.wait_for(rf"^resuming .* at epoch 1, step {STEPS}$")
+    t.wait_for(r"^epoch \d/6:")
+    time.sleep(rng.uniform(0, 0.2))
+    t.kill()
+    kills.append(("random, after an epoch line", assert_everything_loads(run, tmp_path / "check")))
+
+    # 3. In the middle of writing the state file: a torn last.state.pt.tmp, the previous pair intact.
+    t = Training(resume, kill_hook="write:last.state.pt:1")
+    assert t.finish() == -signal.SIGKILL, t.output
+    assert (run / "last.state.pt.tmp").exists() and read_state_step(run) is None
+    kills.append(("state file half written", assert_everything_loads(run, tmp_path / "check")))
+
+    # 4. Between the renames of a later commit: the weights one epoch ahead of the state file.
+    t = Training(resume, kill_hook="rename:last.safetensors:1")
+    assert t.finish() == -signal.SIGKILL, t.output
+    assert load_run(run, "last").meta["step"] == read_state_step(run) != read_state(run / "last.state.pt")["step"]
+    kills.append(("between renames", assert_everything_loads(run, tmp_path / "check")))
+
+    # 5. Any moment: start-up, loading, the middle of an epoch, or a checkpoint.
+    t = Training(resume)
+    t.wait_for(r"^resuming ")
+    time.sleep(rng.uniform(0, 1.5))
+    t.kill()
+    kills.append(("random, any time", assert_everything_loads(run, tmp_path / "check")))
+
+    # 6. Right on an epoch line, with no delay: most likely inside best/metrics/last writes.
+    t = Training(resume)
+    t.wait_for(r"^epoch \d/6:")
+    time.sleep(rng.uniform(0, 0.02))
+    t.kill()
+    kills.append(("random, on an epoch line", assert_everything_loads(run, tmp_path / "check")))
+
+    assert len(kills) >= 5 and all(step < STEPS * EPOCHS for _, step in kills), (kills, why)
+    t = Training(resume)
+    assert t.finish() == 0, f"{why}\n{t.output}"
+    assert f"after {EPOCHS} epochs" in t.output, t.output
+
+    resumed, straight = read_metrics(run), read_metrics(tmp_path / "reference")
+    assert without_timing(resumed) == without_timing(straight), (kills, why)
+    assert len(straight) == EPOCHS and straight[-1]["test_accuracy"] > 0.95
+    for name in ("last", "best"):
+        a = load_run(run, name).model.state_dict()
+        b = load_run(tmp_path / "reference", name).model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), (name, kills, why)
+    assert reference.final["step"] == STEPS * EPOCHS
+    assert not list(run.glob("*.tmp")), "temporary files left after the run finished"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain resume equivalence, in this process, on a slice of MNIST
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    """3,000 training and 2,000 test images: 30 steps an epoch at batch 100."""
+    return replace(mnist, train_images=mnist.train_images[:3000], train_labels=mnist.train_labels[:3000],
+                   test_images=mnist.test_images[:2000], test_labels=mnist.test_labels[:2000])
+
+
+# a CNN with dropout: resuming must also restore the random state its dropout draws from
+BASE = dict(model="cnn", optimizer="sgd", lr=0.05, momentum=0.9, batch_size=100, epochs=2, seed=7,
+            normalization="unit", threads=1)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert without_timing(read_metrics(a)) == without_timing(read_metrics(b))
+    wa, wb = load_run(a, "last").model.state_dict(), load_run(b, "last").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_two_epochs_equal_one_plus_resumed_one(small, tmp_path, one_thread):
+    """Constant lr: `--epochs 1`, then `--resume RUN --epochs 2`, is the 2-epoch run. The first part is itself a
+    resume of a run killed before its first checkpoint (config.json only), which starts from scratch."""
+    straight = train(make_config(BASE, out=str(tmp_path / "straight")), dataset=small, progress=False, log=quiet)
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "config.json").write_text(make_config(BASE, epochs=1, out=str(split)).to_json())
+    logged = []
+    first = train(resume_config(split), dataset=small, resume=True, progress=False, log=logged.append)
+    assert "has no checkpoint yet" in logged[0] and first.final["step"] == 30
+    resumed = train(resume_config(split, epochs=2), dataset=small, resume=True, progress=False, log=logged.append)
+    assert "at epoch 1, step 30" in logged[-2]
+    assert [r["step"] for r in resumed.history] == [30, 60] and straight.final["test_accuracy"] > 0.8
+    assert_same_run(tmp_path / "straight", split)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_with_a_schedule_continues_the_planned_run(small, tmp_path, one_thread, ema):
+    """A schedule spans the planned epochs: stop a 2-epoch cosine run after epoch 1, resume with --max-steps 0.
+    With weight averaging the checkpoint must carry both the raw and the averaged weights."""
+    cfg = dict(BASE, schedule="cosine", ema=ema)
+    train(make_config(cfg, out=str(tmp_path / "straight")), dataset=small, progress=False, log=quiet)
+    train(make_config(cfg, max_steps=30, out=str(tmp_path / "split")), dataset=small, progress=False, log=quiet)
+    train(resume_config(tmp_path / "split", max_steps=0), dataset=small, resume=True, progress=False, log=quiet)
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
