@@ -1,0 +1,91 @@
+"""Batched augmentation: shapes and devices kept, seeded, pixels really move, labels survive it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from digitlab.augment import AUGMENTATIONS, affine_matrices, augment
+from digitlab.config import make_config
+from digitlab.data import load_dataset
+from digitlab.evaluate import predict_logits
+from digitlab.normalize import NORMALIZATIONS, normalize
+from digitlab.runs import load_run
+
+KINDS = [k for k in AUGMENTATIONS if k != "none"]
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return normalize(load_dataset("mnist").test_images[:64])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keeps_shape_dtype_device(kind, dtype, digits):
+    x = digits.to(dtype)
+    out = augment(x, kind, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    assert torch.isfinite(out).all()
+
+
+def test_none_is_the_identity(digits):
+    assert augment(digits, "none") is digits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_seeded_and_deterministic(kind, digits):
+    a = augment(digits, kind, torch.Generator().manual_seed(1))
+    b = augment(digits, kind, torch.Generator().manual_seed(1))
+    c = augment(digits, kind, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    torch.manual_seed(5)  # the default is the global RNG, which training seeds and restores on resume
+    d = augment(digits, kind)
+    torch.manual_seed(5)
+    assert torch.equal(d, augment(digits, kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_moves_pixels_and_keeps_the_background(kind, digits):
+    out = augment(digits, kind, torch.Generator().manual_seed(0))
+    changed = (out - digits).abs().flatten(1).amax(1) > 0.5  # per image: some pixel changed a lot
+    assert changed.float().mean() > 0.9
+    background = digits.amin()
+    assert torch.allclose(out[:, :, 0, 0], background.expand(out.shape[0], 1), atol=1e-4)  # corners stay blank
+    assert out.amin() >= background - 1e-4 and out.amax() <= digits.amax() + 1e-4  # bilinear: no overshoot
+
+
+def test_flip_only_where_asked():
+    flips = affine_matrices(1000, AUGMENTATIONS["flip+shift"], 28, "cpu", torch.Generator().manual_seed(0))
+    mirrored = (torch.linalg.det(flips[:, :, :2]) < 0).float().mean()
+    assert 0.4 < mirrored < 0.6
+    digits_only = affine_matrices(1000, AUGMENTATIONS["affine"], 28, "cpu", torch.Generator().manual_seed(0))
+    assert (torch.linalg.det(digits_only[:, :, :2]) > 0).all()  # never mirror a digit
+
+
+def test_unknown_kind_is_refused(digits):
+    with pytest.raises(ValueError, match="affine"):
+        augment(digits, "cutout")
+    with pytest.raises(Exception, match="augment"):
+        make_config({}, augment="cutout")
+
+
+@pytest.mark.parametrize("kind", ["affine", "affine+elastic"])
+def test_labels_survive(kind, trained_run):
+    """A CNN trained for 300 steps without augmentation (so not made invariant to it) still reads most augmented
+    test digits, far better than the same digits turned upside down, which does change what they are."""
+    loaded = load_run(trained_run)
+    ds = load_dataset("mnist")
+    images, labels = ds.test_images[:2000], ds.test_labels[:2000]
+    torch.manual_seed(0)
+    augmented = augment(normalize(images, loaded.normalization), kind)
+    shift, scale = NORMALIZATIONS[loaded.normalization]  # back to uint8, which predict_logits normalises itself
+    as_uint8 = ((augmented * scale + shift) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0]
+
+    def accuracy(x: torch.Tensor) -> float:
+        return (predict_logits(loaded.model, x, loaded.normalization).argmax(1) == labels).float().mean().item()
+
+    clean, moved, upside_down = accuracy(images), accuracy(as_uint8), accuracy(torch.rot90(images, 2, (1, 2)))
+    assert clean > 0.95
+    assert moved > 0.7 and moved > upside_down + 0.3, f"{kind}: {clean:.2%} clean, {moved:.2%} augmented, " \
+                                                      f"{upside_down:.2%} upside down"

@@ -1,0 +1,37 @@
+"""digitlab's own presets (fast, best, best-fashion): the fields docs/results.md measured, and that they build."""
+from __future__ import annotations
+
+import torch
+
+from digitlab.config import make_config
+from digitlab.models import create_model
+from digitlab.presets import PRESETS, preset_config
+
+
+def test_fast_stops_at_99_within_an_epoch():
+    cfg = make_config(preset_config("fast"))
+    assert (cfg.model, cfg.model_args) == ("digitnet", {"width": 16, "depth": 1})
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.batch_size, cfg.epochs) == ("adamw", 1e-2, "onecycle", 128, 1)
+    assert cfg.target_accuracy == 0.99 and cfg.eval_every == 100 and cfg.augment == "none"
+
+
+def test_best_uses_augmentation_ema_and_tta():
+    cfg = make_config(preset_config("best"))
+    assert cfg.dataset == "mnist" and cfg.model_args == {"width": 32, "depth": 2}
+    assert cfg.augment == "affine" and cfg.ema > 0 and cfg.tta and cfg.label_smoothing == 0.1
+    assert cfg.schedule == "onecycle" and cfg.epochs >= 10
+
+
+def test_best_fashion_flips_clothes_not_digits():
+    cfg = make_config(preset_config("best-fashion"))
+    assert cfg.dataset == "fashion-mnist" and cfg.augment == "flip+shift"
+    assert make_config(preset_config("best")).augment != "flip+shift"
+
+
+def test_own_presets_build_and_run_a_step():
+    for name in ("fast", "best", "best-fashion"):
+        cfg = make_config(preset_config(name))
+        model = create_model(cfg.model, **cfg.model_args)
+        logits = model(torch.randn(2, 1, 28, 28))
+        assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+        assert PRESETS[name].published
