@@ -61,6 +61,13 @@ def test_predict_test_index(run_dir, tmp_path):
     assert "true 7" in text and "predicted 7" in text and "@" in text  # ASCII art of the digit
 
 
+def test_predict_with_the_shipped_model():
+    proc = run_cli("predict", "--test-index", "3", "--json")  # no run folder: the model in the package
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["true"] == 0 and out["label"] == 0 and out["probability"] > 0.5
+
+
 def test_data_show_and_info(tmp_path):
     out = tmp_path / "s.png"
     proc = run_cli("data", "show", "--dataset", "fashion-mnist", "--data-dir", str(REPO.parent / "shared" / "data"),
@@ -87,16 +94,14 @@ def test_models_and_summary():
     (["train", "--resume", "/nonexistent/run"], "not a run folder"),
     (["eval", "/nonexistent/run"], "does not exist"),
     (["plot", "/nonexistent/run"], "not a run folder"),
-    (["predict", "--test-index", "3"], None),  # shipped model may be absent: either works or errors cleanly
+    (["predict", "--test-index", "10000"], "--test-index must be in 0..9999"),
+    (["predict", "/nonexistent.png"], "/nonexistent.png: error:"),
     (["data", "info", "--dataset", "kmnist"], "unknown dataset 'kmnist'"),
     (["summary", "vgg"], "unknown model 'vgg'"),
     (["train", "--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message):
     proc = run_cli(*args)
-    if message is None:
-        assert proc.returncode == 0 or (proc.returncode != 0 and "Traceback" not in proc.stderr)
-        return
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

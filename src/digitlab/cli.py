@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--checkpoint", default="best", choices=["best", "last"])
     serve.add_argument("--threads", type=int, default=1, help="CPU threads torch uses per prediction")
+    serve.add_argument("--runtime", default="onnx", choices=["onnx", "torch"],
+                       help="inference engine; ONNX Runtime is the faster one for single images")
     return parser
 
 
