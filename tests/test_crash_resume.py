@@ -83,9 +83,10 @@ class Training:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, pattern: str) -> str:
-        """Block until an output line matches `pattern`; fail if the process ends or stalls first."""
-        deadline = time.monotonic() + LINE_TIMEOUT_S
+    def wait_for(self, pattern: str, timeout: float | None = None) -> str | None:
+        """Block until an output line matches `pattern`; fail if the process ends or stalls first.
+        With a timeout, return None when it passes first (no failure)."""
+        deadline = time.monotonic() + (LINE_TIMEOUT_S if timeout is None else timeout)
         while time.monotonic() < deadline:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -96,6 +97,8 @@ class Training:
             self.lines.append(line)
             if re.search(pattern, line):
                 return line
+        if timeout is not None:
+            return None
         self.kill()
         raise AssertionError(f"no line matching {pattern!r} within {LINE_TIMEOUT_S} s:\n" + "\n".join(self.lines))
 
@@ -103,6 +106,7 @@ class Training:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        assert self.proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{self.output}"
 
     def finish(self) -> int:
         self.proc.wait(timeout=LINE_TIMEOUT_S * EPOCHS)
@@ -181,10 +185,10 @@ def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterru
     assert load_run(run, "last").meta["step"] == read_state_step(run) != read_state(run / "last.state.pt")["step"]
     kills.append(("between renames", assert_everything_loads(run, tmp_path / "check")))
 
-    # 5. Any moment: start-up, loading, the middle of an epoch, or a checkpoint.
+    # 5. Any moment of the next epoch: the middle of it, or its checkpoint (at most one epoch of progress).
     t = Training(resume)
     t.wait_for(r"^resuming ")
-    time.sleep(rng.uniform(0, 1.5))
+    t.wait_for(r"^epoch \d/6:", timeout=rng.uniform(0, 1.5))
     t.kill()
     kills.append(("random, any time", assert_everything_loads(run, tmp_path / "check")))
 
