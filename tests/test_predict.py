@@ -144,8 +144,9 @@ def input_variants(digit: np.ndarray, folder: Path) -> dict[str, object]:
         "PIL grey": Image.fromarray(dark), "PIL RGB": Image.fromarray(rgb), "PIL RGBA": Image.fromarray(drawing),
         "numpy grey uint8": digit, "numpy grey float": digit / 255.0, "numpy RGB": rgb,
         "numpy RGBA transparent": drawing, "numpy RGBA opaque": np.dstack([rgb, np.full_like(digit, 255)]),
-        "tensor (28, 28) uint8": torch.from_numpy(digit), "tensor (1, 1, 28, 28) float": torch.from_numpy(digit)[
-            None, None].float() / 255, "tensor (3, 28, 28) RGB": torch.from_numpy(rgb).permute(2, 0, 1),
+        "tensor (28, 28) uint8": torch.from_numpy(digit),
+        "tensor (1, 1, 28, 28) float": torch.from_numpy(digit)[None, None].float() / 255,
+        "tensor (3, 28, 28) RGB": torch.from_numpy(rgb).permute(2, 0, 1),
     }
 
 
