@@ -212,6 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.predict import Predictor
 
     run, files = split_run_and_files(args.inputs)
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     if args.onnx:
         return predict_onnx(run, files, args)
     if args.test_index is None and not files:

@@ -78,7 +78,7 @@ class Predictor:
         """One image -> uint8 (28, 28); `preprocess=False` only for images already MNIST-like."""
         if not preprocess:
             array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8).reshape(28, 28))
+            return torch.from_numpy(np.array(array, dtype=np.uint8).reshape(28, 28))  # a copy: input may be read-only
         from digitlab.preprocess import to_mnist
 
         return torch.from_numpy(to_mnist(image))
