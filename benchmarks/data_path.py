@@ -5,7 +5,7 @@ PyTorch example's per-sample Dataset + DataLoader (uint8 -> PIL image -> tensor,
     python benchmarks/data_path.py --presets mlp-bn --steps 200 --threads 2
 
 For each preset both paths train the same model (same seed, optimiser, batch size and normalisation)
-for --steps optimiser steps (fewer if --max-seconds runs out first), one after the other in this
+for --steps optimiser steps (fewer if --max-seconds runs out first, but at least 5), one after the other in this
 process. Reported per path: milliseconds per step, the fraction of it spent on the batch, and one
 epoch extrapolated from the measured steps (steps per epoch x time per step; whole epochs are not
 run, to bound the runtime). The speed-up is the reference's time per step over digitlab's.
@@ -50,7 +50,7 @@ class PerSampleWithNormalization(MNISTPerSample):
         return to_tensor_normalized(Image.fromarray(img.numpy(), mode="L"), self.shift, self.scale), target
 
 
-def time_steps(model, optimizer, batches, steps: int, max_seconds: float) -> dict:
+def time_steps(model, optimizer, batches, steps: int, max_seconds: float, min_steps: int = 5) -> dict:
     """Train on batches from the iterator; time getting each batch and the whole step."""
     model.train()
     data_s = step_s = 0.0
@@ -67,7 +67,7 @@ def time_steps(model, optimizer, batches, steps: int, max_seconds: float) -> dic
         t2 = time.perf_counter()
         if i >= 2:  # the first two steps warm up allocators and kernels
             data_s, step_s, done = data_s + t1 - t0, step_s + t2 - t0, done + 1
-            if t2 > deadline:
+            if t2 > deadline and done >= min_steps:
                 break
     return {"steps": done, "step_ms": 1000 * step_s / done, "data_fraction": data_s / step_s}
 
@@ -116,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    print(f"{'preset':<16}{'batch':>6}{'steps':>8} | {'digitlab ms/step':>16}{'data':>7}{'epoch s':>9} | "
-          f"{'reference ms/step':>17}{'data':>7}{'epoch s':>9} | {'speed-up':>8}")
+    print(f"{'preset':<16}{'batch':>6}{'steps':>10} | {'digitlab ms/step':>16}{'data ms':>8}{'data':>7}"
+          f"{'epoch s':>9} | {'reference ms/step':>17}{'data ms':>8}{'data':>7}{'epoch s':>9} | {'speed-up':>8}")
     for preset in args.presets:
         r = measure(preset, args.steps, args.max_seconds)
-        d, ref = r["digitlab"], r["reference"]
-        print(f"{preset:<16}{r['batch']:>6}{d['steps']:>4}/{ref['steps']:<3} | {d['step_ms']:>16.1f}"
-              f"{d['data_fraction']:>7.1%}{d['step_ms'] * r['steps_per_epoch'] / 1000:>9.1f} | "
-              f"{ref['step_ms']:>17.1f}{ref['data_fraction']:>7.1%}"
-              f"{ref['step_ms'] * r['steps_per_epoch'] / 1000:>9.1f} | {ref['step_ms'] / d['step_ms']:>7.1f}x",
-              flush=True)
+        cells = []
+        for path in (r["digitlab"], r["reference"]):
+            width = 17 if cells else 16
+            cells.append(f"{path['step_ms']:>{width}.1f}{path['step_ms'] * path['data_fraction']:>8.1f}"
+                         f"{path['data_fraction']:>7.1%}{path['step_ms'] * r['steps_per_epoch'] / 1000:>9.1f}")
+        steps = f"{r['digitlab']['steps']}/{r['reference']['steps']}"
+        speed_up = r["reference"]["step_ms"] / r["digitlab"]["step_ms"]
+        print(f"{preset:<16}{r['batch']:>6}{steps:>10} | {cells[0]} | {cells[1]} | {speed_up:>7.1f}x", flush=True)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("epoch s: time per step x steps per epoch, extrapolated from the timed steps (not a full epoch)")
     return 0

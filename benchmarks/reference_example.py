@@ -8,8 +8,9 @@ each uint8 image into a PIL image and then into a normalised tensor (torchvision
 Normalize((0.1307,), (0.3081,)), reimplemented here without torchvision), fed through a DataLoader.
 The IDX files are read with gzip + numpy, as torchvision's MNIST does, not through digitlab.
 
-Differences from the original, all in its favour or neutral: --threads (torch's default if 0); the test set is evaluated after every
-epoch (as there) and the script stops at the first epoch that reaches --target-accuracy.
+Differences from the original, all in its favour or neutral: --threads (torch's default if 0); the
+test set is evaluated after every epoch (as there) and the script stops at the first epoch that
+reaches --target-accuracy.
 shuffle=True is used on every device (the example passes it only with its CUDA kwargs), and
 num_workers=1 + pin_memory only on CUDA, as the example does.
 """

@@ -55,9 +55,9 @@ def measure_reference(target: float, max_epochs: int, threads: int, echo: bool) 
     print(f"reference: {' '.join(cmd[1:])}", flush=True)
     matches, exit_s, code = run_timed(cmd, REF_LINE, echo)
     hit = next(((t, m) for t, m in matches if float(m.group(2)) / 100 >= target), None)
+    last = hit or (matches[-1] if matches else None)
     return {"exit_s": exit_s, "code": code, "target_s": hit[0] if hit else None,
-            "accuracy": float(hit[1].group(2)) / 100 if hit else (float(matches[-1][1].group(2)) / 100 if matches else None),
-            "epochs": int(hit[1].group(1)) if hit else len(matches)}
+            "accuracy": float(last[1].group(2)) / 100 if last else None, "epochs": len(matches)}
 
 
 def measure_digitlab(preset: str, target: float, threads: int, extra: list[str], echo: bool) -> dict:

@@ -9,6 +9,7 @@ part is timed separately and reported as `data_fraction` of each step.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -150,8 +151,8 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         else:
             set_seed(cfg.seed + ctx.rank + 1000 * start_epoch)
         log(f"resuming {run_dir} at epoch {start_epoch}, step {step}")
-    ema = make_ema(model, cfg.ema, weights if resume and cfg.ema and step else None)
-    scored = ema.module if ema else model  # what is evaluated and saved: the averaged weights when ema > 0
+    ema = make_ema(model, weights if resume and cfg.ema and step else None) if cfg.ema else None
+    scored = ema or model  # what is evaluated and saved: the averaged weights when ema > 0
     net = model
     if ctx.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -214,7 +215,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
             loss.backward()
             optimizer.step()
             if ema:
-                ema.update_parameters(model)
+                update_ema(ema, model, cfg.ema, step)
             step += 1
             sums[0] += loss.detach().double() * y.numel()
             sums[1] += (logits.argmax(1) == y).sum()
@@ -257,18 +258,22 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
     return TrainResult(run_dir, history, best_acc, stopped_early)
 
 
-def make_ema(model: torch.nn.Module, decay: float, averaged: dict | None = None):
-    """An exponential moving average of the weights and BatchNorm statistics (None when decay is 0),
-    optionally restored from `averaged` weights saved by an earlier run."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+def make_ema(model: torch.nn.Module, averaged: dict | None = None) -> torch.nn.Module:
+    """A frozen copy of the model to hold the average, optionally restored from weights saved earlier."""
+    ema = copy.deepcopy(model).requires_grad_(False)
     if averaged is not None:
-        ema.module.load_state_dict(averaged)
-        ema.n_averaged.fill_(1)  # otherwise the next update would copy the raw weights over the average
+        ema.load_state_dict(averaged)
     return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model over weights and BatchNorm statistics. d = min(decay, (1 + step) / (10 + step))
+    warms up so the average never leans on the random initial weights: it spans about the last 10% of steps
+    until `decay` caps it (timm's ModelEma warm-up)."""
+    d = min(decay, (1 + step) / (10 + step))
+    pairs = [(e, m) for e, m in zip(ema.state_dict().values(), model.state_dict().values()) if e.is_floating_point()]
+    torch._foreach_lerp_([e for e, _ in pairs], [m for _, m in pairs], 1 - d)
 
 
 def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.Module | None = None) -> None:
