@@ -127,13 +127,7 @@ def parse_model_args(text: str) -> dict:
     """'hidden_size=128,num_layers=2' or a JSON object -> dict with JSON-typed values."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"model_args: invalid JSON ({e})") from None
-        if not isinstance(value, dict):
-            raise ConfigError("model_args must be a JSON object")
-        return value
+        return json_object(text, "model_args")
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         if "=" not in item:
@@ -163,13 +157,18 @@ def make_config(base: dict | None = None, **overrides) -> TrainConfig:
 
 def config_from_json(text: str) -> TrainConfig:
     """Rebuild a TrainConfig from a run's config.json; unknown keys are an error, not ignored."""
+    return make_config(json_object(text, "config.json"))
+
+
+def json_object(text: str, what: str) -> dict:
+    """Parse `text` as a JSON object, or a ConfigError naming `what`."""
     try:
-        data = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"config.json is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config.json must hold a JSON object")
-    return make_config(data)
+        raise ConfigError(f"{what} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must hold a JSON object")
+    return value
 
 
 def config_fields() -> list[tuple[str, type, object]]:
