@@ -170,6 +170,9 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
     f = math.ceil(max(pixels.shape[:2]) / side)
     if f <= 1:
         return pixels
+    if min(pixels.shape[:2]) < f:  # a side shorter than one block (a 4096x1 line) is padded to one block
+        pad = [(0, max(0, f - n)) for n in pixels.shape[:2]] + [(0, 0)]
+        pixels = np.pad(pixels, pad, mode="edge")
     h, w, c = (pixels.shape[0] // f) * f, (pixels.shape[1] // f) * f, pixels.shape[2]
     return pixels[:h, :w].reshape(h // f, f, w // f, f, c).mean(axis=(1, 3))
 
