@@ -117,7 +117,8 @@ def thin_line(width: int, height: int) -> bytes:
 def float_tiff_4096(digit: Image.Image) -> bytes:
     """The digit blown up to 4096x4096 as 32-bit floats (64 MiB of pixels), deflated to a few hundred kB."""
     big = digit.resize((4096, 4096), Image.NEAREST)
-    return encode(Image.fromarray(np.asarray(big, dtype=np.float32), mode="F"), "TIFF", compression="tiff_adobe_deflate")
+    pixels = Image.fromarray(np.asarray(big, dtype=np.float32), mode="F")
+    return encode(pixels, "TIFF", compression="tiff_adobe_deflate")
 
 
 def exif_orientation(digit: Image.Image, value: int) -> bytes:
