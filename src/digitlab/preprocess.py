@@ -180,9 +180,14 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 #### Levelling and polarity
 
 
+def _first(n: int, step: int) -> int:
+    """Where sampling every `step`-th pixel starts: mid-block, but inside an axis thinner than a block."""
+    return min(step // 2, n - 1)
+
+
 def _coords(n: int, step: int = 1) -> np.ndarray:
     """Pixel-centre coordinates of every `step`-th pixel of an axis of length n, scaled to [-1, 1]."""
-    return ((np.arange(step // 2, n, step) + 0.5) / n * 2 - 1).astype(np.float32)
+    return ((np.arange(_first(n, step), n, step) + 0.5) / n * 2 - 1).astype(np.float32)
 
 
 def _background(pixels: np.ndarray) -> np.ndarray:
@@ -191,7 +196,7 @@ def _background(pixels: np.ndarray) -> np.ndarray:
     step = max(1, max(h, w) // FIT_GRID)
     y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    sample = pixels[step // 2::step, step // 2::step].reshape(-1, c)
+    sample = pixels[_first(h, step)::step, _first(w, step)::step].reshape(-1, c)
     resid = np.linalg.norm(sample - np.median(sample, axis=0), axis=1)  # start from a flat page
     for _ in range(3):
         keep = resid <= 3 * np.median(resid) + 2 / 255  # ink is a minority, far from the surface
