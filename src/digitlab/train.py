@@ -9,11 +9,10 @@ part is timed separately and reported as `data_fraction` of each step.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from digitlab.checkpoint import has_checkpoint, load_training_checkpoint, save_c
 from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
 from digitlab.device import pick_device, rng_state, set_rng_state, set_seed
+from digitlab.ema import make_ema, update_ema
 from digitlab.errors import DigitlabError, RunError
 from digitlab.evaluate import predict_logits
 from digitlab.models import create_model
@@ -48,6 +48,37 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a resumed run picks up from its last checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    averaged_weights: dict | None = None  # with EMA, the saved average (the .safetensors file)
+
+
+def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistContext, log) -> Progress:
+    """Load the last checkpoint into model and optimiser, restore the RNGs, and say where to go on from."""
+    if not has_checkpoint(run_dir, "last"):
+        log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
+        return Progress()
+    if not ctx.is_main:
+        dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
+    weights, _meta, state = load_training_checkpoint(run_dir, "last")
+    if ctx.is_main:
+        dist.barrier()
+    model.load_state_dict(state.get("train_weights", weights))  # with EMA the .safetensors holds the average
+    optimizer.load_state_dict(state["optimizer"])
+    if ctx.is_main:
+        set_rng_state(state["rng"])
+    else:  # only rank 0's RNG state is saved; the others get a fresh, distinct stream
+        set_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
+    log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}")
+    return Progress(state["epoch"], state["step"], state["history"], state["best_accuracy"], weights)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -133,25 +164,9 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
     if device.type == "cuda" and cfg.channels_last and is_conv:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    start_epoch, step, history, best_acc = 0, 0, [], -1.0
-    if resume and not has_checkpoint(run_dir, "last"):
-        log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
-    elif resume:
-        if not ctx.is_main:
-            dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
-        weights, _meta, state = load_training_checkpoint(run_dir, "last")
-        if ctx.is_main:
-            dist.barrier()
-        model.load_state_dict(state.get("train_weights", weights))  # with EMA the .safetensors holds the average
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        best_acc = state["best_accuracy"]
-        if ctx.is_main:
-            set_rng_state(state["rng"])
-        else:
-            set_seed(cfg.seed + ctx.rank + 1000 * start_epoch)
-        log(f"resuming {run_dir} at epoch {start_epoch}, step {step}")
-    ema = make_ema(model, weights if resume and cfg.ema and step else None) if cfg.ema else None
+    restored = restore(run_dir, model, optimizer, cfg, ctx, log) if resume else Progress()
+    start_epoch, step, history, best_acc = restored.epoch, restored.step, restored.history, restored.best_accuracy
+    ema = make_ema(model, restored.averaged_weights if step else None) if cfg.ema else None
     scored = ema or model  # what is evaluated and saved: the averaged weights when ema > 0
     net = model
     if ctx.enabled:
@@ -191,7 +206,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         return row
 
     for epoch in range(start_epoch, cfg.epochs):
-        perm = rank_shard(train_x.shape[0], cfg.seed, epoch, ctx.rank, ctx.world_size)
+        perm = rank_shard(train_x.shape[0], cfg.seed, epoch, ctx.rank, ctx.world_size).to(device)  # once per epoch
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         data_s = step_s = 0.0
         net.train()
@@ -199,7 +214,7 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
                    leave=False, unit="step", dynamic_ncols=True)
         for i in bar:
             t0 = time.perf_counter()
-            idx = perm[i * local_batch:(i + 1) * local_batch].to(device)
+            idx = perm[i * local_batch:(i + 1) * local_batch]
             x = normalize(train_x.index_select(0, idx), cfg.normalization)  # index_select: 2x faster than [idx]
             if cfg.augment != "none":
                 x = augment(x, cfg.augment)
@@ -256,24 +271,6 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         if stopped_early or step == cfg.max_steps:
             break
     return TrainResult(run_dir, history, best_acc, stopped_early)
-
-
-def make_ema(model: torch.nn.Module, averaged: dict | None = None) -> torch.nn.Module:
-    """A frozen copy of the model to hold the average, optionally restored from weights saved earlier."""
-    ema = copy.deepcopy(model).requires_grad_(False)
-    if averaged is not None:
-        ema.load_state_dict(averaged)
-    return ema
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- d * ema + (1 - d) * model over weights and BatchNorm statistics. d = min(decay, (1 + step) / (10 + step))
-    warms up so the average never leans on the random initial weights: it spans about the last 10% of steps
-    until `decay` caps it (timm's ModelEma warm-up)."""
-    d = min(decay, (1 + step) / (10 + step))
-    pairs = [(e, m) for e, m in zip(ema.state_dict().values(), model.state_dict().values()) if e.is_floating_point()]
-    torch._foreach_lerp_([e for e, _ in pairs], [m for _, m in pairs], 1 - d)
 
 
 def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.Module | None = None) -> None:
