@@ -303,11 +303,3 @@ def plot_curves_quietly(run_dir: Path, history: list[dict]) -> None:
         plot_curves(history, run_dir / "curves.png", title=run_dir.name)
     except Exception as e:  # noqa: BLE001 - figures are a convenience, the run is what matters
         log_line(f"warning: could not draw curves.png ({e})")
-
-
-def train_from_preset(preset: str, **overrides) -> TrainResult:
-    """Python shortcut: train('cnn-bn', epochs=1) with any config field overridden."""
-    from digitlab.presets import preset_config
-
-    return train(make_config(preset_config(preset), **overrides))
-
