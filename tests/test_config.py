@@ -57,6 +57,13 @@ def test_onecycle_rises_then_falls():
     assert lrs.index(max(lrs)) == 25
 
 
+def test_schedule_can_end_before_the_last_epoch():
+    cfg = make_config(schedule="onecycle", lr=1.0, epochs=1, schedule_epochs=0.5, warmup=0.2)
+    lrs = [lr_at(s, cfg, 100) for s in range(100)]
+    assert max(lrs) == pytest.approx(1.0, abs=0.05) and lrs.index(max(lrs)) == 10
+    assert lrs[50] == 0.0 and lrs[99] == 0.0  # past the schedule's end: its final lr
+
+
 def test_overrides_win_and_are_type_checked():
     cfg = make_config(preset_config("lstm-2x128"), epochs="2", lr=3e-3)
     assert cfg.epochs == 2 and cfg.lr == 3e-3 and cfg.model_args == {"hidden_size": 128, "num_layers": 2}

@@ -12,7 +12,8 @@ def test_fast_stops_at_99_within_an_epoch():
     cfg = make_config(preset_config("fast"))
     assert (cfg.model, cfg.model_args) == ("digitnet", {"width": 16, "depth": 1})
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.batch_size, cfg.epochs) == ("adamw", 1e-2, "onecycle", 128, 1)
-    assert cfg.target_accuracy == 0.99 and cfg.eval_every == 200 and cfg.eval_batch_size == 250
+    assert cfg.target_accuracy == 0.99 and cfg.eval_every == 164 and cfg.eval_batch_size == 250
+    assert cfg.schedule_epochs == 0.7  # the one-cycle anneals by step 328, where the second evaluation falls
     assert cfg.augment == "none" and cfg.ema == 0
 
 

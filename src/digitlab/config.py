@@ -40,6 +40,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing; 0.1 helps the bigger nets
     batch_size: int = 64  # global batch size (split across ranks under torchrun)
     epochs: int = 1  # passes over the training set
+    schedule_epochs: float = 0.0  # length of the lr schedule in epochs, may be fractional; 0: `epochs`
     augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
     # --- evaluation and logging
@@ -73,7 +74,7 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
-        non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema")
+        non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema", "schedule_epochs")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)!r}")

@@ -27,7 +27,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate for optimiser step `step` (0-based) of the whole run."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, round((cfg.schedule_epochs or cfg.epochs) * steps_per_epoch))  # steps after it keep its end lr
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
