@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from digitlab.errors import RunError
 from digitlab.normalize import NORMALIZATIONS
-from digitlab.predict import Prediction
+from digitlab.predict import Prediction, prediction_from_probs
 
 ONNX_FORMAT = "digitlab-onnx-1"  # metadata marker, beside checkpoint.py's "digitlab-checkpoint-1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -139,8 +139,4 @@ class ONNXPredictor:
         return to_mnist(image)
 
     def describe_probs(self, probs, top_k: int = 3) -> Prediction:
-        probs = np.asarray(probs, dtype=np.float32)
-        order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, probs.size))]
-        label = int(order[0])
-        return Prediction(label, float(probs[label]), [round(float(p), 6) for p in probs],
-                          self.classes[label], [(int(i), float(probs[i])) for i in order])
+        return prediction_from_probs(probs, self.classes, top_k)

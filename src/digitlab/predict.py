@@ -84,7 +84,13 @@ class Predictor:
         return torch.from_numpy(to_mnist(image))
 
     def describe_probs(self, probs: torch.Tensor, top_k: int = 3) -> Prediction:
-        values, indices = probs.topk(max(1, min(top_k, probs.numel())))
-        label = int(indices[0])
-        return Prediction(label, float(values[0]), [round(float(p), 6) for p in probs],
-                          self.classes[label], [(int(i), float(v)) for v, i in zip(values, indices)])
+        return prediction_from_probs(probs.numpy(), self.classes, top_k)
+
+
+def prediction_from_probs(probs, classes: tuple[str, ...], top_k: int = 3) -> Prediction:
+    """Ten probabilities -> a Prediction with the top k; shared by the PyTorch and ONNX predictors."""
+    probs = np.asarray(probs, dtype=np.float32)
+    order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, probs.size))]
+    label = int(order[0])
+    return Prediction(label, float(probs[label]), [round(float(p), 6) for p in probs],
+                      classes[label], [(int(i), float(probs[i])) for i in order])
