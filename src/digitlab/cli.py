@@ -20,6 +20,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where None means 'not given': the recipe flags, whose help
+    already names TrainConfig's default, would otherwise read "(default: 0) (default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def field_comments() -> dict[str, str]:
     """TrainConfig's inline field comments, reused as --help text so the two never drift apart."""
     from digitlab.config import TrainConfig
@@ -47,7 +57,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = Parser(prog="digitlab", description="Train, compare, explain and serve digit classifiers.",
                     formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
