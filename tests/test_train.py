@@ -10,6 +10,7 @@ import torch
 from digitlab import load_dataset, load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state
 from digitlab.data import Dataset
+from digitlab.device import cpu_has_native_bf16, training_autocast
 from digitlab.evaluate import evaluate
 from digitlab.train import resume_config
 
@@ -98,3 +99,27 @@ def test_eval_every_adds_rows_and_target_accuracy_stops_early(small, tmp_path):
     assert result.stopped_early and result.final["test_accuracy"] >= 0.85
     assert result.final["step"] < 180 and result.final["step"] % 20 == 0
     assert [r["step"] for r in result.history] == list(range(20, result.final["step"] + 1, 20))
+
+
+def autocast_output_dtype(autocast: torch.autocast) -> torch.dtype:
+    conv = torch.nn.Conv2d(1, 4, 3)
+    with autocast:
+        return conv(torch.randn(2, 1, 28, 28)).dtype
+
+
+def test_cpu_autocast_follows_cpu_amp_not_the_cuda_flag():
+    cpu = torch.device("cpu")
+    assert autocast_output_dtype(training_autocast(cpu, cuda_amp=True, cpu_amp=False)) == torch.float32
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # emulated bf16 would be slower
+    assert autocast_output_dtype(training_autocast(cpu, cuda_amp=False, cpu_amp=True)) == expected
+
+
+def test_cpu_amp_run_learns_as_well_as_fp32(small, tmp_path):
+    base = dict(model="digitnet", model_args={"width": 8, "depth": 1}, optimizer="adamw", lr=1e-2,
+                schedule="onecycle", batch_size=100, epochs=1, seed=3, threads=1)
+    accuracy = {amp: train(make_config(base, cpu_amp=amp, out=str(tmp_path / str(amp))), dataset=small,
+                           progress=False, log=lambda *_: None).final["test_accuracy"] for amp in (False, True)}
+    assert accuracy[False] > 0.93
+    assert abs(accuracy[True] - accuracy[False]) < 0.01
+    saved = load_run(tmp_path / "True", "last").model.state_dict()
+    assert all(v.dtype != torch.bfloat16 for v in saved.values())  # weights stay fp32 under autocast

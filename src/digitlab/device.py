@@ -28,6 +28,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions and matmuls in hardware (AMX or AVX512-BF16) on this CPU.
+    Elsewhere bf16 is emulated and slower than fp32, so CPU autocast is only worth it here."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_autocast(device: torch.device, cuda_amp: bool, cpu_amp: bool) -> torch.autocast:
+    """bf16 autocast for the forward pass where it pays: CUDA when `cuda_amp`, a CPU with native bf16
+    when `cpu_amp`. Weights, optimizer state and the loss stay fp32; evaluation never uses it."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda_amp)
+    return torch.autocast("cpu", dtype=torch.bfloat16,
+                          enabled=cpu_amp and device.type == "cpu" and cpu_has_native_bf16())
+
+
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)

@@ -24,7 +24,7 @@ from digitlab.augment import augment
 from digitlab.checkpoint import has_checkpoint, load_training_checkpoint, save_checkpoint, save_weights
 from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
-from digitlab.device import pick_device, rng_state, set_rng_state, set_seed
+from digitlab.device import cpu_has_native_bf16, pick_device, rng_state, set_rng_state, set_seed, training_autocast
 from digitlab.ema import make_ema, update_ema
 from digitlab.errors import DigitlabError, RunError
 from digitlab.evaluate import predict_logits
@@ -174,7 +174,9 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if cfg.compile:
         net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = training_autocast(device, cfg.amp, cfg.cpu_amp)
+    if cfg.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
+        log("cpu_amp: this CPU has no native bf16 (AMX or AVX512-BF16), so training stays fp32")
 
     train_x = ds.train_images.to(device)  # uint8 on the device: 47 MB for MNIST
     train_y = ds.train_labels.to(device)
