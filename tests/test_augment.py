@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from digitlab.augment import AUGMENTATIONS, affine_matrices, augment
+from digitlab.augment import AUGMENTATIONS, AugmentSpec, affine_matrices, augment, erase_mask
 from digitlab.config import make_config
 from digitlab.data import load_dataset
 from digitlab.evaluate import predict_logits
@@ -61,6 +61,26 @@ def test_flip_only_where_asked():
     assert 0.4 < mirrored < 0.6
     digits_only = affine_matrices(1000, AUGMENTATIONS["affine"], 28, "cpu", torch.Generator().manual_seed(0))
     assert (torch.linalg.det(digits_only[:, :, :2]) > 0).all()  # never mirror a digit
+
+
+def test_erase_blanks_one_rectangle_in_the_asked_share_of_images():
+    mask = erase_mask(2000, AugmentSpec(erase=0.5), 28, "cpu", torch.Generator().manual_seed(0))[:, 0]
+    erased = mask.flatten(1).any(1)
+    assert 0.45 < erased.float().mean() < 0.55
+    rows, cols = mask[erased].any(2), mask[erased].any(1)  # (n, 28) each: the rectangle's extent
+    assert torch.equal(mask[erased], rows[:, :, None] & cols[:, None, :])  # exactly one filled rectangle
+    share = mask[erased].flatten(1).float().mean(1)
+    assert share.min() > 0.005 and share.max() < 0.45 and 0.15 < share.mean() < 0.25  # 2-40% before rounding
+
+
+def test_erased_pixels_are_background(digits):
+    torch.manual_seed(3)
+    out = augment(digits, "flip+shift+erase")
+    torch.manual_seed(3)
+    plain = augment(digits, "flip+shift")  # erasing draws after the grid, so the geometry is the same
+    differs = out != plain
+    assert differs.flatten(1).any(1).float().mean() > 0.2  # some images were erased (p = 0.5)
+    assert torch.allclose(out[differs], digits.amin().expand(int(differs.sum())))
 
 
 def test_unknown_kind_is_refused(digits):

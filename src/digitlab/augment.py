@@ -5,7 +5,7 @@
 
 Each image gets its own random rotation, scale and shift (and, for "affine+elastic", a smooth random
 displacement field; for "flip+shift", a random horizontal flip), all folded into one sampling grid
-and applied with F.grid_sample, like airbench's batch_crop / batch_flip_lr work on whole batches.
+and applied with F.grid_sample; "+erase" then blanks a random rectangle in half the images, like airbench's batch_crop / batch_flip_lr work on whole batches.
 Random numbers come from `generator` or, by default, torch's global RNG on the images' device, which
 training seeds and restores on resume, so a run's augmentation is reproducible.
 Pixels that come in from outside the image are background: each image's minimum value.
@@ -26,6 +26,7 @@ class AugmentSpec:
     shift: float = 0.0  # translation in pixels, drawn uniformly in [-shift, shift] on each axis
     elastic: float = 0.0  # typical size in pixels of a smooth random displacement (0: none)
     flip: bool = False  # mirror left-right with probability 1/2 (clothes, never digits)
+    erase: float = 0.0  # probability of blanking one random rectangle of 2-40% of the image (random erasing)
 
 
 # name -> what it does; TrainConfig.augment accepts these names.
@@ -34,6 +35,7 @@ AUGMENTATIONS: dict[str, AugmentSpec | None] = {
     "affine": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5),  # digits: small rotate, zoom, shift
     "affine+elastic": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5, elastic=0.8),  # + stroke wobble
     "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
+    "flip+shift+erase": AugmentSpec(shift=2.0, flip=True, erase=0.5),  # + random erasing (Zhong et al. 2017)
 }
 ELASTIC_GRID = 4  # the displacement field is drawn on a 4x4 grid and upsampled: smooth over ~9 pixels
 
@@ -62,6 +64,22 @@ def elastic_field(n: int, spec: AugmentSpec, size: int, device, generator=None) 
     return (field * (spec.elastic * 2 / size)).permute(0, 2, 3, 1)
 
 
+def erase_mask(n: int, spec: AugmentSpec, size: int, device, generator=None) -> torch.Tensor:
+    """(n, 1, size, size) bool: with probability spec.erase, one rectangle per image covering 2-40% of
+    it, aspect ratio 0.3 to 3.3 (random erasing's ranges), built from two 1-D interval tests."""
+    area = uniform(n, 0.02, 0.4, device, generator)
+    aspect = uniform(n, math.log(0.3), -math.log(0.3), device, generator).exp()
+    height = (area * aspect).sqrt().mul(size).clamp(max=size)
+    width = (area / aspect).sqrt().mul(size).clamp(max=size)
+    top = torch.rand(n, device=device, generator=generator) * (size - height)
+    left = torch.rand(n, device=device, generator=generator) * (size - width)
+    on = torch.rand(n, device=device, generator=generator) < spec.erase
+    centres = torch.arange(size, device=device) + 0.5
+    rows = (centres >= top[:, None]) & (centres < (top + height)[:, None]) & on[:, None]  # (n, size)
+    cols = (centres >= left[:, None]) & (centres < (left + width)[:, None])
+    return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
+
+
 def base_grid(size: int, device, dtype) -> torch.Tensor:
     """(size, size, 3) homogeneous pixel-centre coordinates (x, y, 1) in [-1, 1], as affine_grid uses."""
     lin = (torch.arange(size, device=device, dtype=dtype) * 2 + 1) / size - 1
@@ -84,5 +102,7 @@ def augment(x: torch.Tensor, kind: str = "affine", generator: torch.Generator | 
         grid = grid + elastic_field(n, spec, size, x.device, generator)
     background = x.amin(dim=(1, 2, 3), keepdim=True)  # what a blank pixel looks like after normalisation
     out = F.grid_sample(x - background, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    return out + background
+                        align_corners=False) + background
+    if spec.erase:
+        out = torch.where(erase_mask(n, spec, size, x.device, generator), background, out)
+    return out
