@@ -153,23 +153,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_summary(run: Path) -> tuple[dict, list[dict]]:
-    """One compare-table row for a run folder (from config.json and metrics.csv), and its history."""
-    from digitlab.runs import read_config, read_metrics
-
-    if not run.is_dir():
-        raise RunError(f"{run} is not a run folder")
-    cfg, history = read_config(run), read_metrics(run)
-    if not history:
-        raise RunError(f"{run}/metrics.csv has no rows yet")
-    last = history[-1]
-    return {"run": str(run), "preset": cfg.preset, "model": cfg.model, "dataset": cfg.dataset,
-            "epochs": last["epoch"], "final_accuracy": last["test_accuracy"],
-            "best_accuracy": max(r["test_accuracy"] for r in history),
-            "seconds_per_epoch": last["elapsed_s"] / last["epoch"] if last["epoch"] else None}, history
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
+    from digitlab.compare import run_summary
     from digitlab.plots import plot_compare
 
     runs = [Path(r) for r in args.runs]
