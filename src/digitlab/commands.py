@@ -154,7 +154,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from digitlab.compare import run_summary
+    from digitlab.compare import recipe_spread, run_summary
     from digitlab.plots import plot_compare
 
     runs = [Path(r) for r in args.runs]
@@ -164,8 +164,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         names = [str(run) for run in runs]
     out = plot_compare({name: history for name, (_, history) in zip(names, summaries)}, Path(args.output))
     rows = [row for row, _ in summaries]
+    spread = recipe_spread(rows)
     if args.json:
-        print(json.dumps({"runs": rows, "figure": str(out)}, indent=2))
+        print(json.dumps({"runs": rows, "recipes": spread, "figure": str(out)}, indent=2))
         return 0
     width = max(len(n) for n in names) + 2
     print(f"{'run':<{width}}{'preset/model':<22}{'dataset':<15}{'epochs':>7}{'final':>9}{'best':>9}{'s/epoch':>9}")
@@ -174,6 +175,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         per_epoch = f"{row['seconds_per_epoch']:.1f}" if row["seconds_per_epoch"] is not None else "-"
         print(f"{name:<{width}}{recipe:<22}{row['dataset']:<15}{row['epochs']:>7g}{row['final_accuracy']:>9.2%}"
               f"{row['best_accuracy']:>9.2%}{per_epoch:>9}")
+    for group in spread:
+        members = ", ".join(Path(r).name for r in group["runs"])
+        print(f"{len(group['runs'])} runs of one recipe ({members}): final accuracy mean {group['mean_accuracy']:.2%},"
+              f" sd {100 * group['sd_accuracy']:.2f} points, range {group['min_accuracy']:.2%}"
+              f" to {group['max_accuracy']:.2%}")
     print(f"wrote {out} (test accuracy of {len(rows)} runs)")
     return 0
 
