@@ -5,7 +5,8 @@
 
 Each image gets its own random rotation, scale and shift (and, for "affine+elastic", a smooth random
 displacement field; for "flip+shift", a random horizontal flip), all folded into one sampling grid
-and applied with F.grid_sample; "+erase" then blanks a random rectangle in half the images, like airbench's batch_crop / batch_flip_lr work on whole batches.
+and applied with F.grid_sample, like airbench's batch_crop / batch_flip_lr work on whole batches;
+"+erase" then blanks one random rectangle in half the images (random erasing).
 Random numbers come from `generator` or, by default, torch's global RNG on the images' device, which
 training seeds and restores on resume, so a run's augmentation is reproducible.
 Pixels that come in from outside the image are background: each image's minimum value.

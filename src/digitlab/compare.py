@@ -1,4 +1,5 @@
-"""What `digitlab compare` reads from run folders: one summary row per run."""
+"""What `digitlab compare` computes from run folders: one summary row per run, and the spread of
+runs that repeat one recipe with other seeds."""
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ def run_summary(run: Path) -> tuple[dict, list[dict]]:
         raise RunError(f"{run}/metrics.csv has no rows yet")
     last = history[-1]
     recipe = {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
-    return {"run": str(run), "recipe": json.dumps(recipe, sort_keys=True), "preset": cfg.preset, "model": cfg.model, "dataset": cfg.dataset,
-            "epochs": last["epoch"], "final_accuracy": last["test_accuracy"],
-            "best_accuracy": max(r["test_accuracy"] for r in history),
+    return {"run": str(run), "recipe": json.dumps(recipe, sort_keys=True), "preset": cfg.preset,
+            "model": cfg.model, "dataset": cfg.dataset, "epochs": last["epoch"],
+            "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in history),
             "seconds_per_epoch": last["elapsed_s"] / last["epoch"] if last["epoch"] else None}, history
 
 
