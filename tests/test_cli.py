@@ -1,7 +1,9 @@
 """The `digitlab` command end to end in subprocesses, including bad input."""
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -41,6 +43,29 @@ def test_eval_json_reports_accuracy_and_figures(run_dir):
 def test_eval_table(run_dir):
     proc = run_cli("eval", str(run_dir), "--checkpoint", "last")
     assert proc.returncode == 0 and "test accuracy" in proc.stdout and proc.stdout.count("%") >= 11
+
+
+def final_test_accuracy(run: Path) -> float:
+    with open(run / "metrics.csv") as f:
+        return float(list(csv.DictReader(f))[-1]["test_accuracy"])
+
+
+def test_eval_reproduces_the_runs_own_figure(run_dir):
+    report = json.loads(run_cli("eval", str(run_dir), "--checkpoint", "last", "--json").stdout)
+    assert report["tta"] is False and report["accuracy"] == pytest.approx(final_test_accuracy(run_dir), abs=1e-4)
+
+
+def test_eval_uses_test_time_augmentation_when_the_run_did(tmp_path):
+    run = tmp_path / "tta-run"
+    proc = run_cli("train", "--model", "digitnet", "--model-args", "width=4,depth=1", "--lr", "1e-2",
+                   "--max-steps", "60", "--tta", "--threads", "1", "--no-progress", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    with_tta = json.loads(run_cli("eval", str(run), "--checkpoint", "last", "--json").stdout)
+    without = json.loads(run_cli("eval", str(run), "--checkpoint", "last", "--json", "--no-tta").stdout)
+    assert with_tta["tta"] is True and without["tta"] is False
+    assert with_tta["accuracy"] == pytest.approx(final_test_accuracy(run), abs=1e-4)
+    assert with_tta["loss"] != without["loss"]  # the shifted copies really were scored
+    assert "test-time augmentation" in run_cli("eval", str(run), "--checkpoint", "last").stdout
 
 
 def test_plot_over_epochs(run_dir, tmp_path):

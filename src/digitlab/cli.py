@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="average over 1-pixel shifts (default: as the run was evaluated in training)")
 
     plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt)
     plot.add_argument("run")

@@ -105,6 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def trained_with_tta(run_dir: Path) -> bool:
+    """Whether the run's own evaluations used test-time augmentation, so `eval` reproduces its figures;
+    False for a checkpoint outside a run folder."""
+    from digitlab.runs import read_config
+
+    return (run_dir / "config.json").is_file() and read_config(run_dir).tta
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.data import load_dataset
     from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
@@ -112,24 +120,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.runs import load_run
 
     loaded = load_run(args.run, args.checkpoint)
+    run_dir = loaded.source.parent
+    tta = args.tta if args.tta is not None else trained_with_tta(run_dir)
     ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
-    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization)
+    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta)
     metrics = metrics_from_logits(logits, ds.test_labels)
     mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
-    run_dir = loaded.source.parent
     confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), run_dir / "confusion.png",
                                    title=f"{run_dir.name} ({args.checkpoint})")
     titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
     mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
                              run_dir / "misclassified.png", title="most confident mistakes (true -> predicted)")
     report = {"run": str(run_dir), "checkpoint": args.checkpoint, "model": loaded.model_name,
-              "dataset": ds.name, **metrics, "misclassified": mistakes,
+              "dataset": ds.name, "tta": tta, **metrics, "misclassified": mistakes,
               "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"{run_dir} [{args.checkpoint}] {loaded.model_name} on {ds.name}: test accuracy "
-          f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images)")
+          f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
+          f"{', test-time augmentation' if tta else ''})")
     print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
     for i, name in enumerate(ds.classes):
         errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
