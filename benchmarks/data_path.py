@@ -79,7 +79,7 @@ def digitlab_batches(images: torch.Tensor, labels: torch.Tensor, batch: int, kin
         perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
         for i in range(0, images.shape[0] - batch + 1, batch):
             idx = perm[i:i + batch]
-            yield normalize(images[idx], kind), labels[idx]
+            yield normalize(images.index_select(0, idx), kind), labels.index_select(0, idx)
         epoch += 1
 
 
