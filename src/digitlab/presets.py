@@ -69,14 +69,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "best": Preset(
         "Most accurate single MNIST model: DigitNet w32 d2, random affine, one-cycle AdamW, EMA, TTA, 15 epochs",
-        "target 99.70% (mean of 3 seeds; see docs/results.md for what was measured)",
+        "99.76% (mean of 3 seeds: 99.74 / 99.73 / 99.80%; target 99.70%), see docs/results.md",
         dict(model="digitnet", model_args={"width": 32, "depth": 2}, normalization="standard", optimizer="adamw",
              lr=5e-3, weight_decay=5e-4, schedule="onecycle", warmup=0.15, label_smoothing=0.1, batch_size=128,
              epochs=15, augment="affine", ema=0.999, tta=True, eval_batch_size=100, cpu_amp=True),
     ),
     "best-fashion": Preset(
         "Most accurate single Fashion-MNIST model: DigitNet w32 d2, flip + shift, one-cycle AdamW, EMA, TTA, 30 epochs",
-        "target 94.5% (see docs/results.md for what was measured)",
+        "94.88% (mean of 3 seeds: 94.92 / 94.97 / 94.75%; target 94.5%), see docs/results.md",
         dict(model="digitnet", model_args={"width": 32, "depth": 2}, dataset="fashion-mnist",
              normalization="standard", optimizer="adamw", lr=5e-3, weight_decay=5e-4, schedule="onecycle",
              warmup=0.15, label_smoothing=0.1, batch_size=128, epochs=30, augment="flip+shift", ema=0.999, tta=True,
