@@ -11,6 +11,7 @@ resuming). Each is scored with and without TTA (the mean of the logits over the 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def score_run(run: Path, data_dir: str | None) -> dict[str, float]:
         raise SystemExit(f"{run} was trained without ema, so it has no second set of weights to compare")
     ds = load_dataset(loaded.dataset, data_dir, progress=False)
     averaged = loaded.model
-    raw = load_run(run, "last").model
+    raw = copy.deepcopy(averaged)  # same architecture; the optimiser's weights go in below
     raw.load_state_dict(state["train_weights"])
     scores = {}
     for name, model in (("weights", raw), ("ema", averaged)):
