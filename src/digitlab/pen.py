@@ -182,7 +182,11 @@ def four_open(r: Rng) -> Skeleton:
     """An open-top 4: a near-vertical left stroke, the crossbar, a separate stem; the top stays open."""
     bar, stem = r.uniform(0.5, 0.66), r.uniform(0.42, 0.5)
     left = r.uniform(0.0, 0.12)
-    first = [pts(left + r.uniform(0.0, 0.1), 0.0, left, bar), pts(left, bar, r.uniform(0.6, 0.68), bar)]
+    top, right = (left + r.uniform(0.0, 0.1), 0.0), (r.uniform(0.6, 0.68), bar)
+    if r.random() < 0.4:  # written fast: the left stroke bends round into the crossbar
+        first = [pts(*top, left, bar - 0.12, left + 0.08, bar, *right)]
+    else:
+        first = [pts(*top, left, bar), pts(left, bar, *right)]
     return [first, [pts(stem, r.uniform(0.0, 0.15), stem + r.uniform(-0.03, 0.03), 1.0)]]
 
 
@@ -274,8 +278,8 @@ def eight_figure(r: Rng) -> Skeleton:
 
 def _nine_head(r: Rng) -> tuple[Segment, float, float]:
     """The head of a 9: a loop from its right side round anticlockwise back to the right; right x, radius."""
-    ry = r.uniform(0.2, 0.26)
-    rx = r.uniform(0.2, 0.27)
+    ry = r.uniform(0.16, 0.28)  # small heads on long tails, and big ones
+    rx = ry * r.uniform(0.85, 1.25)
     head = arc(0.3, ry, rx, ry, r.uniform(-10, 15), -360 + r.uniform(-5, 15))
     return head, 0.3 + rx, ry
 
