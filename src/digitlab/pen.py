@@ -107,8 +107,8 @@ def one_stick(r: Rng) -> Skeleton:
 
 def _flag(r: Rng, long: bool) -> Segment:
     """The flag of a European 1: from low left up to the top of the stem, long and shallow or short."""
-    length = r.uniform(0.3, 0.5) if long else r.uniform(0.15, 0.28)
-    angle = math.radians(r.uniform(25, 50))
+    length = r.uniform(0.28, 0.45) if long else r.uniform(0.15, 0.28)
+    angle = math.radians(r.uniform(32, 60))  # shallower and longer, and a human reads a 7 too
     return pts(0.3 - length * math.cos(angle), length * math.sin(angle), 0.3, 0.0)
 
 
