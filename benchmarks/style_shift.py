@@ -59,12 +59,26 @@ def make_set(count: int, seed: int, size: int, polarity: str, modes: list[str]) 
 #### Reading it
 
 
-def predict_all(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
-    """Labels through Predictor.predict, i.e. to_mnist then the model: exactly what users get."""
-    labels = []
+def predict_all(predictor: Predictor, images: list[np.ndarray]) -> tuple[np.ndarray, dict[int, str]]:
+    """Labels through Predictor.predict, i.e. to_mnist then the model: exactly what users get.
+
+    An image the preprocessing refuses gets label -1 (counted as wrong) and its error message, as
+    `digitlab predict` reports an error line for it instead of stopping.
+    """
+    labels: list[int] = []
+    errors: dict[int, str] = {}
     for i in range(0, len(images), CHUNK):
-        labels += [p.label for p in predictor.predict(list(images[i:i + CHUNK]))]
-    return np.array(labels, dtype=np.int64)
+        chunk = list(images[i:i + CHUNK])
+        try:
+            labels += [p.label for p in predictor.predict(chunk)]
+        except DigitlabError:  # one image failed: read this chunk one by one
+            for k, image in enumerate(chunk):
+                try:
+                    labels.append(predictor.predict(image)[0].label)
+                except DigitlabError as e:
+                    labels.append(-1)
+                    errors[i + k] = str(e)
+    return np.array(labels, dtype=np.int64), errors
 
 
 def group_table(keys: list[str], truth: np.ndarray, predicted: np.ndarray, name: str) -> tuple[str, list[dict]]:
@@ -78,7 +92,7 @@ def group_table(keys: list[str], truth: np.ndarray, predicted: np.ndarray, name:
         idx = np.array(groups[key])
         right = int((predicted[idx] == truth[idx]).sum())
         wrong = Counter(predicted[idx][predicted[idx] != truth[idx]].tolist()).most_common(3)
-        taken = ", ".join(f"{d} ({c / len(idx):.0%})" for d, c in wrong)
+        taken = ", ".join(f"{d if d >= 0 else 'error'} ({c / len(idx):.0%})" for d, c in wrong)
         lines.append(f"| {key} | {len(idx)} | {right / len(idx):.1%} | {taken} |")
         rows.append({name: key, "images": len(idx), "accuracy": right / len(idx),
                      "misread_as": {str(d): c for d, c in wrong}})
@@ -86,15 +100,15 @@ def group_table(keys: list[str], truth: np.ndarray, predicted: np.ndarray, name:
 
 
 def confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """10x10 counts: rows the true digit, columns the model's answer."""
-    m = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(m, (truth, predicted), 1)
+    """10x11 counts: rows the true digit, columns the model's answer; the last column images it could not read."""
+    m = np.zeros((10, 11), dtype=np.int64)
+    np.add.at(m, (truth, np.where(predicted < 0, 10, predicted)), 1)
     return m
 
 
 def confusion_text(m: np.ndarray) -> str:
     """The confusion matrix as aligned text."""
-    head = "true\\read " + "".join(f"{d:>6}" for d in range(10))
+    head = "true\\read " + "".join(f"{d:>6}" for d in range(10)) + " error"
     return "\n".join([head] + [f"{t:>9} " + "".join(f"{v:>6}" for v in row) for t, row in enumerate(m)])
 
 
@@ -142,8 +156,10 @@ def save_grid(path: Path, samples: list[pen.Sample], images: list[np.ndarray], p
         x = (k % cols) * (2 * side + 2 * pad)
         y = y0 + 20 + (k // cols) * (side + caption + 2 * pad)
         canvas.paste(tile(images[i], side, polarity), (x, y))
-        canvas.paste(tile(255 - to_mnist(images[i]), side, "dark"), (x + side, y))  # what the model saw
-        draw.text((x, y + side), f"{samples[i].style} {samples[i].label}->{predicted[i]}", fill=(200, 0, 0))
+        if predicted[i] >= 0:  # what the model saw (nothing: the preprocessing refused the image)
+            canvas.paste(tile(255 - to_mnist(images[i]), side, "dark"), (x + side, y))
+        read = predicted[i] if predicted[i] >= 0 else "error"
+        draw.text((x, y + side), f"{samples[i].style} {samples[i].label}->{read}", fill=(200, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
@@ -184,7 +200,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     render_s = time.time() - start
     images = [tight_crop(s.image, args.polarity, args.blur) if args.tight_crop else s.image for s in samples]
     start = time.time()
-    predicted = predict_all(predictor, images)
+    predicted, errors = predict_all(predictor, images)
     read_s = time.time() - start
     truth = np.array([s.label for s in samples])
     tables = {}
@@ -196,7 +212,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             "count": args.count, "seeds": [args.seed, args.seed + args.count], "size": args.size,
             "polarity": args.polarity, "modes": args.modes.split(","), "tight_crop": args.tight_crop,
             "blur": args.blur, "render_seconds": round(render_s, 1), "read_seconds": round(read_s, 1),
-            "accuracy": float((predicted == truth).mean()), "tables": tables,
+            "accuracy": float((predicted == truth).mean()), "tables": tables, "errors": len(errors),
+            "first_errors": [f"seed {samples[i].seed} ({samples[i].style}): {m}" for i, m in list(errors.items())[:5]],
             "confusion": confusion(truth, predicted), "samples": samples, "images": images, "predicted": predicted}
 
 
@@ -222,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"set: {r['count']} pen digits, seeds [{r['seeds'][0]}, {r['seeds'][1]}), {r['size']}x{r['size']}, "
           f"ink {r['polarity']}, modes {','.join(r['modes'])}{crop}; rendered in {r['render_seconds']}s, "
           f"read through Predictor.predict (to_mnist) in {r['read_seconds']}s")
-    print(f"\naccuracy: {r['accuracy']:.1%}\n")
+    print(f"\naccuracy: {r['accuracy']:.1%}; images the preprocessing refused (counted wrong): {r['errors']}")
+    print("".join(f"  {line}\n" for line in r["first_errors"]))
     for name in ("digit", "style", "mode"):
         print(r["tables"][name][0] + "\n")
     print(confusion_text(r["confusion"]))

@@ -141,3 +141,13 @@ def test_tight_crop_cuts_to_the_ink():
     assert style_shift.tight_crop(255 - image, "light").shape == (20, 5)
     blurred = style_shift.tight_crop(image, "dark", blur=1.0)
     assert blurred.shape == (20, 5) and blurred.min() >= 20
+
+
+def test_an_image_the_preprocessing_refuses_is_counted_wrong_not_fatal(shipped):
+    images = list(pen.generate(3, 500)[0])
+    images.insert(1, np.full((64, 64), 200, np.uint8))  # blank paper: to_mnist finds no digit
+    labels, errors = style_shift.predict_all(shipped, images)
+    assert labels[1] == -1 and list(errors) == [1] and "no digit" in errors[1]
+    assert (labels[[0, 2, 3]] >= 0).all()
+    matrix = style_shift.confusion(np.array([0, 1, 2, 3]), labels)
+    assert matrix.shape == (10, 11) and matrix[1, 10] == 1 and matrix.sum() == 4
