@@ -9,6 +9,7 @@ a picture 4x upscaled (bicubic) and, unless said otherwise, dark ink on white:
   tight           cropped exactly to the ink's box: ink touches all four edges
   tight_blur      tight, then a Gaussian blur of radius 1.5 px at the upscaled size (a soft phone photo)
   thick3, thick5  strokes dilated (grey 3x3 / 5x5 max filter) before cropping tight: a marker pen
+  thick3_margin, thick5_margin   the same strokes with the 2 px margin (what the model makes of thick strokes)
   half_ink        tight and upscaled, then dilated until at least half of the picture is ink
   tight_light     tight, light ink on dark paper (a whiteboard photo inverted, a screenshot)
   blur_light      tight_blur, light on dark
@@ -17,7 +18,7 @@ a picture 4x upscaled (bicubic) and, unless said otherwise, dark ink on white:
 
 Each picture goes through digitlab.preprocess.to_mnist and the model, as Predictor.predict does; a picture
 to_mnist refuses counts as wrong and is counted in "refused". Prints a markdown table: accuracy, refused, and
-the difference to the margin version in points.
+the difference in points to the same strokes with a margin (margin, thickN_margin or slant_margin).
 
     python benchmarks/tight_crops.py                 # shipped model, first 300 test digits
     python benchmarks/tight_crops.py --n 1000 --run runs/<run>
@@ -98,12 +99,15 @@ VARIANTS: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "tight_blur": lambda d, i: dark_on_white(blurred(upscale(crop(d)))),
     "thick3": lambda d, i: dark_on_white(upscale(crop(dilate(d, 3)))),
     "thick5": lambda d, i: dark_on_white(upscale(crop(dilate(d, 5)))),
+    "thick3_margin": lambda d, i: dark_on_white(upscale(crop(dilate(d, 3), MARGIN))),
+    "thick5_margin": lambda d, i: dark_on_white(upscale(crop(dilate(d, 5), MARGIN))),
     "half_ink": lambda d, i: dark_on_white(half_ink(d)),
     "tight_light": lambda d, i: upscale(crop(d)),
     "blur_light": lambda d, i: blurred(upscale(crop(d))),
     "slant": lambda d, i: dark_on_white(upscale(crop(shear(d, SHEAR if i % 2 else -SHEAR)))),
     "slant_margin": lambda d, i: dark_on_white(upscale(crop(shear(d, SHEAR if i % 2 else -SHEAR), MARGIN))),
 }
+REFERENCE = {"thick3": "thick3_margin", "thick5": "thick5_margin", "slant": "slant_margin"}  # else "margin"
 
 
 #### Reading them
@@ -138,17 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: {predictor.describe()['name']} from {predictor.loaded.source}; first {args.n} MNIST test digits")
 
     results: dict[str, tuple[float, int, float]] = {}
-    for name in dict.fromkeys(["margin", *args.variants]):
+    names = [*args.variants, *(REFERENCE.get(v, "margin") for v in args.variants)]
+    for name in sorted(dict.fromkeys(names), key=list(VARIANTS).index):
         start = time.time()
         pictures = [VARIANTS[name](d, i) for i, d in enumerate(digits)]
         labels, refused = read(predictor, pictures)
         results[name] = (float((labels == truth).mean()), refused, time.time() - start)
 
-    print("\n| variant | accuracy | refused as blank | vs margin (points) | seconds |")
+    print("\n| variant | accuracy | refused as blank | vs its margin version (points) | seconds |")
     print("|---|---:|---:|---:|---:|")
-    base = results["margin"][0]
     for name, (acc, refused, seconds) in results.items():
-        print(f"| {name} | {acc:.1%} | {refused} | {(acc - base) * 100:+.1f} | {seconds:.1f} |")
+        reference = name if name.endswith("margin") else REFERENCE.get(name, "margin")
+        diff = f"{(acc - results[reference][0]) * 100:+.1f} vs {reference}" if reference != name else ""
+        print(f"| {name} | {acc:.1%} | {refused} | {diff} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":
