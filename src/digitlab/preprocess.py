@@ -14,8 +14,10 @@ needs some cleaning before the MNIST steps:
 - colour to grey: deviations from the paper colour are projected on the ink's colour direction, so
   blue ink on yellow paper works; a mostly transparent image is a drawing whose opaque pixels are the ink;
 - levelling: a smooth (quadratic) background is fitted per channel while ignoring outliers (the ink) and
-  subtracted, so a lighting gradient or a vignette does not become ink;
-- polarity: the side with the strongest deviations is the ink, which is made bright;
+  subtracted, so a lighting gradient or a vignette does not become ink. The paper's colour and spread are
+  read from the image's edges, which stay mostly paper even in a close crop where the ink touches every
+  edge and covers most of the picture (a marker pen); the image's majority would be ink there;
+- polarity: the side with the strongest deviations from that paper is the ink, which is made bright;
 - thresholding: Otsu's threshold on the levelled image finds the strong strokes, specks that are not
   part of the main strokes are dropped, and the soft ink values near the strokes are kept, stretched so
   the ink's strong pixels reach 255.
