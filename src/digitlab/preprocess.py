@@ -14,8 +14,10 @@ needs some cleaning before the MNIST steps:
 - colour to grey: deviations from the paper colour are projected on the ink's colour direction, so
   blue ink on yellow paper works; a mostly transparent image is a drawing whose opaque pixels are the ink;
 - levelling: a smooth (quadratic) background is fitted per channel while ignoring outliers (the ink) and
-  subtracted, so a lighting gradient or a vignette does not become ink;
-- polarity: the side with the strongest deviations is the ink, which is made bright;
+  subtracted, so a lighting gradient or a vignette does not become ink. The paper's colour and spread are
+  read from the image's edges, which stay mostly paper even in a close crop where the ink touches every
+  edge and covers most of the picture (a marker pen); the image's majority would be ink there;
+- polarity: the side with the strongest deviations from that paper is the ink, which is made bright;
 - thresholding: Otsu's threshold on the levelled image finds the strong strokes, specks that are not
   part of the main strokes are dropped, and the soft ink values near the strokes are kept, stretched so
   the ink's strong pixels reach 255.
@@ -44,6 +46,7 @@ CENTER = 14.0  # where MNIST puts the ink's centre of mass, in array-index coord
 MAX_IMAGE_SIDE = 4096  # larger images are refused before their pixels are decoded
 WORK_SIDE = 1024  # larger images are averaged down to this before cleaning; the digit ends up 20 px anyway
 MIN_CONTRAST = 0.08  # weaker ink than this (fraction of the full range) after levelling means "no digit"
+DARK_PAPER = 0.1  # paper darker than this is black paper: its rounding noise must not scale the ink
 BOX_LEVEL = 0.2  # soft ink at least this strong (fraction of the strokes' level) defines the bounding box
 SPECK_FRACTION = 0.05  # ink groups with less than this fraction of the largest group's ink are specks
 FIT_GRID = 48  # the background is fitted on about this many samples per side
@@ -190,50 +193,85 @@ def _coords(n: int, step: int = 1) -> np.ndarray:
     return ((np.arange(_first(n, step), n, step) + 0.5) / n * 2 - 1).astype(np.float32)
 
 
-def _background(pixels: np.ndarray) -> np.ndarray:
-    """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink)."""
+def _ring(shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) mask of the outermost rows and columns: mostly paper even when the ink touches the edges."""
+    ring = np.ones(shape, dtype=bool)
+    ring[1:-1, 1:-1] = False
+    return ring
+
+
+def _paper_level(edge: np.ndarray) -> np.ndarray:
+    """The paper's colour from the edge samples (n, c): the densest cluster, found by narrowing the median.
+
+    The plain median lands on the grey rim of the ink when ink and its rim take half of the edge (a tight crop
+    of thick strokes); re-taking the median of the samples nearest to it moves it onto the paper's plateau.
+    """
+    level = np.median(edge, axis=0)
+    for _ in range(4):
+        dist = np.linalg.norm(edge - level, axis=1)
+        level = np.median(edge[dist <= np.median(dist)], axis=0)
+    return level
+
+
+def _background(pixels: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink).
+
+    Also returns the (rows, columns) of the samples it took for paper. The paper is found from the image's
+    edges, not from the majority of its pixels: in a close crop or under a marker pen most pixels are ink,
+    but the ink only touches the edges here and there, so most of the edge is still paper.
+    """
     h, w, c = pixels.shape
     step = max(1, max(h, w) // FIT_GRID)
+    rows, cols = np.arange(_first(h, step), h, step), np.arange(_first(w, step), w, step)
     y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    sample = pixels[_first(h, step)::step, _first(w, step)::step].reshape(-1, c)
-    resid = np.linalg.norm(sample - np.median(sample, axis=0), axis=1)  # start from a flat page
+    sample = pixels[rows[0]::step, cols[0]::step].reshape(-1, c)
+    edge = _ring((len(rows), len(cols))).ravel()
+    resid = np.linalg.norm(sample - _paper_level(sample[edge]), axis=1)  # start from a flat page
     for _ in range(3):
-        keep = resid <= 3 * np.median(resid) + 2 / 255  # ink is a minority, far from the surface
+        keep = resid <= 6 * np.percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
         b = basis[keep]
         coef = np.linalg.solve(b.T @ b + 1e-6 * np.eye(6), b.T @ sample[keep])  # least squares, (6, c)
-        resid = np.linalg.norm(sample - basis @ coef, axis=1)
+        # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
+        low, high = sample[keep].min(axis=0), sample[keep].max(axis=0)
+        resid = np.linalg.norm(sample - np.clip(basis @ coef, low, high), axis=1)
+    paper = np.unravel_index(np.flatnonzero(keep), (len(rows), len(cols)))
     coef = coef.astype(np.float32)
     y, x = _coords(h)[:, None, None], _coords(w)[None, :, None]
     # the same six terms, grouped so that only the x*y term is computed at full size
-    return (coef[0] + coef[1] * x + coef[3] * x * x) + (coef[2] * y + coef[5] * y * y) + coef[4] * (x * y)
+    surface = (coef[0] + coef[1] * x + coef[3] * x * x) + (coef[2] * y + coef[5] * y * y) + coef[4] * (x * y)
+    return np.clip(surface, low, high), (rows[paper[0]], cols[paper[1]])
 
 
-def _ink_direction(dev: np.ndarray) -> np.ndarray:
+def _ink_direction(dev: np.ndarray, paper: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The colour direction along which the ink departs from the paper: the main axis of strong deviations."""
     if dev.shape[2] == 1:
         return np.ones(1)
     norms = np.linalg.norm(dev, axis=2)
-    strong = dev[norms > 4 * np.median(norms) + 2 / 255]  # (n, 3)
+    strong = dev[norms > 4 * np.median(norms[paper]) + 2 / 255]  # (n, 3); paper's spread, as ink may be most
     if len(strong) == 0:
         return np.ones(3) / np.sqrt(3)
     return np.linalg.eigh(strong.T @ strong)[1][:, -1]
 
 
-def _ink_strength(pixels: np.ndarray, ink: str) -> np.ndarray:
-    """Levelled ink strength (H, W): about 0 on the paper, positive on the ink, whatever its polarity."""
-    background = _background(pixels)
+def _ink_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float]:
+    """Levelled ink strength (H, W): about 0 on the paper, positive on the ink, whatever its polarity.
+
+    Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper).
+    """
+    background, paper = _background(pixels)
     light = background.mean(axis=2, keepdims=True)
-    top = max(float(light.max()), 1e-3)
+    top = max(float(light.max()), DARK_PAPER)
     dev = (pixels - background) * (top / np.maximum(light, top / 4))  # light multiplies: undo it on dim parts
-    direction = _ink_direction(dev)
+    direction = _ink_direction(dev, paper)
     if direction.sum() < 0:  # make "positive" mean "brighter than the paper"
         direction = -direction
     strength = (dev * direction.astype(np.float32)).sum(axis=2)
+    noise = 1.4826 * float(np.median(np.abs(strength[paper])))
     if ink == "auto":  # the ink is the side with the strongest deviations (smoothed: lone pixels don't count)
         smooth = _mean3(strength)
         ink = "bright" if smooth.max() >= -smooth.min() else "dark"
-    return strength if ink == "bright" else -strength
+    return (strength if ink == "bright" else -strength), noise
 
 
 #### Strokes
@@ -304,9 +342,8 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _soft_ink(strength: np.ndarray) -> np.ndarray:
-    """Ink in [0, 1] on 0: noise and specks removed, soft edges near the strokes kept, strokes at 1."""
-    noise = 1.4826 * np.median(np.abs(strength[::2, ::2]))  # robust sigma; the paper is the majority
+def _soft_ink(strength: np.ndarray, noise: float) -> np.ndarray:
+    """Ink in [0, 1] on 0 (`noise`: the paper's sigma): specks removed, soft edges kept, strokes at 1."""
     smooth = _mean3(strength)
     peak = float(smooth.max())
     if peak < max(MIN_CONTRAST, 4 * noise):
@@ -371,7 +408,7 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     pixels, ink = _resolve_alpha(pixels, ink)
     if pixels.shape[2] == 3 and np.ptp(pixels, axis=2).max() < 2 / 255:  # grey stored as RGB
         pixels = pixels.mean(axis=2, keepdims=True)
-    soft = _soft_ink(_ink_strength(_shrink(pixels, WORK_SIDE), ink))
+    soft = _soft_ink(*_ink_strength(_shrink(pixels, WORK_SIDE), ink))
     field = _center(*_scale_to_box(soft))
     return np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
 
