@@ -161,3 +161,47 @@ def test_docs_assets_are_served(client, suffix, kind):
 def test_page_footer_links_to_a_docs_page_that_exists(client):
     page = client.get("/").text
     assert 'href="/docs"' in page and client.get("/docs").status_code == 200
+
+
+@pytest.mark.browser
+def test_docs_page_renders_offline_in_chromium(tmp_path):
+    """/docs in headless Chromium with every request off the server refused: the operations list renders, the
+    page asks for nothing elsewhere and breaks no rule of its CSP (a violation is a console error)."""
+    from playwright.sync_api import sync_playwright
+
+    from conftest import start_server, stop_server
+    from digitlab.predict import DEFAULT_WEIGHTS
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+
+    server = start_server(DEFAULT_WEIGHTS, tmp_path / "serve.log")
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server.url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                page.route("**/*", only_the_server)
+                page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(server.url + "/docs")
+                page.locator(".opblock-summary-path", has_text="/api/predict").wait_for()
+                paths = page.locator(".opblock-summary-path").all_text_contents()
+                title = page.locator(".info .title").text_content()
+            finally:
+                browser.close()
+    finally:
+        stop_server(server)
+    assert {"/api/predict", "/api/model", "/healthz"} <= {p.strip() for p in paths}, paths
+    assert "digitlab" in title
+    assert not elsewhere, f"/docs asked for files elsewhere: {elsewhere}"
+    assert not errors, errors
