@@ -2,14 +2,19 @@
 defaults, the Python entry points, and the API docs page working with no network."""
 from __future__ import annotations
 
+import http.server
 import importlib.metadata
+import io
 import re
+import shutil
+import threading
 import tomllib
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_cli
+from helpers import MNIST_DIR, REPO, run_cli
 
 README = (REPO / "README.md").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -120,6 +125,52 @@ def test_train_help_shows_the_defaults_a_bare_train_uses():
     assert "(default: width=16 from preset 'default'; TrainConfig: none)" in help_line(text, "--model-args")
     assert f"(default: {TrainConfig().seed})" in help_line(text, "--seed")  # not in the preset: TrainConfig's
     assert "preset 'default'" in text.split("\n  --dataset", 1)[0]  # the group says where defaults come from
+
+
+# ---- data: damaged files and the download's progress bar --------------------------------------------------
+
+def test_damaged_deflate_data_is_one_line_naming_the_file(tmp_path):
+    folder = tmp_path / "mnist"
+    shutil.copytree(MNIST_DIR, folder)
+    target = folder / "t10k-labels-idx1-ubyte.gz"
+    damaged = bytearray(target.read_bytes())
+    damaged[1000:1008] = bytes(b ^ 0xFF for b in damaged[1000:1008])  # zlib: "invalid distance too far back"
+    target.write_bytes(bytes(damaged))
+    proc = run_cli("data", "info", "--data-dir", str(tmp_path))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert f"{target}: cannot be read" in lines[0] and "Traceback" not in proc.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # the server's access log would land in the stderr under test
+        pass
+
+
+@pytest.mark.parametrize("stderr_kind, shows_bar", [(io.StringIO, False), (Terminal, True)])
+def test_download_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, stderr_kind, shows_bar):
+    from digitlab import data
+
+    stem = "t10k-labels-idx1-ubyte"
+    handler = partial(QuietHandler, directory=str(MNIST_DIR))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = data.DatasetSpec("mnist", data.DATASETS["mnist"].classes, data.DATASETS["mnist"].md5,
+                            (f"http://127.0.0.1:{server.server_address[1]}/",))
+    stderr = stderr_kind()
+    monkeypatch.setattr("sys.stderr", stderr)
+    try:
+        path = data.download(spec, stem, tmp_path, progress=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert path.read_bytes() == (MNIST_DIR / f"{stem}.gz").read_bytes()
+    assert (f"{stem}.gz" in stderr.getvalue()) is shows_bar, repr(stderr.getvalue())
 
 
 # ---- the API docs page, offline ------------------------------------------------------------------------------
