@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import importlib.metadata
 import io
+import os
 import re
 import shutil
 import threading
@@ -207,6 +208,19 @@ def test_docs_assets_are_served(client, suffix, kind):
     for url in urls:
         r = client.get(url)
         assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > 50, url
+
+
+def test_serve_without_the_docs_assets_names_the_web_extra(tmp_path):
+    """fastapi-offline (Swagger UI's files) is part of the web extra: without it, serve says so in one line."""
+    blocker = tmp_path / "fastapi_offline"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi_offline'\", name='fastapi_offline')\n")
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    proc = run_cli("serve", "--port", "8", env={"PYTHONPATH": pythonpath})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "web extra (fastapi_offline is missing)" in lines[0]
 
 
 def test_page_footer_links_to_a_docs_page_that_exists(client):

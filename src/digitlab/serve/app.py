@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import anyio
+import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a missing one names the extra
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -133,8 +134,6 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
 
 def add_docs(app: FastAPI) -> None:
     """GET /docs: Swagger UI, its files served from /docs-assets, under the same CSP as the drawing page."""
-    import fastapi_offline
-
     assets = Path(fastapi_offline.__file__).parent / "static"
     missing = [n for n in DOCS_ASSETS if not (assets / n).is_file()]
     if missing:
