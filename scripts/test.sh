@@ -7,10 +7,15 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
 
-# The browser test drives Debian's Chromium through Playwright (no browser download).
-if ! command -v chromium >/dev/null 2>&1; then
+# From Debian (apt): Chromium, which the browser test drives through Playwright (no browser download), and
+# Fashion-MNIST, which lands in /usr/share/datasets/fashion-mnist, one of the folders digitlab reads datasets from.
+packages=()
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+[ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+if [ ${#packages[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 python -m pytest "$@"

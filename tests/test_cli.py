@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REPO, run_cli
+from helpers import fashion_dir, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_predict_with_the_shipped_model():
 
 def test_data_show_and_info(tmp_path):
     out = tmp_path / "s.png"
-    proc = run_cli("data", "show", "--dataset", "fashion-mnist", "--data-dir", str(REPO.parent / "shared" / "data"),
+    proc = run_cli("data", "show", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir()),
                    "-n", "12", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size[0] > 300

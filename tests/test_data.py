@@ -14,7 +14,7 @@ import torch
 
 from digitlab import data
 from digitlab.errors import DataError
-from helpers import REPO, SHARED_DATA, fashion_dir
+from helpers import MNIST_DIR, REPO, fashion_dir
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -45,7 +45,7 @@ def test_fashion_mnist_loads_with_class_names():
 
 
 def test_reads_uncompressed_files(tmp_path):
-    for src in (SHARED_DATA / "mnist").glob("*.gz"):
+    for src in MNIST_DIR.glob("*.gz"):
         (tmp_path / src.stem).write_bytes(gzip.decompress(src.read_bytes()))
     ds = data.load_dataset("mnist", tmp_path)
     assert ds.sources["t10k-labels-idx1-ubyte"].endswith("t10k-labels-idx1-ubyte")
@@ -54,8 +54,9 @@ def test_reads_uncompressed_files(tmp_path):
 
 def copy_mnist(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for src in (SHARED_DATA / "mnist").glob("*.gz"):
+    for src in MNIST_DIR.glob("*.gz"):
         shutil.copy(src, dest / src.name)
+    assert len(list(dest.glob("*.gz"))) == 4, f"MNIST's four files are not all in {MNIST_DIR}"
     return dest
 
 

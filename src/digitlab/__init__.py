@@ -1,13 +1,19 @@
 """digitlab: train, compare, explain and serve handwritten-digit classifiers."""
+import importlib.metadata
+
 from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
 from digitlab.models import create_model, list_models, register_model
-from digitlab.presets import PRESETS
+from digitlab.presets import PRESETS, preset_config
 from digitlab.runs import load_run
 from digitlab.train import train
 
-__version__ = "0.1.0"
+try:  # pyproject.toml holds the one version number; the installed metadata carries it here
+    __version__ = importlib.metadata.version("digitlab")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path that was never pip-installed
+    __version__ = "0+unknown"
 __all__ = ["TrainConfig", "make_config", "Dataset", "load_dataset", "DigitlabError", "evaluate",
-           "create_model", "list_models", "register_model", "PRESETS", "load_run", "train"]
+           "create_model", "list_models", "register_model", "PRESETS", "preset_config", "load_run",
+           "train"]

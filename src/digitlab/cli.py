@@ -10,6 +10,7 @@ import inspect
 import re
 import sys
 
+from digitlab import __version__
 from digitlab.errors import DigitlabError
 
 
@@ -38,17 +39,34 @@ def field_comments() -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, re.M)}
 
 
+def show_default(value: object) -> str:
+    """A default as it would be typed on the command line: 0.004, width=16, none."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (--batch-size, --model-args ...), all defaulting to 'not given'."""
+    """One flag per TrainConfig field (--batch-size, --model-args ...), all defaulting to 'not given'. The help
+    shows what a bare `digitlab train` uses: the `default` preset's value where it sets one, else TrainConfig's."""
     from digitlab.config import config_fields
+    from digitlab.presets import preset_config
 
     comments = field_comments()
-    group = parser.add_argument_group("recipe fields (override the preset; defaults shown are TrainConfig's)")
+    preset = preset_config("default")
+    group = parser.add_argument_group(
+        "recipe fields (each overrides the preset)",
+        "The defaults shown are what a bare `digitlab train` uses: preset 'default' where it sets the field, "
+        "else TrainConfig's. `--model M` without --preset starts from TrainConfig's.")
     for name, type_, default in config_fields():
         if name == "preset":
             continue
         flag = "--" + name.replace("_", "-")
-        text = f"{comments.get(name, '')} (default: {default})".replace("%", "%%")
+        if name in preset and preset[name] != default:
+            shown = f"{show_default(preset[name])} from preset 'default'; TrainConfig: {show_default(default)}"
+        else:
+            shown = show_default(default)
+        text = f"{comments.get(name, '')} (default: {shown})".replace("%", "%%")
         if type_ is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -60,10 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     parser = Parser(prog="digitlab", description="Train, compare, explain and serve digit classifiers.",
                     formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.add_argument("--version", action="version", version=f"digitlab {__version__}")
+    # Not required: a bare `digitlab` (or `digitlab data`) prints its help and exits 0, see main().
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=Parser)
 
-    data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True,
-                                                                          parser_class=Parser)
+    data_parser = sub.add_parser("data", help="inspect a dataset", formatter_class=fmt)
+    parser.set_defaults(help_of=parser)
+    data_parser.set_defaults(help_of=data_parser)
+    data = data_parser.add_subparsers(dest="data_command", title="commands", metavar="COMMAND", parser_class=Parser)
     info = data.add_parser("info", help="sizes, classes, counts, file locations", formatter_class=fmt)
     show = data.add_parser("show", help="a grid of samples as PNG", formatter_class=fmt)
     for p in (info, show):
@@ -143,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None or (args.command == "data" and args.data_command is None):
+        args.help_of.print_help()  # no command given: say which there are
+        return 0
     from digitlab import commands
 
     handler = getattr(commands, f"cmd_{args.command}")

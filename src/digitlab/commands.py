@@ -172,7 +172,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = [run.name for run in runs]
     if len(set(names)) < len(names):  # same folder name under different parents: use the paths
         names = [str(run) for run in runs]
-    out = plot_compare({name: history for name, (_, history) in zip(names, summaries)}, Path(args.output))
+    out = plot_compare({name: history for name, (_, history) in zip(names, summaries)}, Path(args.output),
+                       datasets={name: row["dataset"] for name, (row, _) in zip(names, summaries)})
     rows = [row for row, _ in summaries]
     spread = recipe_spread(rows)
     if args.json:

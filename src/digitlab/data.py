@@ -17,8 +17,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import sys
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +141,7 @@ def read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: damaged deflate data
         raise DataError(f"{path}: cannot be read ({e}); delete it and let digitlab fetch it again") from e
 
 
@@ -160,8 +162,11 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
 
 
 def download(spec: DatasetSpec, stem: str, dest_dir: Path, progress: bool = True) -> Path:
-    """Fetch `stem.gz` from the first mirror that answers into `dest_dir`, atomically."""
+    """Fetch `stem.gz` from the first mirror that answers into `dest_dir`, atomically. The progress bar shows
+    only on a terminal: redrawn into a log file or a pipe it is noise."""
     from tqdm import tqdm
+
+    show_bar = progress and sys.stderr.isatty()
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{stem}.gz"
@@ -173,7 +178,7 @@ def download(spec: DatasetSpec, stem: str, dest_dir: Path, progress: bool = True
                 total = int(response.headers.get("Content-Length") or 0) or None
                 fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tmp")
                 with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                                       desc=f"{stem}.gz", disable=not progress) as bar:
+                                                       desc=f"{stem}.gz", disable=not show_bar) as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))

@@ -5,7 +5,7 @@
                        bright ink on black}; answers label, ten probabilities and the 28x28 image the model saw
     GET  /api/model    what is loaded
     GET  /healthz      {"status": "ok"}
-    GET  /docs         OpenAPI docs (FastAPI's)
+    GET  /docs         OpenAPI docs: Swagger UI from fastapi-offline's copy, served here (no CDN, works offline)
 
 The routes hold no ML code: pixels go through digitlab.preprocess (the functions training data and the CLI use),
 then through the Predictor, which is loaded once, outside, and shared. Preprocessing and inference run in worker
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import anyio
+import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a missing one names the extra
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -40,6 +41,8 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")  # what static/docs.html loads
 
 Pixel = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: "7" and true are refused
 Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
@@ -71,10 +74,11 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
     """The web app around one loaded predictor."""
     app = FastAPI(title="digitlab", summary="Handwritten-digit classifier: draw a digit or upload an image.",
-                  version=_version())
+                  version=_version(), docs_url=None, redoc_url=None)  # FastAPI's /docs loads Swagger UI from a CDN
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_docs(app)
     page = (STATIC / "index.html").read_text()
     model_info = predictor.describe()
     model_lock = threading.Lock()  # one inference at a time on the shared model
@@ -126,6 +130,20 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
             raise HTTPException(503, f"the prediction took longer than {limits.inference_timeout_s:g} s") from None
 
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI, its files served from /docs-assets, under the same CSP as the drawing page."""
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    missing = [n for n in DOCS_ASSETS if not (assets / n).is_file()]
+    if missing:
+        raise DigitlabError(f"fastapi-offline at {assets} lacks {', '.join(missing)}; reinstall digitlab[web]")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+    page = (STATIC / "docs.html").read_text()
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 async def read_body(request: Request, timeout_s: float) -> bytes:

@@ -1,0 +1,97 @@
+"""The figures: accuracy in percent on an axis zoomed to the data, one compare chart per dataset, read back from
+the matplotlib figures (and `digitlab compare` on real runs of two datasets)."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from digitlab import plots
+from helpers import fashion_dir
+
+
+def history(accuracies: list[float]) -> list[dict]:
+    """metrics.csv-like rows, one per epoch, the loss falling as 0.5 / epoch."""
+    rows = []
+    for epoch, acc in enumerate(accuracies, start=1):
+        loss = 0.5 / epoch
+        rows.append({"step": 100 * epoch, "epoch": epoch, "train_loss": loss * 1.1, "test_loss": loss,
+                     "train_accuracy": acc - 0.002, "test_accuracy": acc})
+    return rows
+
+
+MNIST_RUNS = {"cnn": history([0.981, 0.987, 0.990]), "digitnet": history([0.989, 0.993, 0.995])}
+FASHION_RUNS = {"lenet5": history([0.11, 0.62, 0.81]), "digitnet-f": history([0.86, 0.90, 0.91])}
+
+
+def ydata(ax) -> list[float]:
+    return [float(y) for line in ax.get_lines() for y in line.get_ydata()]
+
+
+def test_compare_has_one_chart_per_dataset_titled_and_in_percent():
+    runs = {**MNIST_RUNS, **FASHION_RUNS}
+    datasets = {**dict.fromkeys(MNIST_RUNS, "mnist"), **dict.fromkeys(FASHION_RUNS, "fashion-mnist")}
+    fig = plots.compare_figure(runs, datasets)
+    assert len(fig.axes) == 2 and fig.get_suptitle()
+    mnist, fashion = fig.axes
+    assert mnist.get_title().startswith("mnist") and fashion.get_title().startswith("fashion-mnist")
+    assert sorted(line.get_label() for line in mnist.get_lines()) == ["cnn", "digitnet"]
+    assert max(ydata(mnist)) == pytest.approx(99.5) and min(ydata(fashion)) == pytest.approx(11.0)
+    assert mnist.yaxis.get_major_formatter()(99.2, 0) == "99.2%"  # whole points would read 99%, 99%, 99%
+    assert fashion.yaxis.get_major_formatter()(40.0, 0) == "40%"
+
+
+def test_compare_axis_zooms_to_the_data():
+    mnist = plots.compare_figure(MNIST_RUNS, dict.fromkeys(MNIST_RUNS, "mnist")).axes[0]
+    low, high = mnist.get_ylim()
+    assert 97.5 < low < 98.1 and 99.5 < high <= 100  # 98.1 .. 99.5 fills the chart, not a sliver at its top
+    fashion = plots.compare_figure(FASHION_RUNS, dict.fromkeys(FASHION_RUNS, "fashion-mnist")).axes[0]
+    assert 0 <= fashion.get_ylim()[0] < 11 and 91 < fashion.get_ylim()[1] <= 100
+
+
+def test_a_flat_line_gets_a_readable_axis():
+    low, high = plots.zoomed_limits([99.5, 99.5])
+    assert low < 99.5 < high and high - low >= plots.MIN_SPAN
+    assert plots.zoomed_limits([99.9, 100.0])[1] == 100.0
+
+
+def test_curves_show_accuracy_in_percent_zoomed():
+    fig = plots.curves_figure(MNIST_RUNS["digitnet"], title="run", x="epoch")
+    loss, acc = fig.axes
+    assert acc.yaxis.get_major_formatter()(99.2, 0) == "99.2%" and max(ydata(acc)) == pytest.approx(99.5)
+    assert 97 < acc.get_ylim()[0] < 98.7 and acc.get_ylim()[1] <= 100
+    assert max(ydata(loss)) == pytest.approx(0.55)  # the loss axis keeps its own scale
+
+
+def test_confusion_title_gives_accuracy_in_percent():
+    fig = plots.confusion_figure([[90, 10], [5, 95]], ["a", "b"], title="run (best)")
+    assert fig.axes[0].get_title() == "run (best): accuracy 92.50% (185 of 200)"
+
+
+@pytest.fixture(scope="module")
+def two_dataset_runs(tmp_path_factory):
+    """Two real, tiny runs (a few steps of an MLP), one on MNIST and one on Fashion-MNIST."""
+    from digitlab import make_config, train
+
+    out = tmp_path_factory.mktemp("runs")
+    runs = []
+    for dataset, data_dir in (("mnist", None), ("fashion-mnist", str(fashion_dir()))):
+        cfg = make_config({"model": "mlp", "dataset": dataset, "data_dir": data_dir, "max_steps": 20, "eval_every": 10,
+                           "batch_size": 64, "device": "cpu", "threads": 1, "out": str(out / dataset)})
+        train(cfg, progress=False, log=lambda *_: None)
+        runs.append(out / dataset)
+    return runs
+
+
+def test_compare_command_draws_a_chart_per_dataset(two_dataset_runs, tmp_path, monkeypatch):
+    from digitlab.cli import main
+
+    figures = []
+    original = plots.compare_figure
+    monkeypatch.setattr(plots, "compare_figure", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
+    png = tmp_path / "compare.png"
+    assert main(["compare", *map(str, two_dataset_runs), "-o", str(png)]) == 0
+    (fig,) = figures
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["mnist", "fashion-mnist"]
+    assert all(0 <= y <= 100 for ax in fig.axes for y in ydata(ax)) and max(ydata(fig.axes[0])) > 50
+    width, height = Image.open(png).size
+    assert width > 1.5 * height  # two charts side by side
