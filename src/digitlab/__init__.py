@@ -4,10 +4,11 @@ from digitlab.data import Dataset, load_dataset
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
 from digitlab.models import create_model, list_models, register_model
+from digitlab.predict import Predictor
 from digitlab.presets import PRESETS
 from digitlab.runs import load_run
 from digitlab.train import train
 
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "make_config", "Dataset", "load_dataset", "DigitlabError", "evaluate",
-           "create_model", "list_models", "register_model", "PRESETS", "load_run", "train"]
+           "create_model", "list_models", "register_model", "PRESETS", "load_run", "train", "Predictor"]

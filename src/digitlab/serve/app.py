@@ -20,7 +20,6 @@ from typing import Annotated, Any, Callable
 
 import anyio
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -83,7 +82,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
     def infer(prepare: Callable[[], np.ndarray]) -> dict:
         image = prepare()
         with model_lock:
-            probs = predictor.probabilities(torch.from_numpy(image)[None])[0]
+            probs = predictor.probabilities(image[None])[0]
         pred = predictor.describe_probs(probs)
         return {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
                 "probabilities": pred.probabilities, "preprocessed": image.tolist(), "model": model_info}
