@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import digitlab
@@ -207,3 +208,21 @@ def test_require_names_the_extra_and_the_module():
     with pytest.raises(DigitlabError, match=r"needs the onnx extra \(no_such_module_xyz is missing\)"):
         require("onnx", "no_such_module_xyz", "reading ONNX")
     assert require("web", "json", "anything") is json
+
+
+#### Normalisation is always the run's, never a default
+
+
+@pytest.mark.parametrize("function, parameter", [("evaluate", "normalization"), ("predict_logits", "normalization"),
+                                                 ("normalize", "kind")])
+def test_normalisation_has_no_default(function, parameter):
+    import importlib
+    import inspect
+
+    module = importlib.import_module("digitlab.normalize" if function == "normalize" else "digitlab.evaluate")
+    fn = getattr(module, function)
+    assert inspect.signature(fn).parameters[parameter].default is inspect.Parameter.empty
+    images = load_dataset("mnist", progress=False).test_images[:4]
+    with pytest.raises(TypeError):
+        fn(images) if function == "normalize" else fn(torch.nn.Flatten(), images, *(
+            [torch.zeros(4, dtype=torch.long)] if function == "evaluate" else []))
