@@ -21,7 +21,7 @@ from digitlab.errors import DigitlabError
 from digitlab.export import export_run
 from digitlab.extras import install_hint, require, source_checkout
 from digitlab.predict import Predictor
-from helpers import REPO, run_cli
+from helpers import run_cli
 
 N_IMAGES = 1000
 
