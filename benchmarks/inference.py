@@ -8,7 +8,7 @@ prints one markdown row:
 - throughput in images/s on batches of 1,000 normalised images, the best of up to 5 passes (1 s at least):
   PyTorch under torch.inference_mode(), and the same model exported by digitlab.export run by onnxruntime;
 - single-image latency, p50 and p99 over --runs calls after a warm-up, both runtimes, model call only;
-- end to end, p50: Predictor.predict("digit.png") and ONNXPredictor.predict("digit.png"), which read
+- end to end, p50: Predictor.predict("digit.png") on each backend (TorchBackend, OnnxBackend), which read
   the PNG, run digitlab.preprocess.to_mnist, normalise, run the model and build the Prediction.
 AlexNet (57M parameters, about 100 ms an image on 2 cores) gets a tenth of the runs.
 Paste the output into docs/benchmarks.md under "Inference".
@@ -31,9 +31,9 @@ from PIL import Image
 from digitlab.data import get_spec, load_dataset
 from digitlab.export import onnx_model_bytes
 from digitlab.models import count_parameters, create_model, list_models
+from digitlab.backends import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 from digitlab.normalize import normalize
-from digitlab.onnx_predict import INPUT_NAME, OUTPUT_NAME, ONNXPredictor
-from digitlab.predict import Predictor
+from digitlab.predict import ModelInfo, Predictor
 from digitlab.preprocess import to_mnist
 from digitlab.runs import LoadedModel
 
@@ -90,10 +90,11 @@ def p50_p99(ms: list[float]) -> tuple[float, float]:
 def bench_model(name: str, images: torch.Tensor, png: str, runs: int, threads: int) -> dict:
     loaded = untrained(name)
     model = loaded.model
-    predictor = Predictor(loaded)
-    onnx_predictor = ONNXPredictor(onnx_model_bytes(loaded), threads=threads, source=f"{name}.onnx")
+    predictor = Predictor.from_loaded(loaded)
+    onnx_backend = OnnxBackend(onnx_model_bytes(loaded), threads=threads, source=f"{name}.onnx")
+    onnx_predictor = Predictor(onnx_backend, ModelInfo.from_loaded(loaded))
     runs = max(5, runs // HEAVY.get(name, 1))
-    batch = normalize(images[:BATCH], "standard")
+    batch = normalize(images[:BATCH], loaded.normalization)
     one = batch[:1]
     batch_np, one_np = batch.numpy(), one.numpy()
 
@@ -102,7 +103,7 @@ def bench_model(name: str, images: torch.Tensor, png: str, runs: int, threads: i
             return model(x)
 
     def ort_call(x):
-        return onnx_predictor.session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        return onnx_backend.session.run([OUTPUT_NAME], {INPUT_NAME: x})
 
     row = {"model": name, "params": count_parameters(model)}
     row["torch_ips"] = images_per_s(lambda: torch_call(batch), BATCH)
@@ -117,7 +118,7 @@ def bench_model(name: str, images: torch.Tensor, png: str, runs: int, threads: i
 
 def markdown(rows: list[dict]) -> str:
     head = ("| model | params | PyTorch img/s (batch 1,000) | ORT img/s (batch 1,000) | PyTorch 1-image p50 / p99 ms "
-            "| ORT 1-image p50 / p99 ms | Predictor.predict(PNG) p50 ms | ONNXPredictor.predict(PNG) p50 ms |")
+            "| ORT 1-image p50 / p99 ms | Predictor.predict(PNG) p50 ms, torch | Predictor.predict(PNG) p50 ms, onnx |")
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['torch_ips']:,.0f} | {r['ort_ips']:,.0f} "

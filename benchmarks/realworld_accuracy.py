@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     predictor = Predictor.from_run(args.run)
     info = predictor.describe()
     acc = info["test_accuracy"]
-    print(f"model: {info['name']} from {predictor.loaded.source} (MNIST test accuracy "
+    print(f"model: {info['name']} from {predictor.info.source} (MNIST test accuracy "
           f"{f'{acc:.2%}' if acc is not None else 'not recorded'})")
     rows = ensure_folder(args.folder, args.count, args.seed)
     files = [args.folder / r["file"] for r in rows]
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                "naive resize": naive_labels(predictor, files, invert_bright=False),
                "naive + invert if bright": naive_labels(predictor, files, invert_bright=True)}
 
-    ds = load_dataset(predictor.loaded.dataset, progress=False)
+    ds = load_dataset(predictor.dataset, progress=False)
     indices = sorted({r["mnist_test_index"] for r in rows})
-    originals = predictor.probabilities(ds.test_images[indices]).argmax(1)
+    originals = torch.from_numpy(predictor.probabilities(ds.test_images[indices]).argmax(1))
     ceiling = float((originals == ds.test_labels[indices]).float().mean())
 
     print(f"digitlab predict read {len(files)} files in {cli_seconds:.0f}s "

@@ -16,7 +16,7 @@ KINDS = [k for k in AUGMENTATIONS if k != "none"]
 
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
-    return normalize(load_dataset("mnist").test_images[:64])
+    return normalize(load_dataset("mnist").test_images[:64], "standard")
 
 
 @pytest.mark.parametrize("kind", KINDS)

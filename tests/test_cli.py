@@ -120,7 +120,7 @@ def test_models_and_summary():
     (["eval", "/nonexistent/run"], "does not exist"),
     (["plot", "/nonexistent/run"], "not a run folder"),
     (["predict", "--test-index", "10000"], "--test-index must be in 0..9999"),
-    (["predict", "/nonexistent.png"], "/nonexistent.png: error:"),
+    (["predict", "/nonexistent.png"], "error: /nonexistent.png does not exist"),
     (["data", "info", "--dataset", "kmnist"], "unknown dataset 'kmnist'"),
     (["summary", "vgg"], "unknown model 'vgg'"),
     (["train", "--no-such-flag"], "unrecognized arguments"),

@@ -22,7 +22,7 @@ from digitlab.errors import RunError
 from digitlab.export import (TOLERANCE, ExportError, check_parity, export_run, onnx_model_bytes,
                              torchscript_model_bytes)
 from digitlab.models import create_model, list_models
-from digitlab.onnx_predict import ONNXPredictor
+from digitlab.backends import OnnxBackend
 from digitlab.predict import Predictor
 from digitlab.runs import load_run
 from helpers import run_cli
@@ -61,7 +61,7 @@ def test_onnx_parity_every_model_random_weights(name, tmp_path, mnist):
     assert result.parity.max_abs_diff < TOLERANCE
     assert out.is_file() and not out.with_name(out.name + ".tmp").exists()
 
-    predictor = ONNXPredictor(out)  # the file alone: normalisation and names come from its metadata
+    predictor = Predictor.from_onnx(out)  # the file alone: normalisation and names come from its metadata
     assert predictor.describe()["name"] == name and predictor.normalization == "symmetric"
     images = mnist.test_images[:n]
     batch = predictor.logits(images.numpy())
@@ -72,8 +72,7 @@ def test_onnx_parity_every_model_random_weights(name, tmp_path, mnist):
 
 def test_dynamo_exporter_matches_pytorch(tmp_path, mnist):
     loaded = load_run(random_weights_file("mlp", tmp_path))  # the quickest to export this way (about 1 s)
-    predictor = ONNXPredictor(onnx_model_bytes(loaded, dynamo=True))
-    parity = check_parity(loaded, predictor.logits, mnist.test_images[:64])
+    parity = check_parity(loaded, OnnxBackend(onnx_model_bytes(loaded, dynamo=True)), mnist.test_images[:64])
     assert parity.ok and parity.max_abs_diff < TOLERANCE and parity.same_argmax == 64
 
 
@@ -89,8 +88,8 @@ def test_trained_model_onnx_and_torchscript_parity(trained_run, tmp_path, mnist)
     assert meta["classes"] == '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
 
     images, labels = mnist.test_images[:1000], mnist.test_labels[:1000]
-    onnx_probs = ONNXPredictor(tmp_path / "m.onnx").probabilities(images.numpy())
-    torch_probs = Predictor.from_run(trained_run).probabilities(images).numpy()
+    onnx_probs = Predictor.from_onnx(tmp_path / "m.onnx").probabilities(images.numpy())
+    torch_probs = Predictor.from_run(trained_run).probabilities(images)
     assert (onnx_probs.argmax(1) == torch_probs.argmax(1)).all()
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
     assert (onnx_probs.argmax(1) == labels.numpy()).mean() > 0.93  # the fixture model reads digits
@@ -106,10 +105,11 @@ def test_torchscript_file_carries_metadata(trained_run):
 
 
 def test_from_run_serves_like_predictor(trained_run, mnist):
-    onnx_predictor, torch_predictor = ONNXPredictor.from_run(trained_run, threads=1), Predictor.from_run(trained_run)
+    onnx_predictor = Predictor.from_run(trained_run, runtime="onnx", threads=1)
+    torch_predictor = Predictor.from_run(trained_run)
     described = onnx_predictor.describe()
     assert {k: v for k, v in described.items() if k not in ("runtime", "source")} == \
-        {k: v for k, v in torch_predictor.describe().items() if k != "source"}
+        {k: v for k, v in torch_predictor.describe().items() if k not in ("runtime", "source")}
     for i in range(5):  # the calls the web app makes
         image = mnist.test_images[i].numpy()
         ours = onnx_predictor.describe_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
@@ -121,8 +121,8 @@ def test_from_run_serves_like_predictor(trained_run, mnist):
 def test_failed_parity_is_an_error_and_keeps_the_old_file(trained_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "model.onnx"
     out.write_text("the previous export")
-    honest = ONNXPredictor.logits
-    monkeypatch.setattr(ONNXPredictor, "logits", lambda self, images: honest(self, images) + 1e-3)
+    honest = OnnxBackend.logits
+    monkeypatch.setattr(OnnxBackend, "logits", lambda self, x: honest(self, x) + 1e-3)
     assert main(["export", str(trained_run), "-o", str(out), "--check-images", "50"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "disagrees with PyTorch" in err and "1.00e-03" in err
@@ -182,5 +182,5 @@ def test_onnx_file_without_digitlab_metadata_is_refused(tmp_path):
     del proto.metadata_props[:]
     plain.write_bytes(proto.SerializeToString())
     with pytest.raises(RunError, match="not exported by digitlab"):
-        ONNXPredictor(plain)
+        Predictor.from_onnx(plain)
 

@@ -6,6 +6,7 @@ from digitlab.data import Dataset, load_dataset
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
 from digitlab.models import create_model, list_models, register_model
+from digitlab.predict import Predictor
 from digitlab.presets import PRESETS, preset_config
 from digitlab.runs import load_run
 from digitlab.train import train
@@ -16,4 +17,4 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path tha
     __version__ = "0+unknown"
 __all__ = ["TrainConfig", "make_config", "Dataset", "load_dataset", "DigitlabError", "evaluate",
            "create_model", "list_models", "register_model", "PRESETS", "preset_config", "load_run",
-           "train"]
+           "train", "Predictor"]

@@ -110,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
 
     ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)
-    ev.add_argument("run", help="run folder")
+    ev.add_argument("run", help="run folder or .safetensors file")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--figures", default=None, metavar="DIR",
+                    help="folder for confusion-<checkpoint>.png and misclassified-<checkpoint>.png "
+                         "(default: the run folder; for a lone .safetensors file, the current folder)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average over 1-pixel shifts (default: as the run was evaluated in training)")
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -113,6 +115,20 @@ def trained_with_tta(run_dir: Path) -> bool:
     return (run_dir / "config.json").is_file() and read_config(run_dir).tta
 
 
+def figures_folder(args: argparse.Namespace, run_is_folder: bool, run_dir: Path) -> Path:
+    """Where eval's figures go: --figures, else the run folder, else (a lone .safetensors file, which may be the
+    weights shipped inside the package) the current folder. Created and checked before any work is done."""
+    folder = Path(args.figures) if args.figures else (run_dir if run_is_folder else Path("."))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise RunError(f"cannot write figures to {folder} ({e.strerror or e}); "
+                       "choose a writable folder with --figures DIR") from None
+    return folder
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.data import load_dataset
     from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
@@ -121,29 +137,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded = load_run(args.run, args.checkpoint)
     run_dir = loaded.source.parent
+    figures = figures_folder(args, Path(args.run).is_dir(), run_dir)
+    name = loaded.source.stem  # "best" or "last" for a run; the file's name for a lone .safetensors file
     tta = args.tta if args.tta is not None else trained_with_tta(run_dir)
     ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
     logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta)
     metrics = metrics_from_logits(logits, ds.test_labels)
     mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
-    confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), run_dir / "confusion.png",
-                                   title=f"{run_dir.name} ({args.checkpoint})")
     titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
-    mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
-                             run_dir / "misclassified.png", title="most confident mistakes (true -> predicted)")
-    report = {"run": str(run_dir), "checkpoint": args.checkpoint, "model": loaded.model_name,
+    try:
+        confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), figures / f"confusion-{name}.png",
+                                       title=f"{run_dir.name} ({name})")
+        mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
+                                 figures / f"misclassified-{name}.png",
+                                 title="most confident mistakes (true -> predicted)")
+    except OSError as e:
+        raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
+                       "choose a writable folder with --figures DIR") from None
+    report = {"run": str(run_dir), "checkpoint": name, "model": loaded.model_name,
               "dataset": ds.name, "tta": tta, **metrics, "misclassified": mistakes,
               "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{run_dir} [{args.checkpoint}] {loaded.model_name} on {ds.name}: test accuracy "
+    print(f"{run_dir} [{name}] {loaded.model_name} on {ds.name}: test accuracy "
           f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
           f"{', test-time augmentation' if tta else ''})")
     print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
-    for i, name in enumerate(ds.classes):
+    for i, class_name in enumerate(ds.classes):
         errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
-        print(f"{i} {name:<14}{metrics['per_class_accuracy'][i]:>9.2%}{errors:>8}")
+        print(f"{i} {class_name:<14}{metrics['per_class_accuracy'][i]:>9.2%}{errors:>8}")
     print(f"wrote {confusion_png} and {mistakes_png}")
     return 0
 
@@ -201,44 +224,74 @@ def ascii_image(image: torch.Tensor) -> str:
     return "\n".join("".join(ramp[int(v) * (len(ramp) - 1) // 255] * 2 for v in row) for row in image)
 
 
+RUN_FILES = ("config.json", "metrics.csv", "last.state.pt")  # beside *.safetensors: what only a run folder holds
+
+
+def image_suffixes() -> set[str]:
+    """File name endings of the formats Pillow can read (.png, .jpg, .webp, ...)."""
+    from PIL import Image
+
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def holds_run_files(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("*.safetensors"))
+
+
 def split_run_and_files(inputs: list[str]) -> tuple[str | None, list[str]]:
-    """The first input is a run if it is a folder with config.json or a .safetensors file."""
-    if inputs:
-        first = Path(inputs[0])
-        if (first.is_dir() and (first / "config.json").exists()) or first.suffix == ".safetensors":
-            return inputs[0], inputs[1:]
+    """The first input is a run if it is a folder with config.json or a .safetensors file. One that only looks
+    like a run (missing and not an image name, under a runs/ folder, or a folder with run files but no
+    config.json) is an error: predicting with the shipped model instead would hide the typo."""
+    if not inputs:
+        return None, []
+    first = Path(inputs[0])
+    if first.suffix == ".safetensors" or (first.is_dir() and (first / "config.json").is_file()):
+        return inputs[0], inputs[1:]
+    under_runs = "runs" in first.parts
+    if first.is_dir() and (holds_run_files(first) or under_runs):
+        raise RunError(f"{first} is not a usable run folder: it has no config.json"
+                       + (" (but holds run files)" if holds_run_files(first) else ""))
+    if not first.exists() and not first.is_symlink() and (under_runs or first.suffix.lower() not in image_suffixes()):
+        raise RunError(f"{first} does not exist (expected a run folder, a .safetensors file or an image)")
     return None, list(inputs)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.predict import Predictor
 
-    run, files = split_run_and_files(args.inputs)
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    run, files = split_run_and_files(args.inputs)
     if args.onnx:
         return predict_onnx(run, files, args)
     if args.test_index is None and not files:
         raise ConfigError("give image files or folders to predict, or --test-index I")
     if args.test_index is not None and args.save_preprocessed:
         raise ConfigError("--save-preprocessed is for image files; a test image is already 28x28: use --save")
+    if args.test_index is not None and files:
+        raise ConfigError("give either --test-index or image files, not both")
+    paths = expand_inputs(files)  # every input checked before the model is loaded
     predictor = Predictor.from_run(run, args.checkpoint)
     if args.test_index is not None:
         return predict_test_image(predictor, args)
-    return predict_files(predictor, files, args)
+    return predict_files(predictor, paths, args)
 
 
 def predict_onnx(run: str | None, files: list[str], args: argparse.Namespace) -> int:
     """`predict --onnx MODEL.onnx FILE...`: the same output, inference in onnxruntime."""
-    from digitlab.onnx_predict import ONNXPredictor
+    from digitlab.extras import require
+    from digitlab.predict import Predictor
 
+    require("onnx", "onnxruntime", "predict --onnx")
     if run is not None:
         raise ConfigError(f"give either a run ({run}) or --onnx MODEL.onnx, not both")
     if args.test_index is not None:
         raise ConfigError("--test-index needs a run; with --onnx, give image files or folders")
     if not files:
         raise ConfigError("give image files or folders to predict with --onnx")
-    return predict_files(ONNXPredictor(args.onnx), files, args)
+    paths = expand_inputs(files)
+    return predict_files(Predictor.from_onnx(args.onnx), paths, args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -254,16 +307,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def predict_test_image(predictor, args: argparse.Namespace) -> int:
     from digitlab.data import load_dataset
 
-    ds = load_dataset(predictor.loaded.dataset, args.data_dir, progress=False)
+    ds = load_dataset(predictor.dataset, args.data_dir, progress=False)
     n = ds.test_images.shape[0]
     if not 0 <= args.test_index < n:
         raise ConfigError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
     image, label = ds.test_images[args.test_index], int(ds.test_labels[args.test_index])
-    with torch.inference_mode():
-        from digitlab.normalize import normalize
-
-        logits = predictor.model(normalize(image[None], predictor.loaded.normalization)).float()[0]
-    pred = predictor.describe_probs(logits.softmax(0), args.top_k)
+    logits = predictor.logits(image[None])[0]
+    pred = predictor.describe_logits(logits, args.top_k)
     if args.save:
         from PIL import Image
 
@@ -276,7 +326,7 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
     print(f"{'class':<16}{'logit':>9}{'prob':>9}")
     for i, name in enumerate(ds.classes):
         marker = " <" if i == pred.label else ""
-        print(f"{i} {name:<14}{logits[i].item():>9.3f}{pred.probabilities[i]:>9.2%}{marker}")
+        print(f"{i} {name:<14}{float(logits[i]):>9.3f}{pred.probabilities[i]:>9.2%}{marker}")
     verdict = "right" if pred.label == label else "wrong"
     print(f"predicted {pred.label} ({pred.class_name}) with {pred.probability:.2%}: {verdict}")
     if args.save:
@@ -284,10 +334,7 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_files(predictor, files: list[str], args: argparse.Namespace) -> int:
-    from digitlab.errors import DigitlabError
-
-    paths = expand_inputs(files)
+def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int:
     save_dir = prepare_save_dir(args.save_preprocessed, paths) if args.save_preprocessed else None
     failed, used_names = 0, set()
     for path in paths:
@@ -324,64 +371,82 @@ def prepare_save_dir(folder: str, inputs: list[Path]) -> Path:
 
 
 def save_preprocessed(image, folder: Path, stem: str, used: set[str]) -> Path:
-    """Write a (28, 28) uint8 image as folder/<stem>.png; a stem seen before gets -2, -3... (a.png and a.jpg)."""
+    """Write a (28, 28) uint8 image as folder/<stem>.png, or <stem>-2.png, -3... if that name was used in this
+    run (a.png and a.jpg) or the file exists: an existing file is never overwritten (created exclusively)."""
     import numpy as np
     from PIL import Image
 
-    from digitlab.errors import DigitlabError
-
-    name, n = stem, 1
-    while name in used:
+    n = 1
+    while True:
+        name = stem if n == 1 else f"{stem}-{n}"
         n += 1
-        name = f"{stem}-{n}"
-    used.add(name)
-    path = folder / f"{name}.png"
-    try:
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
-    except OSError as e:
-        raise DigitlabError(f"cannot write {path} ({e.strerror or e})") from None
-    return path
+        if name in used:
+            continue
+        path = folder / f"{name}.png"
+        try:
+            with open(path, "xb") as f:
+                try:
+                    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(f, format="PNG")
+                except OSError:
+                    path.unlink(missing_ok=True)  # ours: created above, so no one else's file is removed
+                    raise
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise DigitlabError(f"cannot write {path} ({e.strerror or e})") from None
+        used.add(name)
+        return path
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; a folder means every file in it, sorted."""
+    """Image files as given, a folder's image files (by name ending), sorted; missing paths, folders without
+    images and anything that is not a regular file (a FIFO would block the read forever) are errors."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
-        out += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            suffixes = image_suffixes()
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+            if not found:
+                raise ConfigError(f"{path} holds no image files (.png, .jpg, ...) to predict")
+            out += found
+        elif not path.exists():
+            raise ConfigError(f"{path} does not exist")
+        elif not path.is_file():
+            raise ConfigError(f"{path} is not a regular file (a FIFO, socket or device); give image files")
+        else:
+            out.append(path)
     return out
 
 
 def load_serving_predictor(args: argparse.Namespace):
     """ONNX Runtime answers one image 3-8x faster than eager PyTorch (docs/benchmarks.md), so it serves
     by default; the model is exported in memory and checked against PyTorch at startup."""
+    from digitlab.extras import require
     from digitlab.predict import Predictor
 
-    if args.runtime == "torch":
-        return Predictor.from_run(args.run, args.checkpoint)
-    try:
-        from digitlab.onnx_predict import ONNXPredictor
-    except ImportError as e:
-        raise DigitlabError(f"--runtime onnx needs the onnx extra ({e.name} is missing): "
-                            "pip install 'digitlab[onnx]', or use --runtime torch") from None
-    return ONNXPredictor.from_run(args.run, args.checkpoint, threads=args.threads)
+    if args.runtime == "onnx":  # before loading anything
+        for module in ("onnx", "onnxruntime"):
+            require("onnx", module, "serving with --runtime onnx (the default; --runtime torch needs no extra)")
+    return Predictor.from_run(args.run, args.checkpoint, runtime=args.runtime, threads=args.threads)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from digitlab.extras import require
+
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    try:
-        from digitlab.serve import check_can_listen, run_server
-    except ImportError as e:
-        raise DigitlabError(f"digitlab serve needs the web extra ({e.name} is missing): "
-                            "pip install 'digitlab[web]'") from None
+    for module in ("fastapi", "uvicorn"):
+        require("web", module, "digitlab serve")
+    from digitlab.serve import check_can_listen, run_server
+
     predictor = load_serving_predictor(args)  # loaded once, before the server starts
     check_can_listen(args.host, args.port)
     info = predictor.describe()
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}) on http://{host}:{args.port} "
-          "(Ctrl+C to stop)", flush=True)
+    print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}, {info['runtime']}) on "
+          f"http://{host}:{args.port} (Ctrl+C to stop)", flush=True)
     run_server(predictor, args.host, args.port, threads=args.threads)
     return 0

@@ -44,9 +44,10 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             normalization: str = "standard", batch_size: int = 1000,
+             normalization: str, batch_size: int = 1000,
              device: torch.device | str = "cpu", tta: bool = False) -> dict:
-    """Full metrics of `model` on uint8 images and their labels."""
+    """Full metrics of `model` on uint8 images and their labels; `normalization` is the run's (LoadedModel's),
+    required: a default would silently feed a model trained on other inputs the wrong numbers."""
     logits = predict_logits(model, images, normalization, batch_size, device, tta)
     return metrics_from_logits(logits, labels)
 

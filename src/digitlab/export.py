@@ -7,7 +7,7 @@
 The ONNX graph takes `images`, float (B, 1, 28, 28) already normalised, and returns `logits` (B, 10);
 the batch axis is dynamic. The model's name and options, normalisation, dataset, classes and metrics
 travel in the file's metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone
-is enough to predict: see ONNXPredictor.
+is enough to predict: see Predictor.from_onnx.
 
 Every export is checked before it lands: on real test images of the run's dataset, onnxruntime (or
 torch.jit.load) must give logits within 1e-4 of PyTorch's and the same argmax for every image. The file
@@ -17,6 +17,9 @@ Exporter: torch.onnx's TorchScript-based exporter (dynamo=False), opset 17. The 
 (dynamo=True) also exports every registered model with matching logits, but takes 2-11 s per small model
 on a 2-core CPU instead of 0.1-0.7 s, and logs warnings while it works; `dynamo=True` (or
 `digitlab export --dynamo`) selects it, under the same parity check.
+
+onnx is imported only to write ONNX (and onnxruntime only to check it): `--format torchscript` works without
+the `onnx` extra. This module never imports digitlab.predict; the Predictor imports it to export in memory.
 """
 from __future__ import annotations
 
@@ -27,20 +30,26 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from digitlab.backends import INPUT_NAME, OUTPUT_NAME, OnnxBackend, TorchBackend, encode_metadata
 from digitlab.checkpoint import commit, write_tmp
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.evaluate import predict_logits
-from digitlab.onnx_predict import INPUT_NAME, OUTPUT_NAME, ONNXPredictor, encode_metadata
+from digitlab.extras import require
+from digitlab.normalize import normalize
 from digitlab.runs import LoadedModel, load_run
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output
 OPSET = 17
 TOLERANCE = 1e-4  # largest absolute logit difference accepted between PyTorch and the exported model
+
+
+class Backend(Protocol):  # digitlab.backends.TorchBackend or OnnxBackend
+    def logits(self, x: torch.Tensor) -> np.ndarray: ...
 
 
 class ExportError(DigitlabError):
@@ -95,8 +104,9 @@ def example_input() -> torch.Tensor:
 
 def onnx_model_bytes(loaded: LoadedModel, dynamo: bool = False) -> bytes:
     """The run's model as a serialised ONNX model with a dynamic batch axis and digitlab metadata."""
-    import onnx
-
+    onnx = require("onnx", "onnx", "exporting to ONNX")
+    if dynamo:
+        require("onnx", "onnxscript", "the dynamo exporter")
     model = loaded.model.cpu().eval()
     try:
         proto = _export_dynamo(model) if dynamo else _export_torchscript(model)
@@ -121,8 +131,7 @@ def quiet_tracing() -> None:
 
 
 def _export_torchscript(model: torch.nn.Module):
-    import onnx
-
+    onnx = require("onnx", "onnx", "exporting to ONNX")
     buf = io.BytesIO()
     with warnings.catch_warnings():
         quiet_tracing()
@@ -158,21 +167,13 @@ def torchscript_model_bytes(loaded: LoadedModel) -> bytes:
     return buf.getvalue()
 
 
-def torchscript_logits_fn(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    """Load a TorchScript file written by torchscript_model_bytes; return uint8 images -> logits."""
-    from digitlab.normalize import normalize
-
+def load_torchscript(path: Path) -> tuple[TorchBackend, str]:
+    """A TorchScript file written by torchscript_model_bytes, as a backend, and the normalisation it stores."""
     extra = {"digitlab.json": ""}
     with warnings.catch_warnings():
         quiet_tracing()
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    normalization = json.loads(extra["digitlab.json"])["normalization"]
-
-    @torch.inference_mode()
-    def logits(images) -> np.ndarray:
-        return module(normalize(torch.as_tensor(np.asarray(images)), normalization)).float().numpy()
-
-    return logits
+    return TorchBackend(module), json.loads(extra["digitlab.json"])["normalization"]
 
 
 def random_images(n: int, seed: int = 0) -> torch.Tensor:
@@ -180,11 +181,13 @@ def random_images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def check_parity(loaded: LoadedModel, exported_logits: Callable, images: torch.Tensor, batch_size: int = 250,
-                 require_same_argmax: bool = True) -> Parity:
-    """Compare PyTorch's logits on uint8 images (N, 28, 28) with `exported_logits(uint8 batch) -> (B, 10)`."""
+def check_parity(loaded: LoadedModel, exported: Backend, images: torch.Tensor, batch_size: int = 250,
+                 require_same_argmax: bool = True, normalization: str | None = None) -> Parity:
+    """Compare PyTorch's logits on uint8 images (N, 28, 28) with an exported model's, fed through its backend
+    with `normalization` (default: the run's; pass the one the exported file stores, to check that too)."""
     reference = predict_logits(loaded.model, images, loaded.normalization, batch_size).numpy()
-    exported = np.concatenate([np.asarray(exported_logits(images[i:i + batch_size].numpy()))
+    normalization = normalization or loaded.normalization
+    exported = np.concatenate([np.asarray(exported.logits(normalize(images[i:i + batch_size], normalization)))
                                for i in range(0, images.shape[0], batch_size)])
     return Parity(images=int(images.shape[0]), max_abs_diff=float(np.abs(exported - reference).max()),
                   same_argmax=int((exported.argmax(1) == reference.argmax(1)).sum()),
@@ -207,6 +210,9 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
         raise ConfigError(f"check_images must be at least 1, got {check_images}")
     if dynamo and fmt != "onnx":
         raise ConfigError("the dynamo exporter writes ONNX only; drop --dynamo or use --format onnx")
+    if fmt == "onnx":  # before the slow part: writing needs onnx, checking needs onnxruntime
+        for module in ("onnx", "onnxruntime"):
+            require("onnx", module, "exporting to ONNX")
     loaded = load_run(run, checkpoint)
     output = Path(output) if output is not None else default_output(loaded, fmt)
     dataset = load_dataset(loaded.dataset, data_dir, progress=False)
@@ -215,8 +221,12 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
     tmp = output.with_name(output.name + ".tmp")
     try:
         write_tmp(output, lambda path: path.write_bytes(data))
-        logits_fn = ONNXPredictor(tmp).logits if fmt == "onnx" else torchscript_logits_fn(tmp)
-        parity = check_parity(loaded, logits_fn, images)
+        if fmt == "onnx":
+            backend = OnnxBackend(tmp)
+            normalization = backend.meta["normalization"]
+        else:
+            backend, normalization = load_torchscript(tmp)
+        parity = check_parity(loaded, backend, images, normalization=normalization)
         parity.raise_if_failed()
         commit((tmp, output))
     except OSError as e:

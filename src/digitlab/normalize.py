@@ -19,8 +19,9 @@ NORMALIZATIONS: dict[str, tuple[float, float]] = {
 }
 
 
-def normalize(images: torch.Tensor, kind: str = "standard", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28), on the images' device."""
+def normalize(images: torch.Tensor, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28), on the images' device. `kind` is the run's
+    normalisation, always given: there is no default that could silently differ from what a model was trained on."""
     shift, scale = NORMALIZATIONS[kind]
     if images.dim() == 3:
         images = images.unsqueeze(1)

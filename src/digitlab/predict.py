@@ -1,24 +1,64 @@
 """Predictor: a loaded model plus its normalisation, answering label and probabilities for images.
 
-    p = Predictor.from_run("runs/<run>")          # or Predictor.from_run() for the shipped model
-    p.predict(["my7.png", pil_image, array])        # -> [Prediction(label=7, probability=0.99, ...)]
+    p = Predictor.from_run("runs/<run>")                    # or Predictor.from_run() for the shipped model
+    p = Predictor.from_run("runs/<run>", runtime="onnx")    # the same model, exported in memory, in onnxruntime
+    p = Predictor.from_onnx("runs/<run>/model.onnx")        # a file written by `digitlab export`, alone
+    p.predict(["my7.png", pil_image, array])                # -> [Prediction(label=7, probability=0.99, ...)]
 
-Images that are not already MNIST tensors go through digitlab.preprocess (grey, polarity, crop to
-a 20 px box, centre of mass at the centre), the same function the web page and REST API use.
-Softmax lives here, in one place: models return logits.
+One class whatever runs the model: a backend (digitlab.backends: TorchBackend, OnnxBackend) turns normalised
+batches into logits; preprocessing, normalisation, softmax, top-k and describe() are here, once, so both
+runtimes answer the same for the same picture. Images that are not already MNIST tensors go through
+digitlab.preprocess (grey, polarity, crop to a 20 px box, centre of mass at the centre), the same function the
+web page and REST API use. Softmax lives here, in one place: models and backends return logits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from digitlab.backends import OnnxBackend, TorchBackend
+from digitlab.errors import ConfigError
 from digitlab.normalize import normalize
 from digitlab.runs import LoadedModel, load_run
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
+RUNTIMES = ("torch", "onnx")
+BATCH = 1000  # images per backend call: bounds memory for large batches, one call for the usual few
+
+
+class Backend(Protocol):
+    runtime: str  # e.g. "torch 2.5.1", "onnxruntime 1.20.0"
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised float32 (N, 1, 28, 28) -> float32 logits (N, 10)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is and how to feed it: from a checkpoint's metadata or an exported file's."""
+
+    name: str
+    args: dict
+    normalization: str
+    dataset: str
+    classes: tuple[str, ...]
+    source: str  # the file it came from, for describe() and messages
+    metrics: dict | None = None
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> "ModelInfo":
+        return cls(loaded.model_name, loaded.model_args, loaded.normalization, loaded.dataset, loaded.classes,
+                   str(loaded.source), loaded.meta.get("metrics"))
+
+    @classmethod
+    def from_meta(cls, meta: dict, source: str) -> "ModelInfo":
+        """From metadata as export.model_metadata writes it (checked by backends.decode_metadata)."""
+        return cls(meta["model"], meta.get("model_args", {}), meta["normalization"], meta.get("dataset", "mnist"),
+                   tuple(meta["classes"]), source, meta.get("metrics"))
 
 
 @dataclass
@@ -34,63 +74,108 @@ class Prediction:
                 "probabilities": self.probabilities, "top_k": [list(t) for t in self.top_k]}
 
 
-class Predictor:
-    """Inference on CPU (or a given device) with a model loaded once."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, shifted by the row maximum so large logits do not overflow."""
+    logits = np.asarray(logits, dtype=np.float32)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
-        self.loaded = loaded
-        self.device = torch.device(device)
-        self.model = loaded.model.to(self.device).eval()
+
+class Predictor:
+    """Inference with a model loaded once, on whichever backend runs it."""
+
+    def __init__(self, backend: Backend, info: ModelInfo):
+        self.backend = backend
+        self.info = info
 
     @classmethod
-    def from_run(cls, path: str | Path | None = None, checkpoint: str = "best",
-                 device: str | torch.device = "cpu") -> "Predictor":
+    def from_loaded(cls, loaded: LoadedModel, runtime: str = "torch", threads: int = 0,
+                    device: str | torch.device = "cpu") -> "Predictor":
+        """A model already loaded by load_run. `runtime="onnx"` exports it in memory and checks the export
+        against PyTorch first; `threads` are onnxruntime's (PyTorch's are process-wide: torch.set_num_threads)."""
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of: {', '.join(RUNTIMES)}; got {runtime!r}")
+        info = ModelInfo.from_loaded(loaded)
+        if runtime == "torch":
+            return cls(TorchBackend(loaded.model, device), info)
+        from digitlab.export import check_parity, onnx_model_bytes, random_images
+
+        backend = OnnxBackend(onnx_model_bytes(loaded), threads, source=f"{loaded.source} (exported to ONNX)")
+        # Noise images, not digits: enough to check the numbers without needing the dataset at startup.
+        check_parity(loaded, backend, random_images(64), require_same_argmax=False).raise_if_failed()
+        return cls(backend, info)
+
+    @classmethod
+    def from_run(cls, path: str | Path | None = None, checkpoint: str = "best", runtime: str = "torch",
+                 threads: int = 0, device: str | torch.device = "cpu") -> "Predictor":
         """Load a run folder or .safetensors file; no path means the model shipped with digitlab."""
-        return cls(load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint), device)
+        if runtime not in RUNTIMES:  # before loading anything
+            raise ConfigError(f"runtime must be one of: {', '.join(RUNTIMES)}; got {runtime!r}")
+        loaded = load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint)
+        return cls.from_loaded(loaded, runtime, threads, device)
+
+    @classmethod
+    def from_onnx(cls, model: str | Path | bytes, threads: int = 0, source: str | None = None) -> "Predictor":
+        """An .onnx file written by `digitlab export` (or its bytes): the file alone says how to feed it."""
+        backend = OnnxBackend(model, threads, source)
+        return cls(backend, ModelInfo.from_meta(backend.meta, backend.source))
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.loaded.classes
+        return self.info.classes
+
+    @property
+    def normalization(self) -> str:
+        return self.info.normalization
+
+    @property
+    def dataset(self) -> str:
+        return self.info.dataset
 
     def describe(self) -> dict:
         """What is loaded, as plain data (for `GET /api/model` and --json output)."""
-        metrics = self.loaded.meta.get("metrics") or {}
-        return {"name": self.loaded.model_name, "args": self.loaded.model_args,
-                "normalization": self.loaded.normalization, "dataset": self.loaded.dataset,
-                "classes": list(self.classes), "source": self.loaded.source.name,
-                "test_accuracy": metrics.get("test_accuracy")}
+        return {"name": self.info.name, "args": self.info.args, "normalization": self.info.normalization,
+                "dataset": self.info.dataset, "classes": list(self.classes), "source": Path(self.info.source).name,
+                "test_accuracy": (self.info.metrics or {}).get("test_accuracy"), "runtime": self.backend.runtime}
 
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 MNIST-like images (N, 28, 28) -> probabilities (N, 10) on CPU."""
-        x = normalize(images.to(self.device), self.loaded.normalization)
-        return self.model(x).float().softmax(1).cpu()
+    def logits(self, images) -> np.ndarray:
+        """uint8 MNIST-like images (N, 28, 28), numpy or tensor -> float32 logits (N, 10)."""
+        pixels = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images, np.uint8))
+        pixels = pixels.reshape(-1, 28, 28).cpu()
+        if pixels.shape[0] == 0:
+            return np.empty((0, len(self.classes)), np.float32)
+        return np.concatenate([self.backend.logits(normalize(pixels[i:i + BATCH], self.normalization))
+                               for i in range(0, pixels.shape[0], BATCH)])
+
+    def probabilities(self, images) -> np.ndarray:
+        """uint8 MNIST-like images (N, 28, 28) -> probabilities (N, 10), a float32 numpy array."""
+        return softmax(self.logits(images))
 
     def predict(self, images, top_k: int = 3, preprocess: bool = True) -> list[Prediction]:
         """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        batch = torch.stack([self.to_input(image, preprocess) for image in images])
+        batch = np.stack([self.to_input(image, preprocess) for image in images])
         return [self.describe_probs(p, top_k) for p in self.probabilities(batch)]
 
     @staticmethod
-    def to_input(image, preprocess: bool = True) -> torch.Tensor:
+    def to_input(image, preprocess: bool = True) -> np.ndarray:
         """One image -> uint8 (28, 28); `preprocess=False` only for images already MNIST-like."""
         if not preprocess:
             array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-            return torch.from_numpy(np.array(array, dtype=np.uint8).reshape(28, 28))  # a copy: input may be read-only
+            return np.array(array, dtype=np.uint8).reshape(28, 28)  # a copy: the input may be read-only
         from digitlab.preprocess import to_mnist
 
-        return torch.from_numpy(to_mnist(image))
+        return to_mnist(image)
 
-    def describe_probs(self, probs: torch.Tensor, top_k: int = 3) -> Prediction:
-        return prediction_from_probs(probs.numpy(), self.classes, top_k)
+    def describe_logits(self, logits, top_k: int = 3) -> Prediction:
+        """One image's logits (from logits()) -> a Prediction, for callers that show the logits too."""
+        return self.describe_probs(softmax(logits), top_k)
 
-
-def prediction_from_probs(probs, classes: tuple[str, ...], top_k: int = 3) -> Prediction:
-    """Ten probabilities -> a Prediction with the top k; shared by the PyTorch and ONNX predictors."""
-    probs = np.asarray(probs, dtype=np.float32)
-    order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, probs.size))]
-    label = int(order[0])
-    return Prediction(label, float(probs[label]), [round(float(p), 6) for p in probs],
-                      classes[label], [(int(i), float(probs[i])) for i in order])
+    def describe_probs(self, probs, top_k: int = 3) -> Prediction:
+        """Ten probabilities -> a Prediction with the `top_k` most probable classes."""
+        probs = np.asarray(probs, dtype=np.float32)
+        order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, probs.size))]
+        label = int(order[0])
+        return Prediction(label, float(probs[label]), [round(float(p), 6) for p in probs],
+                          self.classes[label], [(int(i), float(probs[i])) for i in order])

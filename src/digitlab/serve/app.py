@@ -21,7 +21,6 @@ from typing import Annotated, Any, Callable
 import anyio
 import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a missing one names the extra
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -87,7 +86,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
     def infer(prepare: Callable[[], np.ndarray]) -> dict:
         image = prepare()
         with model_lock:
-            probs = predictor.probabilities(torch.from_numpy(image)[None])[0]
+            probs = predictor.probabilities(image[None])[0]
         pred = predictor.describe_probs(probs)
         return {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
                 "probabilities": pred.probabilities, "preprocessed": image.tolist(), "model": model_info}

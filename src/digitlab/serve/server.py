@@ -31,7 +31,8 @@ def check_can_listen(host: str, port: int) -> None:
 
 def run_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
                limits: Limits = Limits(), log_level: str = "info") -> None:
-    """Serve `predictor` until interrupted; torch uses `threads` CPU threads per inference."""
+    """Serve `predictor` until interrupted; torch uses `threads` CPU threads per inference (an ONNX Runtime
+    predictor was given its own when created: Predictor.from_run(..., runtime="onnx", threads=...))."""
     import uvicorn
 
     torch.set_num_threads(max(1, threads))
