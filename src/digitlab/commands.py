@@ -438,7 +438,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    for module in ("fastapi", "uvicorn"):
+    for module in ("fastapi", "uvicorn", "fastapi_offline"):  # fastapi_offline: Swagger UI's files for /docs
         require("web", module, "digitlab serve")
     from digitlab.serve import check_can_listen, run_server
 
