@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -193,19 +194,29 @@ def test_eval_where_figures_cannot_be_written_is_one_line(trained_run, tmp_path,
     one_line_error(capsys, str(blocker / "figs"), "--figures")
 
 
+def make_read_only(folder: Path) -> None:
+    """Read-only for everyone: mode 0555, and as root (whom mode bits do not stop) the immutable attribute."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+
+
+def make_writable(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
 def test_eval_on_a_read_only_run_folder_is_one_line(trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    run.chmod(0o555)
+    make_read_only(run)
     try:
-        probe = run / "probe"
-        try:
-            probe.write_text("")  # root ignores the mode bits: then this case cannot be built here
-            probe.unlink()
-            pytest.skip("running as root: a 0555 folder is still writable (covered by the test above)")
-        except PermissionError:
-            pass
+        with pytest.raises(PermissionError):  # the folder really is read-only, for this user too
+            (run / "probe").write_text("")
+        before = sorted(p.name for p in run.iterdir())
         assert main(["eval", str(run)]) == 1
         one_line_error(capsys, str(run), "--figures")
+        assert sorted(p.name for p in run.iterdir()) == before
     finally:
-        run.chmod(0o755)
+        make_writable(run)
