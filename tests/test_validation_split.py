@@ -2,6 +2,7 @@
 and that training selects and stops on it while the test set is only reported."""
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 
@@ -87,6 +88,7 @@ def small(mnist):
 
 
 QUIET = {"progress": False, "log": lambda *_: None}
+train_module = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the function
 
 
 @pytest.mark.slow
@@ -109,8 +111,6 @@ def test_training_selects_on_validation_and_only_reports_test(small, tmp_path):
 @pytest.mark.slow
 def test_the_best_checkpoint_follows_validation_not_test(small, tmp_path, monkeypatch):
     """Test accuracy that rises while validation accuracy falls: the best checkpoint is the validation one."""
-    import digitlab.train as train_module
-
     scores = {200: iter([0.9, 0.8]), 500: iter([0.1, 0.2])}  # by images scored: 200 validation, 500 test
 
     def fake_eval(_model, images, *_args):
@@ -128,8 +128,6 @@ def test_the_best_checkpoint_follows_validation_not_test(small, tmp_path, monkey
 
 @pytest.mark.slow
 def test_target_accuracy_stops_on_validation(small, tmp_path, monkeypatch):
-    import digitlab.train as train_module
-
     accuracy = {200: 0.95, 500: 0.10}  # validation (200 images) reaches the target at once; test never does
     monkeypatch.setattr(train_module, "sharded_eval", lambda _model, images, *_a: (0.5, accuracy[images.shape[0]]))
     cfg = make_config(model="mlp", batch_size=100, epochs=3, val_size=200, target_accuracy=0.9, threads=1,
