@@ -71,21 +71,22 @@ def test_mid_epoch_target_ends_the_run_early_without_an_extra_evaluation(small, 
     assert [r["step"] for r in result.history] == [2, 4] and result.stopped_early
 
 
-def first_conv(model: torch.nn.Module) -> torch.Tensor:
-    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight
+def last_conv(model: torch.nn.Module) -> torch.Tensor:
+    """The weight of the model's last Conv2d: more than one input channel, so its two layouts differ."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
 
 
 def test_channels_last_is_decided_and_applied_in_one_place():
     cuda = torch.device("cuda")  # the helper only reads the device type: the conversion itself runs on the CPU
-    x = torch.randn(2, 1, 28, 28)
+    x = torch.randn(2, 3, 28, 28)  # 3 channels: with one, both layouts are the same strides
     cnn = create_model("cnn")
     to_format = train_module.channels_last_for(cnn, make_config(model="cnn"), cuda)
-    assert first_conv(cnn).is_contiguous(memory_format=torch.channels_last)
+    assert last_conv(cnn).is_contiguous(memory_format=torch.channels_last)
     assert to_format(x).is_contiguous(memory_format=torch.channels_last)
     for cfg, device in ((make_config(model="cnn", channels_last=False), cuda), (make_config(model="cnn"), "cpu")):
         plain = create_model("cnn")
         to_format = train_module.channels_last_for(plain, cfg, torch.device(device))
-        assert first_conv(plain).is_contiguous() and to_format(x) is x
+        assert last_conv(plain).is_contiguous() and to_format(x) is x
     assert train_module.channels_last_for(create_model("mlp"), make_config(model="mlp"), cuda)(x) is x  # no convs
 
 
