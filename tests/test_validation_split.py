@@ -134,3 +134,19 @@ def test_target_accuracy_stops_on_validation(small, tmp_path, monkeypatch):
                       out=str(tmp_path / "run"))
     result = train(cfg, dataset=small, **QUIET)
     assert result.stopped_early and len(result.history) == 1 and result.final["test_accuracy"] == 0.1
+
+
+def test_models_says_which_figures_are_measured_and_how_each_preset_selects(capsys):
+    from digitlab.cli import main
+
+    assert main(["models", "--json"]) == 0
+    presets = {p["name"]: p for p in json.loads(capsys.readouterr().out)["presets"]}
+    assert presets["best"]["measured"] and "validation split" in presets["best"]["selection"]
+    assert not presets["cnn-bn"]["measured"] and "no validation split" in presets["cnn-bn"]["selection"]
+    assert presets["fast"]["measured"] and "nothing is selected" in presets["fast"]["selection"]
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    best = next(i for i, line in enumerate(lines) if line.strip().startswith("best "))
+    cnn = next(i for i, line in enumerate(lines) if line.strip().startswith("cnn-bn "))
+    assert "measured: 99.76%" in lines[best] and "validation split (5,000" in lines[best + 1]
+    assert "published: about 99.1%" in lines[cnn] and "no validation split" in lines[cnn + 1]
