@@ -240,7 +240,8 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
                    math.ceil(n // ctx.world_size / local_batch), meta, progress,
                    time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0),
                    (progress.epoch, progress.step) if progress.epoch else None)
-    log(selection_note(run, ds.train_images.shape[0]))
+    if not resume:  # a resumed run said it when it started; its epoch lines still name the selection split
+        log(selection_note(run, ds.train_images.shape[0]))
     return run
 
 
