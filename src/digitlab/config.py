@@ -47,7 +47,7 @@ class TrainConfig:
     val_size: int = 0  # training images held out for validation (stratified, same for every seed); 0: none
     # With a hold-out, the best checkpoint and target_accuracy go by validation accuracy and the test set is
     # only reported; without one they go by test accuracy, as the faithful recipes' sources do (split.py).
-    eval_every: int = 0  # also evaluate on the full test set every N steps; 0: only at epoch end
+    eval_every: int = 0  # also evaluate (validation and the full test set) every N steps; 0: only at epoch end
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
     eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
     tta: bool = False  # test-time augmentation at evaluation (average over small shifts)
