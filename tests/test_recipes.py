@@ -8,12 +8,12 @@ from digitlab.models import create_model
 from digitlab.presets import PRESETS, preset_config
 
 
-def test_fast_stops_at_99_within_an_epoch():
+def test_fast_is_a_fixed_schedule_that_never_looks_at_test_before_its_end():
     cfg = make_config(preset_config("fast"))
     assert (cfg.model, cfg.model_args) == ("digitnet", {"width": 16, "depth": 1})
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.batch_size, cfg.epochs) == ("adamw", 1e-2, "onecycle", 128, 1)
-    assert cfg.target_accuracy == 0.99 and cfg.eval_every == 164 and cfg.eval_batch_size == 250
-    assert cfg.schedule_epochs == 0.7  # the one-cycle anneals by step 328, where the second evaluation falls
+    assert cfg.target_accuracy == 0 and cfg.eval_every == 0 and cfg.eval_batch_size == 250  # one evaluation
+    assert cfg.schedule_epochs == 0.7 and cfg.max_steps == round(0.7 * 469) == 328  # stops where the one-cycle ends
     assert cfg.augment == "none" and cfg.ema == 0
 
 

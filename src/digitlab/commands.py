@@ -53,17 +53,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     presets = [{"name": n, "model": p.config["model"], "model_args": p.config.get("model_args", {}),
                 "parameters": count_parameters(create_model(p.config["model"], **p.config.get("model_args", {}))),
                 "dataset": p.config.get("dataset", "mnist"), "epochs": p.config.get("epochs"),
-                "published": p.published, "description": p.description} for n, p in PRESETS.items()]
+                "published": p.published, "measured": p.measured, "selection": p.selection,
+                "description": p.description} for n, p in PRESETS.items()]
     if args.json:
         print(json.dumps({"models": models, "presets": presets}, indent=2))
         return 0
     print("models (default options):")
     for m in models:
         print(f"  {m['name']:<10}{m['parameters']:>12,} params  {m['description']}")
-    print("\npresets (digitlab train --preset NAME):")
+    print("\npresets (digitlab train --preset NAME); `published`: the recipe's source reports it, `measured`: "
+          "digitlab measured its own recipe:")
     for p in presets:
         print(f"  {p['name']:<16}{p['model']:<9}{p['parameters']:>12,} params  {p['dataset']:<14}"
-              f"{p['epochs']:>3} ep  published: {p['published']}")
+              f"{p['epochs']:>3} ep  {'measured' if p['measured'] else 'published'}: {p['published']}")
+        print(f"  {'':<16}model selection: {p['selection']}")
     return 0
 
 
@@ -85,7 +88,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.config import field_types, make_config
     from digitlab.presets import preset_config
-    from digitlab.train import resume_config, train
+    from digitlab.train import TrainingInterrupted, resume_config, train
 
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
     if args.resume:
@@ -95,15 +98,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
         cfg = make_config(preset_config(preset) if preset else {}, **overrides)
-    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    try:  # progress bars only on a terminal: in a log file they would be thousands of carriage returns
+        result = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
+    except TrainingInterrupted as e:
+        print(f"digitlab: {e}", file=sys.stderr)
+        return 130
     from digitlab.distributed import context_from_env
 
     if not context_from_env().is_main:
         return 0  # under torchrun, rank 0 reports for all ranks
-    final = result.final
+    final, best = result.final, result.best_row
     print(f"run: {result.run_dir}")
     print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
-          f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s; best {result.best_accuracy:.2%}")
+          f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s")
+    print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
+          f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
     return 0
 
 

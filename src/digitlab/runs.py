@@ -27,8 +27,8 @@ from digitlab.errors import ConfigError, RunError
 from digitlab.models import create_model
 from digitlab.normalize import NORMALIZATIONS
 
-METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                  "lr", "elapsed_s", "images_per_s", "data_fraction"]
+METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+                  "test_accuracy", "lr", "elapsed_s", "images_per_s", "data_fraction"]  # val_*: empty without val_size
 
 
 def new_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:

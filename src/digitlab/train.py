@@ -4,14 +4,24 @@
     digitlab train --model lstm --epochs 2 --lr 3e-3 # any model, any field
     digitlab train --resume runs/<run> --epochs 3    # continue from the last checkpoint
 
-The hot loop is: index slice, to device, float + normalise, forward, loss, backward, step. The data
-part is timed separately and reported as `data_fraction` of each step.
+A run is: setup() (threads, seed, data and its validation hold-out, run folder, model, optimiser, resume,
+EMA, DDP/compile), then per epoch train_one_epoch() (each step: batch, forward, loss, zero_grad, backward,
+step, then EMA and bookkeeping), evaluate_and_record() and save_epoch_checkpoint(). The data part of each
+step is timed separately and reported as `data_fraction`.
+
+Model selection: with cfg.val_size > 0 the `best` checkpoint and target_accuracy go by the accuracy on a
+fixed validation hold-out from the training set (split.py) and the test set is only reported; with
+val_size 0 they go by test accuracy (the faithful recipes' protocol), and the run says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,32 +42,49 @@ from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import build_optimizer, lr_at, set_lr
 from digitlab.runs import new_run_dir, read_config, write_metrics, write_text_atomic
+from digitlab.split import stratified_split
 
 
 class TrainingError(DigitlabError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training. Still a KeyboardInterrupt; its message says what was saved and how to go on."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
     history: list[dict]  # one dict per evaluation, the rows of metrics.csv
-    best_accuracy: float
-    stopped_early: bool  # reached target_accuracy before the last epoch
+    best_accuracy: float  # the best checkpoint's accuracy on the split it was selected on (`selected_on`)
+    stopped_early: bool  # stopped before the planned last epoch or max_steps because target_accuracy was reached
+    selected_on: str = "test"  # what `best` and target_accuracy used: "validation" (val_size > 0) or "test"
 
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
 
+    @property
+    def best_row(self) -> dict:
+        """The evaluation the best checkpoint was saved at (the first to reach best_accuracy)."""
+        key = selection_key(self.selected_on)
+        return next((row for row in self.history if row[key] == self.best_accuracy), {})
+
 
 @dataclass
 class Progress:
-    """Where a run stands: what a resumed run picks up from its last checkpoint."""
+    """How far a run has got. A checkpoint saves it, restore() returns it to a resumed run, and the loop
+    advances it as it trains."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
     history: list[dict] = field(default_factory=list)
-    best_accuracy: float = -1.0
+    best_accuracy: float = -1.0  # best selection accuracy so far (validation with val_size, else test)
     averaged_weights: dict | None = None  # with EMA, the saved average (the .safetensors file)
 
 
@@ -132,15 +159,22 @@ def log_line(text: str) -> None:
     print(text, flush=True)
 
 
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
           progress: bool = True, log=log_line) -> TrainResult:
-    """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint."""
+    """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint.
+    `progress` shows tqdm bars (rank 0 only). Ctrl-C raises TrainingInterrupted, saying what was saved."""
     cfg.validate()
     ctx = dist.context_from_env()
     device = dist.rank_device(ctx, pick_device(cfg.device))
     dist.setup(ctx, device)
     try:
-        return _train(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device)
+        run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device)
+        try:
+            return run_epochs(run)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
     finally:
         dist.cleanup()
 
@@ -149,130 +183,299 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: torch.device) -> TrainResult:
+@dataclass
+class RunState:
+    """Everything one training run works with, built once by setup() and advanced by the loop."""
+
+    cfg: TrainConfig
+    ctx: dist.DistContext
+    device: torch.device
+    run_dir: Path
+    log: Callable[[str], None]
+    show_bars: bool
+    model: torch.nn.Module  # the weights the optimiser updates
+    net: torch.nn.Module  # what the training forward pass calls: model, wrapped by DDP and/or torch.compile
+    scored: torch.nn.Module  # what is evaluated and saved: the EMA average with ema > 0, else model
+    ema: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    autocast: torch.autocast
+    memory_format: Callable[[torch.Tensor], torch.Tensor]  # applied to every input batch (channels_last_for)
+    train_x: torch.Tensor  # uint8 training images on the device, the validation hold-out removed
+    train_y: torch.Tensor
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "val" (with val_size) and "test", on the CPU
+    local_batch: int  # this rank's batch size
+    steps_per_epoch: int
+    meta: dict  # what every saved weights file records: model, options, normalisation, dataset, classes
+    progress: Progress
+    t_start: float  # perf_counter at the run's start, moved back by the elapsed time of a resumed run
+    checkpoint: tuple[int, int] | None  # (epoch, step) of the `last` checkpoint on disk, None before the first
+
+    @property
+    def selected_on(self) -> str:
+        return "validation" if "val" in self.eval_sets else "test"
+
+
+def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bool, log,
+          ctx: dist.DistContext, device: torch.device) -> RunState:
+    """Threads, seed, data and its hold-out, run folder, model, optimiser, resumed progress, EMA, DDP/compile."""
+    set_threads(cfg, ctx, device)
+    local_batch = dist.check_batch_size(ctx, cfg.batch_size)
+    set_seed(cfg.seed + ctx.rank)
+    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
+    train_x, train_y, eval_sets = split_data(ds, cfg.val_size)  # a bad val_size fails before anything is written
+    run_dir = prepare_run_dir(cfg, ctx)
+    model = create_model(cfg.model, **cfg.model_args).to(device)
+    memory_format = channels_last_for(model, cfg, device)
+    optimizer = build_optimizer(model, cfg)
+    progress = restore(run_dir, model, optimizer, cfg, ctx, log) if resume else Progress()
+    ema = make_ema(model, progress.averaged_weights if progress.step else None) if cfg.ema else None
+    if cfg.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
+        log("cpu_amp: this CPU has no native bf16 (AMX or AVX512-BF16), so training stays fp32")
+    n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
+    meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
+            "dataset": cfg.dataset, "classes": list(ds.classes), "preset": cfg.preset}
+    run = RunState(cfg, ctx, device, run_dir, log, show_bars, model, wrap_for_training(model, cfg, ctx, device),
+                   ema or model, ema, optimizer, training_autocast(device, cfg.amp, cfg.cpu_amp), memory_format,
+                   train_x.to(device), train_y.to(device), eval_sets, local_batch,
+                   math.ceil(n // ctx.world_size / local_batch), meta, progress,
+                   time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0),
+                   (progress.epoch, progress.step) if progress.epoch else None)
+    if not resume:  # a resumed run said it when it started; its epoch lines still name the selection split
+        log(selection_note(run, ds.train_images.shape[0]))
+    return run
+
+
+def set_threads(cfg: TrainConfig, ctx: dist.DistContext, device: torch.device) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif ctx.enabled and device.type == "cpu":  # share the cores between the local ranks
         torch.set_num_threads(max(1, (torch.get_num_threads()) // ctx.local_world_size))
-    local_batch = dist.check_batch_size(ctx, cfg.batch_size)
-    set_seed(cfg.seed + ctx.rank)
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=progress)
-    run_dir = prepare_run_dir(cfg, ctx)
 
-    model = create_model(cfg.model, **cfg.model_args).to(device)
-    is_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if device.type == "cuda" and cfg.channels_last and is_conv:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    restored = restore(run_dir, model, optimizer, cfg, ctx, log) if resume else Progress()
-    start_epoch, step, history, best_acc = restored.epoch, restored.step, restored.history, restored.best_accuracy
-    ema = make_ema(model, restored.averaged_weights if step else None) if cfg.ema else None
-    scored = ema or model  # what is evaluated and saved: the averaged weights when ema > 0
+
+def split_data(ds: Dataset, val_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Training images and labels without the validation hold-out, and the sets evaluated: "val", "test"."""
+    if not val_size:
+        return ds.train_images, ds.train_labels, {"test": (ds.test_images, ds.test_labels)}
+    train_idx, val_idx = stratified_split(ds.train_labels, val_size)
+    return (ds.train_images[train_idx], ds.train_labels[train_idx],
+            {"val": (ds.train_images[val_idx], ds.train_labels[val_idx]), "test": (ds.test_images, ds.test_labels)})
+
+
+def selection_note(run: RunState, train_size: int) -> str:
+    """One line saying what picks the best checkpoint (and stops at target_accuracy)."""
+    if run.selected_on == "validation":
+        held = run.eval_sets["val"][0].shape[0]
+        return (f"model selection: validation accuracy on {held:,} of the {train_size:,} training images, held out "
+                "(best checkpoint, target_accuracy); the test set is only reported")
+    return ("model selection: no validation split (val_size 0): the best checkpoint and target_accuracy go by "
+            "TEST accuracy, so the best epoch's test figure is optimistic")
+
+
+def channels_last_for(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """The one place cfg.channels_last acts: on CUDA, for a model with 2-D convolutions, convert the model's
+    weights (in place) and return the same conversion for input batches; otherwise the identity.
+    (DigitNet keeps itself channels_last on every device by design, models.py.)"""
+    wanted = cfg.channels_last and device.type == "cuda" and any(
+        isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if not wanted:
+        return lambda x: x
+    model.to(memory_format=torch.channels_last)
+    return lambda x: x.contiguous(memory_format=torch.channels_last)
+
+
+def wrap_for_training(model: torch.nn.Module, cfg: TrainConfig, ctx: dist.DistContext,
+                      device: torch.device) -> torch.nn.Module:
+    """The module the training forward pass calls: DDP across ranks under torchrun, torch.compile if asked."""
     net = model
     if ctx.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if cfg.compile:
         net = torch.compile(net)
-    autocast = training_autocast(device, cfg.amp, cfg.cpu_amp)
-    if cfg.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
-        log("cpu_amp: this CPU has no native bf16 (AMX or AVX512-BF16), so training stays fp32")
+    return net
 
-    train_x = ds.train_images.to(device)  # uint8 on the device: 47 MB for MNIST
-    train_y = ds.train_labels.to(device)
-    n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
-    steps_per_epoch = math.ceil(n // ctx.world_size / local_batch)
-    meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
-            "dataset": cfg.dataset, "classes": list(ds.classes), "preset": cfg.preset}
-    t_start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+
+def selection_key(selected_on: str) -> str:
+    return "val_accuracy" if selected_on == "validation" else "test_accuracy"
+
+
+def target_reached(run: RunState, row: dict) -> bool:
+    cfg = run.cfg
+    return bool(cfg.target_accuracy) and row[selection_key(run.selected_on)] >= cfg.target_accuracy
+
+
+def run_epochs(run: RunState) -> TrainResult:
+    """Train epoch after epoch from where `run.progress` stands: train, evaluate, log, checkpoint; stop at the
+    last epoch, at max_steps, or when target_accuracy is reached."""
+    cfg, progress = run.cfg, run.progress
     stopped_early = False
-
-    def evaluate_now(epoch_pos: float, train_sums: torch.Tensor, data_s: float, step_s: float) -> dict:
-        nonlocal best_acc
-        sums = dist.all_reduce_sum(train_sums.clone())
-        test_loss, test_acc = sharded_eval(scored, ds.test_images, ds.test_labels, cfg, ctx, device)
-        row = {"step": step, "epoch": round(epoch_pos, 4),
-               "train_loss": (sums[0] / sums[2].clamp(min=1)).item(),
-               "train_accuracy": (sums[1] / sums[2].clamp(min=1)).item(),
-               "test_loss": test_loss, "test_accuracy": test_acc, "lr": optimizer.param_groups[0]["lr"],
-               "elapsed_s": round(time.perf_counter() - t_start, 3),
-               "images_per_s": round(sums[2].item() / max(step_s, 1e-9), 1),
-               "data_fraction": round(data_s / max(step_s, 1e-9), 4)}
-        history.append(row)
-        improved = test_acc > best_acc  # test_acc is reduced over ranks, so every rank agrees
-        best_acc = max(best_acc, test_acc)
-        if ctx.is_main:
-            if improved:
-                save_weights(run_dir / "best.safetensors", scored, {**meta, "step": step, "metrics": row})
-            write_metrics(run_dir, history)
-        return row
-
-    for epoch in range(start_epoch, cfg.epochs):
-        perm = rank_shard(train_x.shape[0], cfg.seed, epoch, ctx.rank, ctx.world_size).to(device)  # once per epoch
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        data_s = step_s = 0.0
-        net.train()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False, unit="step", dynamic_ncols=True)
-        for i in bar:
-            t0 = time.perf_counter()
-            idx = perm[i * local_batch:(i + 1) * local_batch]
-            x = normalize(train_x.index_select(0, idx), cfg.normalization)  # index_select: 2x faster than [idx]
-            if cfg.augment != "none":
-                x = augment(x, cfg.augment)
-            y = train_y.index_select(0, idx)
-            if device.type == "cuda" and cfg.channels_last and is_conv:
-                x = x.contiguous(memory_format=torch.channels_last)
-            t1 = time.perf_counter()
-            set_lr(optimizer, lr_at(step, cfg, steps_per_epoch))
-            with autocast:
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema:
-                update_ema(ema, model, cfg.ema, step)
-            step += 1
-            sums[0] += loss.detach().double() * y.numel()
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += y.numel()
-            t2 = time.perf_counter()
-            data_s, step_s = data_s + (t1 - t0), step_s + (t2 - t0)
-            if device.type == "cpu" or step % cfg.log_every == 0:
-                check_finite(loss, step, run_dir)
-            if step % cfg.log_every == 0 and progress:
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}",
-                                acc=f"{sums[1].item() / sums[2].item():.2%}",
-                                img_s=f"{sums[2].item() * ctx.world_size / step_s:.0f}")
-            at_end = i == steps_per_epoch - 1 or step == cfg.max_steps
-            if cfg.eval_every and step % cfg.eval_every == 0 and not at_end:
-                row = evaluate_now(epoch + (i + 1) / steps_per_epoch, sums, data_s, step_s)
-                if progress:
-                    bar.write(f"step {step}: test loss {row['test_loss']:.4f}, acc {row['test_accuracy']:.2%}")
-                if cfg.target_accuracy and row["test_accuracy"] >= cfg.target_accuracy:
-                    stopped_early = True
-                    break
-            if step == cfg.max_steps:
-                break
-        bar.close()
-        check_finite(sums[0], step, run_dir, model)  # before the checkpoint: never save inf/NaN weights
-        row = history[-1] if stopped_early else evaluate_now(epoch + (i + 1) / steps_per_epoch, sums, data_s, step_s)
-        log(format_row(row, epoch, cfg.epochs))
-        if ctx.is_main:
-            state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
-                     "history": history, "best_accuracy": best_acc, "rng": rng_state(),
-                     "config": json.dumps(asdict(cfg))}
-            if ema:  # resuming needs the raw weights too; the .safetensors file holds the average
-                state["train_weights"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_checkpoint(run_dir, "last", scored, {**meta, "step": step, "metrics": row}, state)
-            plot_curves_quietly(run_dir, history)
+    for epoch in range(progress.epoch, cfg.epochs):
+        tally = train_one_epoch(run, epoch)
+        check_finite(tally.sums[0], progress.step, run.run_dir, run.model)  # before the checkpoint: never save NaN
+        row = tally.target_row or evaluate_and_record(run, epoch + tally.steps / run.steps_per_epoch, tally)
+        run.log(format_row(row, epoch, cfg.epochs, run.selected_on, progress.best_accuracy))
+        progress.epoch = epoch + 1
+        save_epoch_checkpoint(run, row)
         dist.barrier()
-        if cfg.target_accuracy and row["test_accuracy"] >= cfg.target_accuracy:
-            stopped_early = True
-        if stopped_early or step == cfg.max_steps:
+        reached, at_max_steps = target_reached(run, row), progress.step == cfg.max_steps
+        if reached or at_max_steps:
+            planned_end = at_max_steps or (epoch == cfg.epochs - 1 and tally.steps == run.steps_per_epoch)
+            stopped_early = reached and not planned_end
             break
-    return TrainResult(run_dir, history, best_acc, stopped_early)
+    return TrainResult(run.run_dir, progress.history, progress.best_accuracy, stopped_early, run.selected_on)
+
+
+@dataclass
+class EpochTally:
+    """What one epoch has done so far: training loss and accuracy sums, steps, and where the time went."""
+
+    sums: torch.Tensor  # float64 on the device: loss sum, correct, count (this rank)
+    steps: int = 0  # steps taken in this epoch
+    data_s: float = 0.0  # seconds spent preparing batches
+    step_s: float = 0.0  # seconds spent in whole steps, data included
+    target_row: dict | None = None  # the mid-epoch evaluation that reached target_accuracy and ended the epoch
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, t_batch: float, t_ready: float) -> None:
+        """Count one step: its loss and hits, and its times from t_batch (start) and t_ready (batch ready)."""
+        self.sums[0] += loss.detach().double() * y.numel()
+        self.sums[1] += (logits.argmax(1) == y).sum()
+        self.sums[2] += y.numel()
+        self.steps += 1
+        self.data_s += t_ready - t_batch
+        self.step_s += time.perf_counter() - t_batch
+
+    def postfix(self, world_size: int) -> dict:
+        """The progress bar's running loss, accuracy and images per second."""
+        loss, correct, count = self.sums.tolist()
+        return {"loss": f"{loss / count:.4f}", "acc": f"{correct / count:.2%}",
+                "img_s": f"{count * world_size / self.step_s:.0f}"}
+
+
+def train_one_epoch(run: RunState, epoch: int) -> EpochTally:
+    """One pass over this rank's shard of the epoch's permutation (or up to max_steps), with the mid-epoch
+    evaluations eval_every asks for; ends early if one of them reaches target_accuracy."""
+    cfg, progress = run.cfg, run.progress
+    perm = rank_shard(run.train_x.shape[0], cfg.seed, epoch, run.ctx.rank, run.ctx.world_size).to(run.device)
+    tally = EpochTally(torch.zeros(3, dtype=torch.float64, device=run.device))
+    run.net.train()
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.show_bars,
+               leave=False, unit="step", dynamic_ncols=True)
+    for i in bar:
+        t_batch = time.perf_counter()
+        x, y = next_batch(run, perm, i)
+        t_ready = time.perf_counter()
+        with run.autocast:
+            logits = run.net(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        set_lr(run.optimizer, lr_at(progress.step, cfg, run.steps_per_epoch))
+        run.optimizer.step()
+        if run.ema:
+            update_ema(run.ema, run.model, cfg.ema, progress.step)
+        progress.step += 1
+        tally.add(loss, logits, y, t_batch, t_ready)
+        if run.device.type == "cpu" or progress.step % cfg.log_every == 0:  # on CUDA, .item() would sync each step
+            check_finite(loss, progress.step, run.run_dir)
+        if progress.step % cfg.log_every == 0 and run.show_bars:
+            bar.set_postfix(**tally.postfix(run.ctx.world_size))
+        at_end = i == run.steps_per_epoch - 1 or progress.step == cfg.max_steps
+        if cfg.eval_every and progress.step % cfg.eval_every == 0 and not at_end:
+            row = evaluate_and_record(run, epoch + (i + 1) / run.steps_per_epoch, tally)
+            (bar.write if run.show_bars else run.log)(f"step {progress.step}: {eval_summary(row)}")
+            if target_reached(run, row):
+                tally.target_row = row
+                break
+        if progress.step == cfg.max_steps:
+            break
+    bar.close()
+    return tally
+
+
+def next_batch(run: RunState, perm: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch i of the epoch: an index slice of the uint8 images on the device, normalised and augmented."""
+    idx = perm[i * run.local_batch:(i + 1) * run.local_batch]
+    x = normalize(run.train_x.index_select(0, idx), run.cfg.normalization)  # index_select: 2x faster than [idx]
+    if run.cfg.augment != "none":
+        x = augment(x, run.cfg.augment)
+    return run.memory_format(x), run.train_y.index_select(0, idx)
+
+
+def evaluate_and_record(run: RunState, epoch_position: float, tally: EpochTally) -> dict:
+    """Score the model on the validation hold-out (if any) and the test set, append the metrics row, keep
+    the best checkpoint by the selection accuracy, and rewrite metrics.csv (rank 0)."""
+    progress = run.progress
+    sums = dist.all_reduce_sum(tally.sums.clone())
+    scores = {name: sharded_eval(run.scored, x, y, run.cfg, run.ctx, run.device)
+              for name, (x, y) in run.eval_sets.items()}
+    val_loss, val_accuracy = scores.get("val", (None, None))
+    row = {"step": progress.step, "epoch": round(epoch_position, 4),
+           "train_loss": (sums[0] / sums[2].clamp(min=1)).item(),
+           "train_accuracy": (sums[1] / sums[2].clamp(min=1)).item(),
+           "val_loss": val_loss, "val_accuracy": val_accuracy,
+           "test_loss": scores["test"][0], "test_accuracy": scores["test"][1],
+           "lr": run.optimizer.param_groups[0]["lr"],
+           "elapsed_s": round(time.perf_counter() - run.t_start, 3),
+           "images_per_s": round(sums[2].item() / max(tally.step_s, 1e-9), 1),
+           "data_fraction": round(tally.data_s / max(tally.step_s, 1e-9), 4)}
+    progress.history.append(row)
+    selected = row[selection_key(run.selected_on)]  # reduced over ranks, so every rank agrees
+    improved = selected > progress.best_accuracy
+    progress.best_accuracy = max(progress.best_accuracy, selected)
+    if run.ctx.is_main:
+        if improved:
+            save_weights(run.run_dir / "best.safetensors", run.scored,
+                         {**run.meta, "step": progress.step, "metrics": row})
+        write_metrics(run.run_dir, progress.history)
+    return row
+
+
+def save_epoch_checkpoint(run: RunState, row: dict) -> None:
+    """Write the `last` checkpoint (weights, optimiser, RNGs, progress) and refresh curves.png (rank 0).
+    A Ctrl-C during the write waits for it to finish, so the checkpoint reported afterwards is the one on disk."""
+    if not run.ctx.is_main:
+        return
+    progress = run.progress
+    state = {"optimizer": run.optimizer.state_dict(), "epoch": progress.epoch, "step": progress.step,
+             "history": progress.history, "best_accuracy": progress.best_accuracy, "rng": rng_state(),
+             "config": json.dumps(asdict(run.cfg))}
+    if run.ema:  # resuming needs the raw weights too; the .safetensors file holds the average
+        state["train_weights"] = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    with interrupts_deferred():
+        save_checkpoint(run.run_dir, "last", run.scored, {**run.meta, "step": progress.step, "metrics": row}, state)
+        run.checkpoint = (progress.epoch, progress.step)
+    plot_curves_quietly(run.run_dir, progress.history)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until the block is done, then deliver it.
+    Only the main thread can set signal handlers; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def interrupted_message(run: RunState) -> str:
+    """What a Ctrl-C left behind and the command that goes on from there."""
+    resume = f"digitlab train --resume {run.run_dir}"
+    if run.checkpoint is None:
+        return (f"interrupted before the first epoch ended: no checkpoint was saved in {run.run_dir}; "
+                f"`{resume}` starts it from the beginning")
+    epoch, step = run.checkpoint
+    return (f"interrupted; saved: the checkpoint of epoch {epoch} (step {step}) in {run.run_dir}. "
+            f"Continue with: {resume}")
 
 
 def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.Module | None = None) -> None:
@@ -289,12 +492,21 @@ def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.M
     raise TrainingError(f"{problem} at step {step}; stopped, {kept} (try a lower --lr)")
 
 
-def format_row(row: dict, epoch: int, epochs: int) -> str:
-    """One fixed-format summary line per epoch."""
+
+
+def eval_summary(row: dict) -> str:
+    """Validation (when there is a hold-out) and test loss and accuracy of one evaluation."""
+    has_val = row.get("val_accuracy") is not None
+    val = f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%} | " if has_val else ""
+    return f"{val}test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}"
+
+
+def format_row(row: dict, epoch: int, epochs: int, selected_on: str = "test", best: float | None = None) -> str:
+    """One fixed-format summary line per epoch, ending with the best accuracy so far on the selection split."""
+    best_part = f" | best {'val' if selected_on == 'validation' else 'test'} {best:.2%}" if best is not None else ""
     return (f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-            f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}"
-            f" | lr {row['lr']:.2e} | {row['elapsed_s']:.1f}s, {row['images_per_s']:.0f} img/s,"
-            f" data {row['data_fraction']:.1%} of step")
+            f" | {eval_summary(row)} | lr {row['lr']:.2e} | {row['elapsed_s']:.1f}s, {row['images_per_s']:.0f} img/s,"
+            f" data {row['data_fraction']:.1%} of step{best_part}")
 
 
 def plot_curves_quietly(run_dir: Path, history: list[dict]) -> None:
