@@ -1,6 +1,8 @@
 """digitlab's own presets (fast, best, best-fashion): the fields docs/results.md measured, and that they build."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from digitlab.config import make_config
@@ -13,7 +15,8 @@ def test_fast_is_a_fixed_schedule_that_never_looks_at_test_before_its_end():
     assert (cfg.model, cfg.model_args) == ("digitnet", {"width": 16, "depth": 1})
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.batch_size, cfg.epochs) == ("adamw", 1e-2, "onecycle", 128, 1)
     assert cfg.target_accuracy == 0 and cfg.eval_every == 0 and cfg.eval_batch_size == 250  # one evaluation
-    assert cfg.schedule_epochs == 0.7 and cfg.max_steps == round(0.7 * 469) == 328  # stops where the one-cycle ends
+    assert cfg.val_size == 5000 and cfg.max_steps == 328  # 0.7 of 60,000 images' epoch, as first tuned
+    assert round(cfg.schedule_epochs * math.ceil(55_000 / 128)) == 328  # the one-cycle ends where it stops
     assert cfg.augment == "none" and cfg.ema == 0
 
 
