@@ -15,21 +15,20 @@ import pathlib
 import pickle
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from digitlab import load_dataset, load_run, make_config, train
+from digitlab import load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state, read_weights, save_weights
 from digitlab.cli import main
 from digitlab.errors import RunError
 from digitlab.predict import Predictor
+from helpers import free_port, mnist_slice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,11 +67,9 @@ PAYLOADS = {"torch_zip": torch_zip_pickle, "plain_pickle": plain_pickle}
 
 
 @pytest.fixture(scope="module")
-def good_run(tmp_path_factory) -> Path:
+def good_run(tmp_path_factory, mnist) -> Path:
     """A real 1-epoch MLP run (10 steps on 1,000 images): every test damages its own copy."""
-    mnist = load_dataset("mnist", progress=False)
-    small = replace(mnist, train_images=mnist.train_images[:1000], train_labels=mnist.train_labels[:1000],
-                    test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+    small = mnist_slice(mnist, 1000, 500)
     out = tmp_path_factory.mktemp("good") / "run"
     threads = torch.get_num_threads()
     try:
@@ -185,12 +182,6 @@ def test_a_pickle_given_directly_is_refused(tmp_path, marker, suffix, capsys):
     assert "not a readable safetensors checkpoint" in cli(capsys, "eval", str(path))
     with pytest.raises(RunError, match="not a readable safetensors"):
         read_weights(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_refuses_a_pickle_before_listening(run, marker):
