@@ -1,8 +1,8 @@
-"""Shared fixtures: a small model trained once per test session, and a real `digitlab serve` on 127.0.0.1."""
+"""Shared fixtures: MNIST read once per session, a small model trained once per session, and a real
+`digitlab serve` on 127.0.0.1. Plain helpers (free port, MNIST slices, PNG bytes, the renderer) are in helpers.py."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, free_port
 
 SERVER_START_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST (data/mnist in the repo), read once per session; a missing dataset fails, never skips.
+    Shared by every test that asks: take slices (helpers.mnist_slice), never change its tensors in place."""
+    from digitlab.data import load_dataset
+
+    assert (REPO / "data" / "mnist" / "train-images-idx3-ubyte.gz").is_file(), "MNIST missing from data/mnist"
+    return load_dataset("mnist", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +47,6 @@ def predictor(trained_run):
     from digitlab.predict import Predictor
 
     return Predictor.from_run(trained_run)
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it; there is a small race until the server binds)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -1,10 +1,20 @@
-"""Shared test helpers: where the real datasets are, and a way to run the CLI in a subprocess."""
+"""Shared test helpers: where the real datasets are, a way to run the CLI in a subprocess, a free port, MNIST
+slices, PNG bytes, and the real-world digit renderer of benchmarks/make_realworld_digits.py."""
 from __future__ import annotations
 
+import importlib.util
+import io
 import os
+import socket
+import struct
 import subprocess
 import sys
+import zlib
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
+
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / "data" / "mnist"  # shipped in the repository
@@ -32,3 +42,51 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "digitlab", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=timeout, env=full_env)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it; there is a small race until the server binds)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mnist_slice(dataset, train: int, test: int | None = None):
+    """The first `train` training images (and the first `test` test images; all of them if None): the same
+    images every run, so a small training in a test is deterministic."""
+    test_images, test_labels = dataset.test_images, dataset.test_labels
+    if test is not None:
+        test_images, test_labels = test_images[:test], test_labels[:test]
+    return replace(dataset, train_images=dataset.train_images[:train], train_labels=dataset.train_labels[:train],
+                   test_images=test_images, test_labels=test_labels)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """`image` encoded as a PNG file."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int, idat: bool = False) -> bytes:
+    """A PNG whose header claims width x height 1-bit grey pixels but that carries (almost) no pixel data:
+    a decompression bomb's shape. With `idat`, a tiny IDAT chunk too, as a real file would have."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    data = png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) if idat else b""
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + data + png_chunk(b"IEND", b"")
+
+
+def import_renderer() -> ModuleType:
+    """benchmarks/make_realworld_digits.py as a module (benchmarks/ is not a package), imported once: the tests
+    and the benchmark folder share one copy of the code that renders digits as photos, scans and odd files."""
+    name = "make_realworld_digits"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import time
-import zlib
+import threading
 
 import anyio
 import numpy as np
@@ -14,8 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from digitlab.data import load_dataset
 from digitlab.serve import Limits, create_app
+from helpers import png_bytes, png_header_only
 
 PREDICT = "/api/predict"
 
@@ -27,24 +25,8 @@ def client(predictor):
 
 
 @pytest.fixture(scope="module")
-def mnist_test():
-    ds = load_dataset("mnist", progress=False)
-    return ds.test_images, ds.test_labels
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but carries no pixel data: a decompression bomb's header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+def mnist_test(mnist):
+    return mnist.test_images, mnist.test_labels
 
 
 def pixels_body(rows) -> dict:
@@ -298,26 +280,43 @@ def test_unknown_route_is_404_json(client):
 # ---- time limits and failures
 
 
-class SlowPredictor:
-    """Wraps a predictor, sleeping before each inference: for the inference time limit."""
+class WrappedPredictor:
+    """Passes everything through to a real predictor; subclasses change its inference."""
 
-    def __init__(self, inner, delay_s: float):
-        self.inner, self.delay_s = inner, delay_s
+    def __init__(self, inner):
+        self.inner = inner
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+
+class BlockedPredictor(WrappedPredictor):
+    """Inference that cannot finish until the test releases it: for the inference time limit."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.started, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
+
     def probabilities(self, images):
-        time.sleep(self.delay_s)
-        return self.inner.probabilities(images)
+        self.started.set()
+        self.release.wait(timeout=60)  # a bound, so a broken time limit fails the test instead of hanging it
+        try:
+            return self.inner.probabilities(images)
+        finally:
+            self.finished.set()
 
 
 def test_slow_inference_is_503(predictor, mnist_test):
-    app = create_app(SlowPredictor(predictor, 1.5), Limits(inference_timeout_s=0.3))
-    with TestClient(app) as c:
-        start = time.monotonic()
-        r = c.post(PREDICT, json=pixels_body(mnist_test[0][0].tolist()))
-        assert time.monotonic() - start < 1.4, "the client should not wait for the slow model"
+    """The answer comes while the model is still blocked: the time limit, not the model, ended the request."""
+    blocked = BlockedPredictor(predictor)
+    with TestClient(create_app(blocked, Limits(inference_timeout_s=0.3))) as c:
+        try:
+            r = c.post(PREDICT, json=pixels_body(mnist_test[0][0].tolist()))
+            assert blocked.started.is_set() and not blocked.finished.is_set(), "the model was not still running"
+        finally:
+            blocked.release.set()
+        assert blocked.finished.wait(timeout=60)  # the abandoned inference ends once released
+        assert c.get("/healthz").status_code == 200
     assert_error(r, 503, "0.3 s")
 
 
@@ -330,8 +329,7 @@ def test_slow_body_is_408(predictor):
         if not sent:
             sent.append({})
             return {"type": "http.request", "body": b'{"pixels": [', "more_body": True}
-        await anyio.sleep(5)  # never finishes
-        return {"type": "http.disconnect"}
+        await anyio.sleep_forever()  # the rest of the body never comes
 
     async def send(message):
         sent.append(message)
@@ -351,13 +349,13 @@ def test_slow_body_is_408(predictor):
     assert start["status"] == 408 and "0.3 s" in json.loads(body)["detail"]
 
 
-class BrokenPredictor(SlowPredictor):
+class BrokenPredictor(WrappedPredictor):
     def probabilities(self, images):
         raise RuntimeError("secret internal state /home/x")
 
 
 def test_unexpected_error_is_500_without_traceback(predictor, mnist_test):
-    with TestClient(create_app(BrokenPredictor(predictor, 0), Limits()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(BrokenPredictor(predictor), Limits()), raise_server_exceptions=False) as c:
         r = c.post(PREDICT, json=pixels_body(mnist_test[0][0].tolist()))
         assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
         assert "secret" not in r.text and "Traceback" not in r.text

@@ -21,28 +21,38 @@ SEVEN = [(0.22, 0.2), (0.78, 0.2), (0.45, 0.86)]  # a bar across the top, then d
 
 
 @pytest.fixture(scope="module")
-def page(live_server, tmp_path_factory):
-    """A fresh Chromium profile on the drawing page; console errors are collected in page.errors."""
+def browser():
+    """One headless Chromium for the module (starting it is the slow part); each test gets its own context."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 820, "height": 620}, has_touch=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.errors = []
-            page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
-            page.goto(live_server.url + "/")
-            # selector waits, not wait_for_function: the page's CSP forbids the eval() that polling would use
-            page.locator("#bars [data-class='9']").wait_for()
-            page.locator("#model", has_text="cnn").wait_for()
-            yield page
+            yield browser
         finally:
-            context.close()
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """The drawing page in a fresh context (no storage or state from another test); console errors are
+    collected in page.errors, and a test that logged any fails when it ends."""
+    context = browser.new_context(viewport={"width": 820, "height": 620}, has_touch=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.errors = []
+        page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.goto(live_server.url + "/")
+        # selector waits, not wait_for_function: the page's CSP forbids the eval() that polling would use
+        page.locator("#bars [data-class='9']").wait_for()
+        page.locator("#model", has_text="cnn").wait_for()
+        yield page
+        assert page.errors == [], page.errors
+    finally:
+        context.close()
 
 
 def draw(page, strokes: list[list[tuple[float, float]]], finger: bool = False) -> str:
@@ -91,7 +101,8 @@ def test_drawn_seven_is_read_as_7(page, tmp_path):
                         ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length")
     assert 20 < ink < 400, "the preview should show the 28x28 digit the model saw"
     shot = tmp_path / "screenshot.png"
-    page.wait_for_timeout(400)  # let the bars' 0.15 s width transition finish
+    # the bars' width transitions have ended (an await in the page, not polling: the CSP forbids eval())
+    page.evaluate("Promise.all(document.getAnimations().map(a => a.finished)).then(() => true)")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if os.environ.get("DIGITLAB_SCREENSHOT"):
@@ -99,6 +110,7 @@ def test_drawn_seven_is_read_as_7(page, tmp_path):
 
 
 def test_clear_resets_the_page(page):
+    assert draw(page, [SEVEN]) == "7"
     page.click("#clear")
     assert page.text_content("#prediction").strip() == "–"
     assert set(bars(page).values()) == {"0%"}
@@ -119,5 +131,10 @@ def test_finger_drawn_seven_is_read_as_7(page):
     assert page.evaluate("window.scrollY") == 0, "drawing must not scroll the page"
 
 
-def test_page_logged_no_errors(page):
+def test_drawing_and_clearing_log_no_errors(page):
+    """Every test fails on console errors when it ends (see `page`); this one does a whole round on its own."""
+    for strokes in ([SEVEN], [[(0.52, 0.14), (0.48, 0.86)]]):
+        draw(page, strokes)
+        page.click("#clear")
+    draw(page, [SEVEN], finger=True)
     assert page.errors == []

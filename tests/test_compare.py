@@ -28,6 +28,7 @@ def runs(tmp_path_factory) -> list:
     return runs
 
 
+@pytest.mark.slow
 def test_table_and_chart(runs, tmp_path, capsys):
     png = tmp_path / "both.png"
     assert main(["compare", *(str(r.run_dir) for r in runs), "-o", str(png)]) == 0
@@ -47,6 +48,7 @@ def test_table_and_chart(runs, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_json(runs, tmp_path, capsys):
     assert main(["compare", *(str(r.run_dir) for r in runs), "-o", str(tmp_path / "c.png"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

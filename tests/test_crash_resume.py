@@ -18,16 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from digitlab import load_dataset, load_run, make_config, train
+from digitlab import load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state
 from digitlab.runs import read_metrics
 from digitlab.train import resume_config
+from helpers import mnist_slice
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")
@@ -47,12 +47,6 @@ def quiet(*_args) -> None:
 
 def without_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    assert (REPO / "data" / "mnist" / "train-images-idx3-ubyte.gz").is_file(), "MNIST missing from data/mnist"
-    return load_dataset("mnist", progress=False)
 
 
 @pytest.fixture
@@ -118,6 +112,12 @@ class Training:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def resumed_at(self) -> int:
+        """The step this `train --resume` says it goes on from; 0 when it found no checkpoint and started over."""
+        line = self.wait_for(r"^resuming .* at epoch \d+, step \d+$|has no checkpoint yet")
+        found = re.search(r"step (\d+)$", line)
+        return int(found.group(1)) if found else 0
+
 
 def assert_everything_loads(run: Path, scratch: Path) -> int:
     """Every checkpoint in `run` loads (repairs on a copy, so the resume does its own); returns the last step."""
@@ -151,13 +151,14 @@ def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterru
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     why = f"(random seed {seed})"
-    subset = replace(mnist, train_images=mnist.train_images[:SUBSET], train_labels=mnist.train_labels[:SUBSET])
+    subset = mnist_slice(mnist, SUBSET)
     reference = train(make_config(RECIPE, out=str(tmp_path / "reference")), dataset=subset, progress=False,
                       log=quiet)
     run = tmp_path / "run"
     first = ["train", *TRAIN_ARGS, "--out", str(run)]
     resume = ["train", "--resume", str(run), "--no-progress"]
-    kills = []
+    kills = []  # (where, the step of the checkpoint the kill left), one per kill
+    starts = []  # the step each resume went on from, one per resume
 
     # 1. Killed between the two renames of the very first commit: weights in place, state only in its .tmp.
     t = Training(first, kill_hook="rename:last.safetensors:1")
@@ -167,7 +168,7 @@ def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterru
 
     # 2. A random moment in a tight window after an epoch line: around the checkpoint write and the plot.
     t = Training(resume)
-    t.wait_for(rf"^resuming .* at epoch 1, step {STEPS}$")
+    starts.append(t.resumed_at())
     t.wait_for(r"^epoch \d/6:")
     time.sleep(rng.uniform(0, 0.2))
     t.kill()
@@ -175,34 +176,46 @@ def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterru
 
     # 3. In the middle of writing the state file: a torn last.state.pt.tmp, the previous pair intact.
     t = Training(resume, kill_hook="write:last.state.pt:1")
+    starts.append(t.resumed_at())
     assert t.finish() == -signal.SIGKILL, t.output
     assert (run / "last.state.pt.tmp").exists() and read_state_step(run) is None
     kills.append(("state file half written", assert_everything_loads(run, tmp_path / "check")))
 
     # 4. Between the renames of a later commit: the weights one epoch ahead of the state file.
     t = Training(resume, kill_hook="rename:last.safetensors:1")
+    starts.append(t.resumed_at())
     assert t.finish() == -signal.SIGKILL, t.output
     assert load_run(run, "last").meta["step"] == read_state_step(run) != read_state(run / "last.state.pt")["step"]
     kills.append(("between renames", assert_everything_loads(run, tmp_path / "check")))
 
     # 5. Any moment of the next epoch: the middle of it, or its checkpoint (at most one epoch of progress).
     t = Training(resume)
-    t.wait_for(r"^resuming ")
+    starts.append(t.resumed_at())
     t.wait_for(r"^epoch \d/6:", timeout=rng.uniform(0, 1.5))
     t.kill()
     kills.append(("random, any time", assert_everything_loads(run, tmp_path / "check")))
 
     # 6. Right on an epoch line, with no delay: most likely inside best/metrics/last writes.
     t = Training(resume)
+    starts.append(t.resumed_at())
     t.wait_for(r"^epoch \d/6:")
     time.sleep(rng.uniform(0, 0.02))
     t.kill()
     kills.append(("random, on an epoch line", assert_everything_loads(run, tmp_path / "check")))
 
-    assert len(kills) >= 5 and all(step < STEPS * EPOCHS for _, step in kills), (kills, why)
     t = Training(resume)
+    starts.append(t.resumed_at())
     assert t.finish() == 0, f"{why}\n{t.output}"
     assert f"after {EPOCHS} epochs" in t.output, t.output
+
+    # No kill cost more than the epoch it landed in: every resume went on from the checkpoint the kill before
+    # it left (a run that silently starts over would still end equal to the reference, below).
+    steps = [step for _, step in kills]
+    assert starts == steps, (f"resumes started at {starts}, the kills left checkpoints at {steps}", kills, why)
+    assert steps[0] == STEPS, (kills, why)  # the first commit, interrupted between its renames, is completed
+    assert steps[2] == steps[1], (kills, why)  # a torn state file leaves the previous checkpoint in force
+    assert steps[3] == steps[2] + STEPS, (kills, why)  # a later commit interrupted between renames: completed
+    assert steps == sorted(steps) and steps[-1] < STEPS * EPOCHS, (kills, why)  # all mid-training, no step back
 
     resumed, straight = read_metrics(run), read_metrics(tmp_path / "reference")
     assert without_timing(resumed) == without_timing(straight), (kills, why)
@@ -222,8 +235,7 @@ def test_kills_at_random_moments_and_inside_commits_then_resume_equals_uninterru
 @pytest.fixture(scope="module")
 def small(mnist):
     """3,000 training and 2,000 test images: 30 steps an epoch at batch 100."""
-    return replace(mnist, train_images=mnist.train_images[:3000], train_labels=mnist.train_labels[:3000],
-                   test_images=mnist.test_images[:2000], test_labels=mnist.test_labels[:2000])
+    return mnist_slice(mnist, 3000, 2000)
 
 
 # a CNN with dropout: resuming must also restore the random state its dropout draws from
@@ -237,6 +249,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_two_epochs_equal_one_plus_resumed_one(small, tmp_path, one_thread):
     """Constant lr: `--epochs 1`, then `--resume RUN --epochs 2`, is the 2-epoch run. The first part is itself a
     resume of a run killed before its first checkpoint (config.json only), which starts from scratch."""
@@ -253,6 +266,7 @@ def test_two_epochs_equal_one_plus_resumed_one(small, tmp_path, one_thread):
     assert_same_run(tmp_path / "straight", split)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_with_a_schedule_continues_the_planned_run(small, tmp_path, one_thread, ema):
     """A schedule spans the planned epochs: stop a 2-epoch cosine run after epoch 1, resume with --max-steps 0.

@@ -124,6 +124,7 @@ def test_other_unwritable_run_folders_fail_before_training(where, small, tmp_pat
 # A full disk while writing: the previous checkpoint stays
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("torn", ["last.safetensors.tmp", "last.state.pt.tmp"])
 def test_full_disk_during_a_checkpoint_keeps_the_previous_pair(one_epoch_run, torn):
     run = one_epoch_run
@@ -136,6 +137,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_pair(one_epoch_run, to
     assert_intact(run, 20, hashes)
 
 
+@pytest.mark.slow
 def test_full_disk_for_best_and_metrics_keeps_the_previous_files(one_epoch_run):
     run = one_epoch_run
     hashes = file_hashes(run)
@@ -149,6 +151,7 @@ def test_full_disk_for_best_and_metrics_keeps_the_previous_files(one_epoch_run):
     assert_intact(run, 20, hashes)
 
 
+@pytest.mark.slow
 def test_failing_fsync_removes_the_tmp_and_keeps_the_previous_pair(one_epoch_run, monkeypatch):
     """Delayed allocation: the write returns, fsync reports ENOSPC. Simulated in-process."""
     run = one_epoch_run
@@ -172,6 +175,7 @@ def test_failing_fsync_removes_the_tmp_and_keeps_the_previous_pair(one_epoch_run
     assert_intact(run, 20, hashes)
 
 
+@pytest.mark.slow
 def test_full_disk_mid_run_is_a_one_line_error_and_the_run_resumes(one_epoch_run):
     """`digitlab train --resume RUN --epochs 2` on a full disk stops with one line; freed, it resumes."""
     run = one_epoch_run
@@ -192,6 +196,7 @@ def test_full_disk_mid_run_is_a_one_line_error_and_the_run_resumes(one_epoch_run
 # A loss that turns NaN: stop, name the step, keep the last good checkpoint
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(one_epoch_run):
     run = one_epoch_run
     hashes = file_hashes(run)
@@ -203,6 +208,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(one_epoch_run):
     assert_intact(run, 20, hashes)  # metrics.csv too: the epoch never reached its evaluation
 
 
+@pytest.mark.slow
 def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(small, tmp_path):
     cfg = make_config(model="mlp", optimizer="sgd", lr=1e6, batch_size=100, epochs=1, threads=1,
                       out=str(tmp_path / "run"))

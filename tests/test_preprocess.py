@@ -7,11 +7,7 @@ and the benchmark folder share one copy of that code.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
-import struct
-import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from digitlab.data import load_dataset
 from digitlab.errors import ImageError
-from digitlab.preprocess import (CANVAS, CENTER, MAX_IMAGE_SIDE, TARGET_BOX, canvas_to_mnist, load_image,
-                                 to_mnist)
+from digitlab.preprocess import CANVAS, CENTER, TARGET_BOX, canvas_to_mnist, load_image, to_mnist
+from helpers import import_renderer, png_bytes, png_header_only
 
-ROOT = Path(__file__).resolve().parents[1]
 INK = 64  # a pixel above this counts as ink when measuring the box (MNIST's own digits: always 20 px)
 N_DIGITS = 200  # MNIST test digits used for the geometry checks
 
 
-def _import_renderer():
-    """benchmarks/make_realworld_digits.py as a module (benchmarks/ is not a package)."""
-    path = ROOT / "benchmarks" / "make_realworld_digits.py"
-    spec = importlib.util.spec_from_file_location("make_realworld_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _import_renderer()
+render = import_renderer()
 
 # variant -> how many digits to render: all of the cheap ones, fewer of the large photos
 # (about 0.3 s of CPU each; rendering a photo costs as much as cleaning it)
@@ -54,9 +38,9 @@ CORRELATION_FLOOR = {"thick": (0.75, 0.6), "thin": (0.75, 0.45)}  # every other 
 
 
 @pytest.fixture(scope="module")
-def digits() -> np.ndarray:
+def digits(mnist) -> np.ndarray:
     """The first N_DIGITS MNIST test digits, uint8 (N, 28, 28); a missing dataset fails, never skips."""
-    return load_dataset("mnist", progress=False).test_images[:N_DIGITS].numpy()
+    return mnist.test_images[:N_DIGITS].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +87,6 @@ def assert_mnist_like(images: np.ndarray, box: tuple[int, int] = (TARGET_BOX - 1
 def assert_same(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
     """Equal up to rounding: the same picture reached through a different input path."""
     assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1, what
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """An image saved as PNG in memory."""
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 #### MNIST itself
@@ -202,16 +179,6 @@ def test_canvas(digits: np.ndarray, reference: np.ndarray):
 #### Errors
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (1-bit grey) but holds almost no data: a bomb's shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + chunk(b"IEND", b""))
-
-
 def noisy_blank_page() -> np.ndarray:
     """Paper under a lighting ramp with sensor noise, and no digit."""
     rng = np.random.default_rng(0)
@@ -230,8 +197,8 @@ BAD_IMAGES = {
     "5000x10 PNG": (png_bytes(Image.new("L", (5000, 10))), "larger than the 4096x4096 limit"),
     "5000x10 PIL image": (Image.new("L", (5000, 10)), "larger than the 4096x4096 limit"),
     "5000x10 array": (np.zeros((10, 5000), np.uint8), "larger than the 4096x4096 limit"),
-    "size checked before decoding": (png_header_only(5000, 5000), "larger than the 4096x4096 limit"),
-    "decompression bomb": (png_header_only(100_000, 100_000), "too large to decode safely"),
+    "size checked before decoding": (png_header_only(5000, 5000, idat=True), "larger than the 4096x4096 limit"),
+    "decompression bomb": (png_header_only(100_000, 100_000, idat=True), "too large to decode safely"),
     "NaN array": (np.full((28, 28), np.nan), "NaN"),
     "normalised array": (np.full((28, 28), -0.42), "negative"),
     "5 channels": (np.zeros((28, 28, 5)), "must be"),
@@ -250,7 +217,30 @@ def test_load_image_limit_is_a_parameter():
     assert load_image(data).size == (300, 20)
     with pytest.raises(ImageError, match="larger than the 256x256 limit"):
         load_image(data, max_side=256)
-    assert MAX_IMAGE_SIDE == 4096
+
+
+def digit_on_a_strip(digit: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The digit in the top-left corner of a black height x width strip."""
+    strip = np.zeros((height, width), np.uint8)
+    strip[:28, :28] = digit
+    return strip
+
+
+@pytest.mark.parametrize("kind", ["PNG", "PIL image", "array"])
+@pytest.mark.parametrize("shape", [(28, 4096), (4096, 28)])
+def test_default_limit_is_4096_pixels_a_side(kind: str, shape: tuple[int, int], digits: np.ndarray):
+    """A digit on a strip exactly 4096 pixels long is read; one pixel longer is refused, before decoding, with
+    the limit in the message."""
+    def as_kind(a: np.ndarray):
+        return {"PNG": lambda: png_bytes(Image.fromarray(a)), "PIL image": lambda: Image.fromarray(a),
+                "array": lambda: a}[kind]()
+
+    at_limit = digit_on_a_strip(digits[0], *shape)
+    read = to_mnist(as_kind(at_limit))
+    assert read.shape == (28, 28) and read.max() > INK, f"{kind} {shape}"
+    longer = tuple(side + 1 if side == 4096 else side for side in shape)
+    with pytest.raises(ImageError, match="larger than the 4096x4096 limit"):
+        to_mnist(as_kind(digit_on_a_strip(digits[0], *longer)))
 
 
 BAD_CANVASES = {

@@ -1,60 +1,126 @@
-"""digitlab's own presets (fast, best, best-fashion): the fields docs/results.md measured, and that they build."""
+"""digitlab's own presets (fast, best, best-fashion), checked through the paths that use them: the config
+`digitlab train --preset X` hands to training, and the optimiser, learning-rate schedule, model and
+augmentation that training builds from it. docs/results.md has the measurements behind each recipe."""
 from __future__ import annotations
 
+import importlib
 import math
 
+import pytest
 import torch
 
-from digitlab.config import make_config
+from digitlab.augment import AUGMENTATIONS, affine_matrices
+from digitlab.cli import main
+from digitlab.config import TrainConfig, make_config
 from digitlab.models import create_model
-from digitlab.presets import PRESETS, preset_config
+from digitlab.optim import build_optimizer, lr_at
+from digitlab.presets import preset_config
+from helpers import mnist_slice
+
+OWN = ("fast", "best", "best-fashion")
+TRAIN_IMAGES = 60_000  # MNIST and Fashion-MNIST alike
 
 
-def test_fast_is_a_fixed_schedule_that_never_looks_at_test_before_its_end():
-    cfg = make_config(preset_config("fast"))
-    assert (cfg.model, cfg.model_args) == ("digitnet", {"width": 16, "depth": 1})
-    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.batch_size, cfg.epochs) == ("adamw", 1e-2, "onecycle", 128, 1)
-    assert cfg.target_accuracy == 0 and cfg.eval_every == 0 and cfg.eval_batch_size == 250  # one evaluation
-    assert cfg.val_size == 5000 and cfg.max_steps == 328  # 0.7 of 60,000 images' epoch, as first tuned
-    assert round(cfg.schedule_epochs * math.ceil(55_000 / 128)) == 328  # the one-cycle ends where it stops
-    assert cfg.augment == "none" and cfg.ema == 0
+class Handed(Exception):
+    """Raised by the stand-in for train(): carries the config the CLI built, so nothing trains."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__("train() called")
+        self.cfg = cfg
 
 
-def test_best_uses_augmentation_ema_and_tta():
-    cfg = make_config(preset_config("best"))
-    assert cfg.dataset == "mnist" and cfg.model_args == {"width": 32, "depth": 2}
-    assert cfg.augment == "affine" and cfg.ema > 0 and cfg.tta and cfg.label_smoothing == 0.1
-    assert cfg.schedule == "onecycle" and cfg.epochs == 15  # 99.70% mean of 3 seeds, measured at 15
-    assert cfg.cpu_amp and cfg.eval_batch_size == 100  # bf16 training on AMX CPUs; small TTA evaluation batches
+def config_from_cli(monkeypatch, *argv: str) -> TrainConfig:
+    """The TrainConfig `digitlab train ARGV` would train with."""
+    def handed(cfg, **_kwargs):
+        raise Handed(cfg)
+
+    monkeypatch.setattr(importlib.import_module("digitlab.train"), "train", handed)
+    with pytest.raises(Handed) as caught:
+        main(["train", *argv])
+    return caught.value.cfg
 
 
-def test_best_fashion_flips_clothes_not_digits():
-    cfg = make_config(preset_config("best-fashion"))
-    assert cfg.dataset == "fashion-mnist" and cfg.augment == "flip+shift"  # measured ahead of +erase
-    assert cfg.epochs == 30 and cfg.ema > 0 and cfg.tta and cfg.cpu_amp
-    assert make_config(preset_config("best")).augment != "flip+shift"
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    """Optimiser steps in one epoch: the training images left after the validation hold-out, in batches."""
+    return math.ceil((TRAIN_IMAGES - cfg.val_size) / cfg.batch_size)
 
 
-def test_own_presets_build_and_run_a_step():
-    for name in ("fast", "best", "best-fashion"):
-        cfg = make_config(preset_config(name))
-        model = create_model(cfg.model, **cfg.model_args)
-        logits = model(torch.randn(2, 1, 28, 28))
-        assert logits.shape == (2, 10) and torch.isfinite(logits).all()
-        assert PRESETS[name].published
+def schedule(cfg: TrainConfig) -> list[float]:
+    """The learning rate training sets before each step of the whole run (MNIST's 60,000 images)."""
+    return [lr_at(step, cfg, steps_per_epoch(cfg)) for step in range(cfg.epochs * steps_per_epoch(cfg))]
 
 
-def test_ema_and_augmentation_resume_exactly(tmp_path):
+@pytest.mark.parametrize("name", OWN)
+def test_cli_trains_the_preset_with_the_overrides(name, monkeypatch):
+    plain = config_from_cli(monkeypatch, "--preset", name)
+    assert plain == make_config(preset_config(name)) and plain.preset == name
+    tuned = config_from_cli(monkeypatch, "--preset", name, "--epochs", "3", "--lr", "3e-3", "--seed", "11")
+    assert tuned == make_config(preset_config(name), epochs=3, lr=3e-3, seed=11)
+    assert (tuned.epochs, tuned.lr, tuned.seed) == (3, 3e-3, 11) and tuned.model_args == plain.model_args
+
+
+def test_fast_is_a_fixed_schedule_that_ends_where_its_one_cycle_does(monkeypatch):
+    """fast runs 328 steps (0.7 of a 60,000-image epoch, where it was first tuned) and evaluates once, at the end:
+    the one-cycle learning rate peaks at 1e-2 a fifth of the way in and reaches zero on its last step."""
+    cfg = config_from_cli(monkeypatch, "--preset", "fast")
+    optimizer = build_optimizer(create_model(cfg.model, **cfg.model_args), cfg)
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["lr"] == 1e-2 and optimizer.defaults["weight_decay"] == 5e-4
+    assert cfg.val_size == 5000 and steps_per_epoch(cfg) == 430
+    lrs = schedule(cfg)[:cfg.max_steps]
+    assert cfg.max_steps == 328 and lrs[0] == pytest.approx(4e-4)  # warm-up from lr/25
+    assert max(lrs) == pytest.approx(1e-2, rel=0.01) and lrs.index(max(lrs)) in (65, 66)
+    assert lrs[-1] == pytest.approx(1e-2 / 328 / 0.8)  # the last step of the linear decay to zero
+    assert lr_at(cfg.max_steps, cfg, steps_per_epoch(cfg)) == 0  # where the schedule ends
+    assert cfg.target_accuracy == 0 and cfg.eval_every == 0  # never looks at the test set before its end
+
+
+@pytest.mark.parametrize("name", ["best", "best-fashion"])
+def test_best_one_cycle_spans_every_epoch(name, monkeypatch):
+    cfg = config_from_cli(monkeypatch, "--preset", name)
+    optimizer = build_optimizer(create_model(cfg.model, **cfg.model_args), cfg)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["lr"] == 5e-3
+    lrs = schedule(cfg)
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(5e-3, rel=0.01) and peak == pytest.approx(0.15 * len(lrs), abs=1)
+    assert lrs[0] == pytest.approx(2e-4) and 0 < lrs[-1] < 1e-5  # anneals to ~0 on the last step, not before
+    assert len(lrs) == {"best": 15, "best-fashion": 30}[name] * 430  # 55,000 images after the hold-out
+
+
+@pytest.mark.parametrize("name, parameters", [("fast", 29_178), ("best", 298_410), ("best-fashion", 298_410)])
+def test_presets_build_the_measured_model(name, parameters, monkeypatch):
+    """The model the recipe was measured with: DigitNet at width 16 depth 1 (fast) or width 32 depth 2."""
+    cfg = config_from_cli(monkeypatch, "--preset", name)
+    model = create_model(cfg.model, **cfg.model_args)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert type(model).__name__ == "DigitNet"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    logits = model(torch.randn(2, 1, 28, 28))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name, mirrors", [("fast", None), ("best", False), ("best-fashion", True)])
+def test_best_fashion_flips_clothes_and_best_never_mirrors_a_digit(name, mirrors, monkeypatch):
+    """The augmentation training draws for the recipe: about half the clothes mirrored, no digit ever."""
+    cfg = config_from_cli(monkeypatch, "--preset", name)
+    if mirrors is None:
+        assert cfg.augment == "none"  # fast trains on the images as they are
+        return
+    matrices = affine_matrices(1000, AUGMENTATIONS[cfg.augment], 28, "cpu", torch.Generator().manual_seed(0))
+    mirrored = (torch.linalg.det(matrices[:, :, :2]) < 0).float().mean().item()
+    assert (0.4 < mirrored < 0.6) if mirrors else mirrored == 0
+    assert not torch.allclose(matrices[:, :, 2], torch.zeros(1000, 2))  # and they move: shifts are drawn
+
+
+@pytest.mark.slow
+def test_ema_and_augmentation_resume_exactly(tmp_path, mnist):
     """With EMA and augmentation on, 1 epoch + resume ends where 2 uninterrupted epochs do: the averaged
     weights, the raw weights and the augmentation RNG all come back from the checkpoint."""
-    from digitlab import load_dataset, make_config, train
-    from digitlab.data import Dataset
+    from digitlab import train
     from digitlab.runs import load_run
     from digitlab.train import resume_config
 
-    ds = load_dataset("mnist")
-    small = Dataset("mnist", ds.classes, ds.train_images[:1024], ds.train_labels[:1024], ds.test_images[:500],
-                    ds.test_labels[:500])
+    small = mnist_slice(mnist, 1024, 500)
     base = {"model": "digitnet", "model_args": {"width": 4, "depth": 1}, "batch_size": 128, "epochs": 2,
             "ema": 0.99, "augment": "affine", "schedule": "onecycle", "lr": 1e-2, "threads": 1, "device": "cpu"}
     quiet = {"progress": False, "log": lambda *_: None}

@@ -15,21 +15,20 @@ import pathlib
 import pickle
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from digitlab import load_dataset, load_run, make_config, train
+from digitlab import load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state, read_weights, save_weights
 from digitlab.cli import main
 from digitlab.errors import RunError
 from digitlab.predict import Predictor
+from helpers import free_port, mnist_slice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,11 +67,9 @@ PAYLOADS = {"torch_zip": torch_zip_pickle, "plain_pickle": plain_pickle}
 
 
 @pytest.fixture(scope="module")
-def good_run(tmp_path_factory) -> Path:
+def good_run(tmp_path_factory, mnist) -> Path:
     """A real 1-epoch MLP run (10 steps on 1,000 images): every test damages its own copy."""
-    mnist = load_dataset("mnist", progress=False)
-    small = replace(mnist, train_images=mnist.train_images[:1000], train_labels=mnist.train_labels[:1000],
-                    test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+    small = mnist_slice(mnist, 1000, 500)
     out = tmp_path_factory.mktemp("good") / "run"
     threads = torch.get_num_threads()
     try:
@@ -124,6 +121,7 @@ def test_the_payloads_do_run_code_when_unpickled_unsafely(tmp_path):
 # The optimiser state: `digitlab train --resume`
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
 def test_resume_refuses_a_pickled_state_file(run, marker, payload, capsys):
     PAYLOADS[payload](run / "last.state.pt", marker)
@@ -136,6 +134,7 @@ def test_resume_refuses_a_pickled_state_file(run, marker, payload, capsys):
     assert "GLOBAL" in line or "Unsupported" in line  # names what was refused
 
 
+@pytest.mark.slow
 def test_repair_refuses_a_pickled_pending_state(run, marker, capsys):
     """An interrupted commit is finished from last.state.pt.tmp: that file is read just as safely."""
     loaded = load_run(run, "last")
@@ -166,6 +165,7 @@ def plant_pickled_weights(run: Path, marker: Path) -> None:
     ["export", "{run}"],
     ["export", "{run}", "--format", "torchscript", "--checkpoint", "last"],
 ])
+@pytest.mark.slow
 def test_weight_readers_refuse_a_pickle_named_safetensors(run, marker, command, capsys):
     plant_pickled_weights(run, marker)
     line = cli(capsys, *[arg.format(run=run) for arg in command])
@@ -187,12 +187,7 @@ def test_a_pickle_given_directly_is_refused(tmp_path, marker, suffix, capsys):
         read_weights(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_serve_refuses_a_pickle_before_listening(run, marker):
     plant_pickled_weights(run, marker)
     port = free_port()
@@ -218,6 +213,7 @@ def rewrite_weights(run: Path, name: str, tensors: dict | None = None, **meta_ch
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(run / f"{name}.safetensors"), metadata=metadata)
 
 
+@pytest.mark.slow
 def test_config_naming_an_unknown_model(run, capsys):
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "model": "no_such_net"}))
@@ -227,12 +223,14 @@ def test_config_naming_an_unknown_model(run, capsys):
         assert "config.json" in line and "'no_such_net'" in line and "mlp" in line, line  # lists the choices
 
 
+@pytest.mark.slow
 def test_metadata_naming_an_unknown_model(run, capsys):
     rewrite_weights(run, "best", model="no_such_net")
     line = cli(capsys, "eval", str(run))
     assert "cannot rebuild model 'no_such_net'" in line and "choose one of" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["other_model", "other_options", "missing_tensor", "wrong_shape"])
 def test_weights_that_do_not_fit_the_model(run, change, capsys):
     weights = dict(load_run(run, "best").model.state_dict())
@@ -253,12 +251,14 @@ def test_weights_that_do_not_fit_the_model(run, change, capsys):
         load_run(run, "best")
 
 
+@pytest.mark.slow
 def test_metadata_asking_for_a_huge_model_fails_without_building_it(run, capsys):
     """hidden=[10**9]: 784e9 weights (3 TB). The shapes are checked on the meta device, so nothing is allocated."""
     rewrite_weights(run, "best", model_args={"hidden": [10**9, 10**9]})
     assert "weights do not fit model 'mlp'" in cli(capsys, "eval", str(run))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["bad_options", "bad_normalization", "bad_classes", "no_marker", "torn"])
 def test_other_broken_weights_files(run, change, capsys):
     path = run / "best.safetensors"
