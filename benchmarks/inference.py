@@ -35,7 +35,7 @@ from digitlab.normalize import normalize
 from digitlab.onnx_predict import INPUT_NAME, OUTPUT_NAME, ONNXPredictor
 from digitlab.predict import Predictor
 from digitlab.preprocess import to_mnist
-from digitlab.runs import LoadedModel
+from digitlab.checkpoint import LoadedModel
 
 BATCH = 1000
 HEAVY = {"alexnet": 10}  # model -> divisor of the number of runs, for models that take ~100 ms an image

@@ -46,7 +46,7 @@ def test_ema_and_augmentation_resume_exactly(tmp_path):
     weights, the raw weights and the augmentation RNG all come back from the checkpoint."""
     from digitlab import load_dataset, make_config, train
     from digitlab.data import Dataset
-    from digitlab.runs import load_run
+    from digitlab.checkpoint import load_run
     from digitlab.train import resume_config
 
     ds = load_dataset("mnist")

@@ -5,7 +5,7 @@ from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
 from digitlab.models import create_model, list_models, register_model
 from digitlab.presets import PRESETS
-from digitlab.runs import load_run
+from digitlab.checkpoint import load_run
 from digitlab.train import train
 
 __version__ = "0.1.0"

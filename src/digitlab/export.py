@@ -32,11 +32,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from digitlab.checkpoint import commit, write_tmp
+from digitlab.atomic import commit, write_tmp
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.evaluate import predict_logits
 from digitlab.onnx_predict import INPUT_NAME, OUTPUT_NAME, ONNXPredictor, encode_metadata
-from digitlab.runs import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel, load_run
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output
 OPSET = 17

@@ -90,7 +90,7 @@ class ONNXPredictor:
         """Export a run (no path: the shipped model) to ONNX in memory, check it against PyTorch, load it."""
         from digitlab.export import check_parity, onnx_model_bytes, random_images
         from digitlab.predict import DEFAULT_WEIGHTS
-        from digitlab.runs import load_run
+        from digitlab.checkpoint import load_run
 
         loaded = load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint)
         predictor = cls(onnx_model_bytes(loaded), threads, source=f"{loaded.source} (exported to ONNX)")

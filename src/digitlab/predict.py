@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from digitlab.normalize import normalize
-from digitlab.runs import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel, load_run
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 
