@@ -222,6 +222,11 @@ def test_lock_rules(tmp_path):
     first.release()
     assert not path.exists()
 
+    first.acquire(messages.append)
+    path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "another"}))
+    first.release()  # the lock was replaced (deleted by hand, taken by another training): not first's to remove
+    assert path.exists()
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "token": "old"}))
@@ -229,10 +234,17 @@ def test_lock_rules(tmp_path):
     second.acquire(messages.append)
     assert messages == [f"{tmp_path}: taking over the lock of pid {dead.pid}, which is no longer running"]
     assert json.loads(path.read_text())["pid"] == os.getpid()
-    first.release()  # not first's lock any more: must not remove it
-    assert path.exists()
     second.release()
     assert not path.exists()
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: kill(pid, 0) still succeeds
+    path.write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(), "token": "zombie"}))
+    third = RunLock(tmp_path)
+    third.acquire(messages.append)
+    zombie.wait()
+    assert messages[-1].endswith(f"pid {zombie.pid}, which is no longer running")
+    third.release()
 
     path.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "token": "x"}))
     with pytest.raises(RunError, match="in use .*pid 1 on elsewhere.example.*delete"):

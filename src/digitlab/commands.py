@@ -170,15 +170,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from digitlab.compare import IncompleteRun, recipe_spread, run_summary
     from digitlab.plots import plot_compare
 
-    runs, summaries = [], []
+    runs, summaries, skipped = [], [], []
     for run in map(Path, args.runs):  # `compare runs/*` goes on past a run that never got to its first evaluation
         try:
             summaries.append(run_summary(run))
             runs.append(run)
         except IncompleteRun as e:
-            print(f"digitlab: warning: skipping {e}", file=sys.stderr)
+            skipped.append(str(e))
     if not runs:
-        raise RunError("no run to compare: none of them has finished an evaluation yet")
+        raise RunError(f"no run to compare: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"digitlab: warning: skipping {reason}", file=sys.stderr)
     names = [run.name for run in runs]
     if len(set(names)) < len(names):  # same folder name under different parents: use the paths
         names = [str(run) for run in runs]
