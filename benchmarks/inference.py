@@ -35,7 +35,7 @@ from digitlab.backends import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 from digitlab.normalize import normalize
 from digitlab.predict import ModelInfo, Predictor
 from digitlab.preprocess import to_mnist
-from digitlab.runs import LoadedModel
+from digitlab.checkpoint import LoadedModel
 
 BATCH = 1000
 HEAVY = {"alexnet": 10}  # model -> divisor of the number of runs, for models that take ~100 ms an image

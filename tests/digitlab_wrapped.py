@@ -5,7 +5,7 @@
 
 Two environment variables, read by this script only (digitlab itself has no test hooks):
 
-    DIGITLAB_TEST_WRITE_LOG=DIR     every file a process writes in a run folder (through checkpoint.write_tmp,
+    DIGITLAB_TEST_WRITE_LOG=DIR     every file a process writes in a run folder (through atomic.write_tmp,
                                     and curves.png) is appended to DIR/writes-rank<RANK>.log
     DIGITLAB_TEST_KILL=WHEN:NAME:K  SIGKILL this process at the K-th write of the file called NAME:
                                     WHEN=write: while NAME's .tmp file is half written;
@@ -24,9 +24,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import digitlab.checkpoint as checkpoint
+import digitlab.atomic as atomic
 import digitlab.plots as plots
-import digitlab.runs as runs
 from digitlab.cli import main
 
 train = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the re-exported function
@@ -101,9 +100,9 @@ def wrap_load_dataset(original):
 
 if TRAIN_SUBSET:
     train.load_dataset = wrap_load_dataset(train.load_dataset)
-# runs.py imported these two by name, so both modules' bindings are replaced
-checkpoint.write_tmp = runs.write_tmp = wrap_write_tmp(checkpoint.write_tmp)
-checkpoint.commit = runs.commit = wrap_commit(checkpoint.commit)
+# checkpoint.py and runs.py call these through the module, so replacing them here reaches every run write
+atomic.write_tmp = wrap_write_tmp(atomic.write_tmp)
+atomic.commit = wrap_commit(atomic.commit)
 plots.plot_curves = wrap_plot(plots.plot_curves)
 
 if __name__ == "__main__":

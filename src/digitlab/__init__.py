@@ -6,9 +6,9 @@ from digitlab.data import Dataset, load_dataset
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import evaluate
 from digitlab.models import create_model, list_models, register_model
+from digitlab.checkpoint import load_run
 from digitlab.predict import Predictor
 from digitlab.presets import PRESETS, preset_config
-from digitlab.runs import load_run
 from digitlab.train import train
 
 try:  # pyproject.toml holds the one version number; the installed metadata carries it here

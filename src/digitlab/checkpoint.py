@@ -12,7 +12,11 @@ load_training_checkpoint then finishes the interrupted commit from the complete 
 Both files are serialised in memory and written with plain Python file I/O, so a full disk is always an
 OSError (torch.save and safetensors' save_file, writing on their own, report it as a RuntimeError or not at
 all). A write that fails removes its ``.tmp`` file and raises a RunError; the files it was to replace are
-untouched.
+untouched (digitlab.atomic).
+
+A state file is checked field by field when read, and an optimiser state against the parameters it is
+loaded for, so a tampered file is a one-line RunError. load_run() rebuilds a trained model from a run folder
+(or a lone .safetensors file) through the model registry; nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import json
 import os
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,36 +33,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from digitlab.errors import RunError
+from digitlab import atomic
+from digitlab.data import get_spec
+from digitlab.errors import ConfigError, RunError
+from digitlab.models import check_model_args, create_model
+from digitlab.normalize import NORMALIZATIONS
+from digitlab.runs import read_config
 
 FORMAT = "digitlab-checkpoint-1"
-
-
-def write_tmp(path: Path, write) -> Path:
-    """Call write(tmp_path) and fsync the result; the caller renames it into place.
-
-    A failed write (no space left, no permission) removes the partial .tmp file and raises a RunError.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is kept") from None
-    return tmp
-
-
-def commit(*pairs: tuple[Path, Path]) -> None:
-    """Rename each (tmp, final) pair in order, then fsync the folder so the renames are durable."""
-    for tmp, final in pairs:
-        os.replace(tmp, final)
-    dir_fd = os.open(pairs[0][1].parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+HISTORY_KEYS = ("step", "test_accuracy", "elapsed_s")  # what a resumed run reads from its saved history
 
 
 def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:
@@ -65,12 +49,12 @@ def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
     data = safetensors_bytes(tensors, metadata=metadata)
-    return write_tmp(path, lambda tmp: tmp.write_bytes(data))
+    return atomic.write_tmp(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     """Write weights-only checkpoint (e.g. `best`) atomically."""
-    commit((write_weights_tmp(path, model, meta), path))
+    atomic.commit((write_weights_tmp(path, model, meta), path))
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -107,7 +91,34 @@ def read_state(path: Path) -> dict:
         raise RunError(f"{path} is not a readable checkpoint state ({e})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise RunError(f"{path} is not a digitlab checkpoint state")
+    check_state_fields(state, path)
     return state
+
+
+def check_state_fields(state: dict, path: Path) -> None:
+    """Every field a resume reads is there with the right type, so a tampered file fails here, in one line,
+    and not halfway through restoring."""
+    for key in ("step", "epoch"):
+        if not isinstance(state.get(key), int) or isinstance(state[key], bool) or state[key] < 0:
+            raise RunError(f"{path}: {key!r} is missing or not a whole number ({state.get(key)!r})")
+    if not isinstance(state.get("best_accuracy"), (int, float)):
+        raise RunError(f"{path}: 'best_accuracy' is missing or not a number")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(
+            isinstance(row, dict) and all(isinstance(row.get(k), (int, float)) for k in HISTORY_KEYS)
+            for row in history):
+        raise RunError(f"{path}: 'history' is missing or not a list of rows with {', '.join(HISTORY_KEYS)}")
+    optimizer = state.get("optimizer")
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list) and optimizer["param_groups"]):
+        raise RunError(f"{path}: 'optimizer' is missing or not an optimiser state (state and param_groups)")
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and isinstance(rng.get("python"), list)):
+        raise RunError(f"{path}: 'rng' is missing or not the random generators' state")
+    raw = state.get("train_weights")
+    if raw is not None and not (isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values())):
+        raise RunError(f"{path}: 'train_weights' is not a dict of tensors")
 
 
 def unpickling_reason(error: Exception) -> str:
@@ -126,11 +137,11 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, meta: dict
     buf = io.BytesIO()
     torch.save(state, buf)
     try:
-        state_tmp = write_tmp(state_path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+        state_tmp = atomic.write_tmp(state_path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
     except RunError:
         weights_tmp.unlink(missing_ok=True)
         raise
-    commit((weights_tmp, weights_path), (state_tmp, state_path))
+    atomic.commit((weights_tmp, weights_path), (state_tmp, state_path))
 
 
 def has_checkpoint(run_dir: Path, name: str = "last") -> bool:
@@ -160,3 +171,115 @@ def load_training_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict, d
     state_step = state["step"] if state is not None else "missing"
     raise RunError(f"{run_dir}: weights (step {meta.get('step')}) and state (step {state_step}) "
                    "do not match and cannot be repaired")
+
+
+def load_model_state(model: torch.nn.Module, weights: dict, source: Path) -> None:
+    """load_state_dict(strict) with a RunError naming `source` when the tensors do not fit the model."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise RunError(f"{source}: the saved weights do not fit the model ({detail})") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, source: Path) -> None:
+    """Load an optimiser state, refusing one whose per-parameter tensors do not have their parameter's shape:
+    torch accepts those and fails (or silently broadcasts) only at the next step."""
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise RunError(f"{source}: the optimiser state does not fit this model and optimiser ({detail})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise RunError(f"{source}: optimiser state {key!r} has shape {tuple(value.shape)} for a "
+                                   f"parameter of shape {tuple(param.shape)}")
+                if not isinstance(value, (torch.Tensor, int, float)) and value is not None:
+                    raise RunError(f"{source}: optimiser state {key!r} is a {type(value).__name__}, not a tensor")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained model: through the model registry, never by unpickling
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, in eval mode, with what is needed to feed it."""
+
+    model: torch.nn.Module
+    model_name: str
+    model_args: dict
+    normalization: str
+    dataset: str
+    classes: tuple[str, ...]
+    source: Path
+    meta: dict
+
+
+def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Module:
+    """create_model(name, **args) whose state_dict has exactly the shapes of `weights`, else a RunError.
+
+    The model is first built on the meta device (no memory, models.check_model_args), so metadata asking for
+    a huge model fails here instead of allocating more than the weights file holds.
+    """
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise RunError(f"{source}: checkpoint metadata does not name a model and its options")
+    try:
+        probe = check_model_args(name, args)
+    except ConfigError as e:
+        raise RunError(f"{source}: cannot rebuild model {name!r} with {args} ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise RunError(f"{source}: weights do not fit model {name!r} with {args} "
+                       f"(first differing tensors, name and shape: {diff})")
+    return create_model(name, **args)
+
+
+def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
+    """Rebuild the registered model named in `meta` and load `weights` into it strictly."""
+    if "model" not in meta:
+        raise RunError(f"{source}: checkpoint metadata does not name a model")
+    name, args = meta["model"], meta.get("model_args", {})
+    model = build_model_checked(name, args, weights, source)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise RunError(f"{source}: weights do not fit model {name!r} with {args} ({detail})") from None
+    model.eval()
+    dataset, normalization = meta.get("dataset", "mnist"), meta.get("normalization", "standard")
+    classes = meta.get("classes") or get_spec(dataset).classes
+    if normalization not in NORMALIZATIONS:
+        raise RunError(f"{source}: unknown normalization {normalization!r} in its metadata")
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise RunError(f"{source}: class names in its metadata are not a list of strings")
+    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta)
+
+
+def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
+    """A run folder + 'best'/'last', or a .safetensors file given directly."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise RunError(f"{path} does not exist (expected a run folder or a .safetensors file)")
+    if checkpoint not in ("best", "last"):
+        raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    candidate = path / f"{checkpoint}.safetensors"
+    if not candidate.is_file():
+        raise RunError(f"{path} has no {checkpoint}.safetensors: is it a digitlab run folder, "
+                       "and did its first epoch finish?")
+    return candidate
+
+
+def load_run(path: str | Path, checkpoint: str = "best") -> LoadedModel:
+    """Load a trained model from a run folder (or .safetensors file), ready for inference on CPU."""
+    source = resolve_checkpoint(path, checkpoint)
+    if source.parent.joinpath("config.json").is_file() and Path(path).is_dir():
+        read_config(source.parent)  # a run folder whose config is broken is an error, not ignored
+    weights, meta = read_weights(source)
+    return build_from_weights(weights, meta, source)

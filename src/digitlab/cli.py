@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help="start from a named recipe (see `digitlab models`)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--force", action="store_true",
+                       help="let --out name a folder that holds files; a previous run's files there are removed")
     add_config_flags(train)
 
     ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)

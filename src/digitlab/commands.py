@@ -72,7 +72,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from digitlab.config import parse_model_args
-    from digitlab.models import create_model, list_models
+    from digitlab.models import check_model_args, create_model, list_models
     from digitlab.presets import PRESETS
     from digitlab.summary import format_summary
 
@@ -81,6 +81,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         name, model_args = PRESETS[name].config["model"], dict(PRESETS[name].config.get("model_args", {}))
     if args.model_args:
         model_args.update(parse_model_args(args.model_args))
+    check_model_args(name, model_args)  # on the meta device first: a model too big to build is one line
     print(format_summary(name, create_model(name, **model_args)))
     return 0
 
@@ -94,12 +95,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.preset:
             raise ConfigError("--resume continues a run with its own recipe; drop --preset")
+        if args.force:
+            raise ConfigError("--force is for a new run in a folder that holds files; --resume never replaces a run")
         cfg = resume_config(args.resume, **overrides)
     else:
         preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
         cfg = make_config(preset_config(preset) if preset else {}, **overrides)
     try:  # progress bars only on a terminal: in a log file they would be thousands of carriage returns
-        result = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
+        result = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty(),
+                       force=args.force)
     except TrainingInterrupted as e:
         print(f"digitlab: {e}", file=sys.stderr)
         return 130
@@ -142,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.data import load_dataset
     from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
     from digitlab.plots import plot_confusion, plot_grid
-    from digitlab.runs import load_run
+    from digitlab.checkpoint import load_run
 
     loaded = load_run(args.run, args.checkpoint)
     run_dir = loaded.source.parent
@@ -196,11 +200,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from digitlab.compare import recipe_spread, run_summary
+    from digitlab.compare import IncompleteRun, recipe_spread, run_summary
     from digitlab.plots import plot_compare
 
-    runs = [Path(r) for r in args.runs]
-    summaries = [run_summary(run) for run in runs]
+    runs, summaries, skipped = [], [], []
+    for run in map(Path, args.runs):  # `compare runs/*` goes on past a run that never got to its first evaluation
+        try:
+            summaries.append(run_summary(run))
+            runs.append(run)
+        except IncompleteRun as e:
+            skipped.append(str(e))
+    if not runs:
+        raise RunError(f"no run to compare: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"digitlab: warning: skipping {reason}", file=sys.stderr)
     names = [run.name for run in runs]
     if len(set(names)) < len(names):  # same folder name under different parents: use the paths
         names = [str(run) for run in runs]

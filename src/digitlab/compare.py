@@ -14,13 +14,21 @@ from digitlab.runs import read_config, read_metrics
 NOT_RECIPE = ("seed", "out", "device", "threads", "data_dir", "log_every", "eval_batch_size", "compile")
 
 
+class IncompleteRun(RunError):
+    """A run folder with a valid config.json whose training never reached its first evaluation (it failed or
+    was killed early, or is still in its first epoch): nothing to compare yet, but nothing wrong either."""
+
+
 def run_summary(run: Path) -> tuple[dict, list[dict]]:
     """One compare-table row for a run folder (from config.json and metrics.csv), and its history."""
     if not run.is_dir():
         raise RunError(f"{run} is not a run folder")
-    cfg, history = read_config(run), read_metrics(run)
+    cfg = read_config(run)
+    if not (run / "metrics.csv").is_file():
+        raise IncompleteRun(f"{run}: it has no metrics.csv yet")
+    history = read_metrics(run)
     if not history:
-        raise RunError(f"{run}/metrics.csv has no rows yet")
+        raise IncompleteRun(f"{run}: its metrics.csv has no rows yet")
     last = history[-1]
     recipe = {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
     return {"run": str(run), "recipe": json.dumps(recipe, sort_keys=True), "preset": cfg.preset,

@@ -64,9 +64,10 @@ class TrainConfig:
     out: str | None = None  # run folder; default runs/<time>-<name>
 
     def validate(self) -> "TrainConfig":
-        """Check ranges and choices; returns self so calls chain."""
+        """Check ranges, choices and the model's options (before any run folder exists, so a bad value leaves
+        nothing behind); returns self so calls chain."""
         from digitlab.data import DATASETS
-        from digitlab.models import list_models
+        from digitlab.models import check_model_args, list_models
 
         choices = {"dataset": tuple(DATASETS), "normalization": tuple(NORMALIZATIONS),
                    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": tuple(AUGMENTATIONS),
@@ -89,6 +90,10 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
         if self.ema >= 1:
             raise ConfigError("ema must be below 1")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError("nesterov needs optimizer sgd with a positive momentum "
+                              f"(got optimizer {self.optimizer!r}, momentum {self.momentum})")
+        check_model_args(self.model, self.model_args)  # on the meta device: nothing is allocated
         return self
 
     def to_json(self) -> str:

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from digitlab.backends import INPUT_NAME, OUTPUT_NAME, OnnxBackend, TorchBackend, encode_metadata
-from digitlab.checkpoint import commit, write_tmp
+from digitlab.atomic import commit, write_tmp
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.evaluate import predict_logits
 from digitlab.extras import require
 from digitlab.normalize import normalize
-from digitlab.runs import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel, load_run
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output
 OPSET = 17

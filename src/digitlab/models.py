@@ -15,10 +15,16 @@ import torch.nn as nn
 from digitlab.errors import ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# The largest model a config may ask for: 4 GB of fp32 weights, far beyond anything that learns 28x28 digits,
+# and small enough that a config.json asking for more is refused before anything is allocated.
+MAX_PARAMETERS = 1_000_000_000
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Add a model builder to the registry under its function name."""
+    """Add a model builder to the registry under its function name. A taken name is refused: run folders name
+    their model, and a second builder under that name would silently rebuild other runs' checkpoints."""
+    if fn.__name__ in _MODELS:
+        raise ConfigError(f"a model named {fn.__name__!r} is already registered; choose another name")
     _MODELS[fn.__name__] = fn
     return fn
 
@@ -50,8 +56,47 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
+def check_model_args(name: str, args: dict) -> nn.Module:
+    """Build the model on the meta device (shapes only, no memory) to check its options, and refuse one of more
+    than MAX_PARAMETERS parameters; returns that shape-only model. Every problem is a one-line ConfigError."""
+    if not isinstance(args, dict):
+        raise ConfigError(f"model_args must be a dict of options, got {type(args).__name__}")
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **args)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"model {name!r} cannot be built with {args} ({detail})") from None
+    count = count_parameters(probe)
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"model {name!r} with {args} would have {count:,} parameters, more than digitlab's "
+                          f"limit of {MAX_PARAMETERS:,}")
+    return probe
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def positive_int(model: str, key: str, value) -> int:
+    """A builder option that must be a whole number above zero (JSON gives 1e3 as a float: refused too)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{model}: {key} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def probability(model: str, key: str, value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ConfigError(f"{model}: {key} must be a number from 0 up to (not including) 1, got {value!r}")
+    return float(value)
+
+
+def choice(model: str, key: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{model}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +123,9 @@ class MLP(nn.Module):
 @register_model
 def mlp(hidden: tuple[int, ...] = (300, 100)) -> nn.Module:
     """Multilayer perceptron 784-300-100-10 with BatchNorm1d and ReLU (LeCun et al. 1998's sizes)."""
-    return MLP(tuple(hidden))
+    if not isinstance(hidden, (list, tuple)):
+        raise ConfigError(f"mlp: hidden must be a list of layer widths, e.g. [300, 100], got {hidden!r}")
+    return MLP(tuple(positive_int("mlp", "each hidden width", h) for h in hidden))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,9 +139,8 @@ class LeNet5(nn.Module):
         super().__init__()
         acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
         pools = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
-        if activation not in acts or pool not in pools:
-            raise ConfigError(f"lenet5: activation must be one of {list(acts)}, pool one of {list(pools)}")
-        act, pool_cls = acts[activation], pools[pool]
+        act = acts[choice("lenet5", "activation", activation, acts)]
+        pool_cls = pools[choice("lenet5", "pool", pool, pools)]
         self.features = nn.Sequential(
             nn.Conv2d(1, 6, 5, padding=2), act(), pool_cls(2),  # (B, 6, 14, 14)
             nn.Conv2d(6, 16, 5), act(), pool_cls(2),  # (B, 16, 5, 5)
@@ -140,7 +186,7 @@ class CNN(nn.Module):
 @register_model
 def cnn(dropout: float = 0.5) -> nn.Module:
     """Small CNN with BatchNorm and dropout, the common 'MNIST CNN with BN' tutorial network."""
-    return CNN(dropout)
+    return CNN(probability("cnn", "dropout", dropout))
 
 
 class AlexNet(nn.Module):
@@ -169,7 +215,7 @@ class AlexNet(nn.Module):
 @register_model
 def alexnet(dropout: float = 0.5) -> nn.Module:
     """AlexNet (Krizhevsky et al. 2012) adapted to 28x28: 5 conv layers, 9216-4096-4096-10 head."""
-    return AlexNet(dropout)
+    return AlexNet(probability("alexnet", "dropout", dropout))
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -202,7 +248,7 @@ class DigitNet(nn.Module):
 @register_model
 def digitnet(width: int = 32, depth: int = 2) -> nn.Module:
     """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
-    return DigitNet(width, depth)
+    return DigitNet(positive_int("digitnet", "width", width), positive_int("digitnet", "depth", depth))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,16 +273,19 @@ class RowRNN(nn.Module):
 @register_model
 def rnn(hidden_size: int = 128, num_layers: int = 1) -> nn.Module:
     """Elman RNN (tanh) over image rows."""
-    return RowRNN("rnn", hidden_size, num_layers)
+    return RowRNN("rnn", positive_int("rnn", "hidden_size", hidden_size),
+                  positive_int("rnn", "num_layers", num_layers))
 
 
 @register_model
 def lstm(hidden_size: int = 128, num_layers: int = 1) -> nn.Module:
     """LSTM (Hochreiter & Schmidhuber 1997) over image rows, as in pytorch/examples mnist_rnn."""
-    return RowRNN("lstm", hidden_size, num_layers)
+    return RowRNN("lstm", positive_int("lstm", "hidden_size", hidden_size),
+                  positive_int("lstm", "num_layers", num_layers))
 
 
 @register_model
 def gru(hidden_size: int = 128, num_layers: int = 1) -> nn.Module:
     """GRU (Cho et al. 2014) over image rows."""
-    return RowRNN("gru", hidden_size, num_layers)
+    return RowRNN("gru", positive_int("gru", "hidden_size", hidden_size),
+                  positive_int("gru", "num_layers", num_layers))

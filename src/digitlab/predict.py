@@ -23,7 +23,7 @@ import torch
 from digitlab.backends import OnnxBackend, TorchBackend
 from digitlab.errors import ConfigError
 from digitlab.normalize import normalize
-from digitlab.runs import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel, load_run
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 RUNTIMES = ("torch", "onnx")

@@ -1,4 +1,5 @@
-"""Run folders: config.json, metrics.csv, checkpoints and figures of one training run.
+"""Run folders: config.json, metrics.csv, checkpoints and figures of one training run, and the rules that keep
+a folder from being damaged.
 
     runs/<time>-<name>/
         config.json          everything needed to rebuild model and preprocessing
@@ -6,44 +7,65 @@
         last.safetensors     weights after the latest epoch (+ last.state.pt to resume)
         best.safetensors     weights with the best test accuracy so far
         curves.png           loss and accuracy curves
+        .lock                while a training runs in it: that process's pid and host
 
-load_run() rebuilds a model from a folder (or a lone .safetensors file) through the model registry;
-nothing in a run folder is ever unpickled.
+claim_run_dir() is how a training takes a folder: a new run only gets an empty (or new) folder, unless
+force=True, which first removes the files of a previous run; a resume only continues a run with its own recipe
+(RESUMABLE lists what may change). Both hold the folder's lock for the whole training. Loading a trained model
+from a folder is checkpoint.load_run().
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
+import os
+import socket
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Iterator
 
-import torch
-
-from digitlab.checkpoint import commit, read_weights, write_tmp
+from digitlab import atomic
 from digitlab.config import TrainConfig, config_from_json
-from digitlab.data import get_spec
 from digitlab.errors import ConfigError, RunError
-from digitlab.models import create_model
-from digitlab.normalize import NORMALIZATIONS
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
                   "test_accuracy", "lr", "elapsed_s", "images_per_s", "data_fraction"]  # val_*: empty without val_size
+# Read back by plot and compare: a metrics.csv without them, or with a blank or a word in them, is damaged.
+REQUIRED_METRICS = ("step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "elapsed_s")
+LOCK_NAME = ".lock"
+# What a training writes into its folder (and eval/export next to it): what --force removes before a new run,
+# so nothing of the old run (a better best.safetensors above all) is left to be mixed with the new one.
+RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors", "last.state.pt", "curves.png",
+             "confusion-best.png", "confusion-last.png", "misclassified-best.png", "misclassified-last.png",
+             "model.onnx", "model.pt")
+# Fields a resume may change: they decide how long, where and how fast the run goes on, or what it reports,
+# not what each step learns. Anything else (model, optimiser, lr, data, augmentation...) would continue the
+# checkpoint as another recipe than the one its config.json and metrics.csv describe.
+RESUMABLE = ("epochs", "max_steps", "target_accuracy", "eval_every", "log_every", "eval_batch_size", "threads",
+             "device", "compile", "data_dir", "out")
 
 
 def new_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
-    """runs/<YYYYmmdd-HHMMSS>-<preset or model>, made unique if it exists."""
+    """Create runs/<YYYYmmdd-HHMMSS>-<preset or model>, with -2, -3... if taken (also by a run started the
+    same second in another process: mkdir is the test)."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset or cfg.model}"
-    path = Path(root) / stem
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{stem}-{n}"
-    return path
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path, n = Path(root) / stem, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = Path(root) / f"{stem}-{n}"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    commit((write_tmp(path, lambda tmp: tmp.write_text(text)), path))
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    atomic.write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
@@ -52,17 +74,41 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(run_dir / "metrics.csv", buf.getvalue())
+    atomic.write_text_atomic(run_dir / "metrics.csv", buf.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.csv rows with numbers parsed."""
+    """metrics.csv rows with numbers parsed; a missing column, or a word or blank where a number belongs, is a
+    RunError naming the line and column."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise RunError(f"{run_dir} has no metrics.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"{path} cannot be read ({e})") from None
+    missing = [c for c in REQUIRED_METRICS if c not in columns]
+    if missing:
+        raise RunError(f"{path} has no column {', '.join(missing)}: it was not written by digitlab, or is damaged")
+    return [parse_metrics_row(row, path, line) for line, row in enumerate(rows, start=2)]
+
+
+def parse_metrics_row(row: dict, path: Path, line: int) -> dict:
+    out = {}
+    for key, value in row.items():
+        if key is None or value is None:  # more cells than columns, or fewer
+            raise RunError(f"{path} line {line}: the row does not have one cell per column")
+        if value == "" and key not in REQUIRED_METRICS:
+            out[key] = None
+            continue
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise RunError(f"{path} line {line}, column {key}: {value!r} is not a number") from None
+    return out
 
 
 def read_config(run_dir: Path) -> TrainConfig:
@@ -71,88 +117,217 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise RunError(f"{run_dir} is not a run folder: it has no config.json")
     try:
         return config_from_json(path.read_text())
-    except ConfigError as e:
+    except (ConfigError, OSError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: {e}") from None
 
 
-@dataclass
-class LoadedModel:
-    """A model rebuilt from a checkpoint, in eval mode, with what is needed to feed it."""
-
-    model: torch.nn.Module
-    model_name: str
-    model_args: dict
-    normalization: str
-    dataset: str
-    classes: tuple[str, ...]
-    source: Path
-    meta: dict
+# ---------------------------------------------------------------------------------------------
+# Taking a folder for a training
 
 
-def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Module:
-    """create_model(name, **args) whose state_dict has exactly the shapes of `weights`, else a RunError.
+def check_resume_compatible(saved: TrainConfig, requested: TrainConfig, run_dir: Path) -> None:
+    """A resume may change only RESUMABLE fields of the run's saved config; anything else is a ConfigError
+    naming each field with its saved and requested values."""
+    old, new = asdict(saved), asdict(requested)
+    changed = [k for k in old if k not in RESUMABLE and old[k] != new[k]]
+    if changed:
+        what = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ConfigError(f"--resume {run_dir} cannot change the recipe it was trained with ({what}); a resume may "
+                          f"change only {', '.join(RESUMABLE)}. Start a new run (another --out) for a new recipe")
 
-    The model is first built on the meta device (no memory), so metadata asking for a huge model
-    fails here instead of allocating more than the weights file holds.
+
+def check_work_left(run_dir: Path, cfg: TrainConfig, epochs_done: int, steps_done: int) -> None:
+    """A resume with nothing to train is an error (and writes nothing), not a run that silently does nothing."""
+    if epochs_done >= cfg.epochs:
+        raise RunError(f"{run_dir} has already trained {epochs_done} epoch{'s' * (epochs_done != 1)} of "
+                       f"{cfg.epochs}: nothing to do; give --epochs N with N above {epochs_done} to train more")
+    if cfg.max_steps and steps_done >= cfg.max_steps:
+        raise RunError(f"{run_dir} has already taken {steps_done} steps, the --max-steps {cfg.max_steps} limit: "
+                       "nothing to do; give a larger --max-steps, or --max-steps 0 for no limit")
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: TrainConfig, resume: bool, force: bool = False,
+                  log: Callable[[str], None] = print) -> Iterator[Path]:
+    """Lock the run folder for the life of the `with` block and yield it.
+
+    A resume needs cfg.out to be a run folder whose config.json only differs from cfg in RESUMABLE fields; its
+    config.json is rewritten later, once the checkpoint has loaded. A new run takes a new or empty folder (or,
+    with force=True, one whose previous run files are removed first) and writes config.json.
     """
-    if not isinstance(name, str) or not isinstance(args, dict):
-        raise RunError(f"{source}: checkpoint metadata does not name a model and its options")
+    if resume and not cfg.out:
+        raise ConfigError("resume needs out: the run folder to continue")
+    run_dir = Path(cfg.out) if cfg.out else new_run_dir(cfg)
+    if resume and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run folder")
+    if not resume:
+        make_folder(run_dir)
+    lock = RunLock(run_dir)
+    lock.acquire(log)
     try:
-        with torch.device("meta"):
-            probe = create_model(name, **args)
-    except (ConfigError, TypeError, ValueError, RuntimeError) as e:
-        detail = str(e).splitlines()[0] if str(e) else repr(e)
-        raise RunError(f"{source}: cannot rebuild model {name!r} with {args} ({detail})") from None
-    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
-        raise RunError(f"{source}: weights do not fit model {name!r} with {args} "
-                       f"(first differing tensors, name and shape: {diff})")
-    return create_model(name, **args)
+        if resume:  # checked again under the lock: the config may have changed since resume_config read it
+            check_resume_compatible(read_config(run_dir), cfg, run_dir)
+        else:
+            clear_for_new_run(run_dir, force, log)
+            try:
+                write_config(run_dir, cfg)
+            except RunError as e:
+                raise RunError(f"cannot write the run folder {run_dir}: {e}") from None
+        yield run_dir
+    finally:
+        lock.release()
 
 
-def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
-    """Rebuild the registered model named in `meta` and load `weights` into it strictly."""
-    if "model" not in meta:
-        raise RunError(f"{source}: checkpoint metadata does not name a model")
-    name, args = meta["model"], meta.get("model_args", {})
-    model = build_model_checked(name, args, weights, source)
+def make_folder(run_dir: Path) -> None:
     try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise RunError(f"{source}: weights do not fit model {name!r} with {args} ({detail})") from None
-    model.eval()
-    dataset, normalization = meta.get("dataset", "mnist"), meta.get("normalization", "standard")
-    classes = meta.get("classes") or get_spec(dataset).classes
-    if normalization not in NORMALIZATIONS:
-        raise RunError(f"{source}: unknown normalization {normalization!r} in its metadata")
-    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-        raise RunError(f"{source}: class names in its metadata are not a list of strings")
-    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
 
 
-def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
-    """A run folder + 'best'/'last', or a .safetensors file given directly."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise RunError(f"{path} does not exist (expected a run folder or a .safetensors file)")
-    if checkpoint not in ("best", "last"):
-        raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    candidate = path / f"{checkpoint}.safetensors"
-    if not candidate.is_file():
-        raise RunError(f"{path} has no {checkpoint}.safetensors: is it a digitlab run folder, "
-                       "and did its first epoch finish?")
-    return candidate
+def clear_for_new_run(run_dir: Path, force: bool, log: Callable[[str], None]) -> None:
+    """Refuse a folder that holds anything (but lock files) unless force; with force, remove a previous run's
+    files (RUN_FILES and their .tmp files) and leave anything else alone."""
+    present = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(LOCK_NAME))
+    if not present:
+        return
+    if not force:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        hint = (f"to continue that run use --resume {run_dir}; " if "config.json" in present else "")
+        raise RunError(f"{run_dir} is not empty ({shown}): {hint}choose a new or empty folder with --out, "
+                       "or add --force to replace the run files in it")
+    removed = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.removesuffix(".tmp") in RUN_FILES]
+    for path in removed:
+        try:
+            path.unlink()
+        except OSError as e:
+            raise RunError(f"--force: cannot remove {path} ({e.strerror or e})") from None
+    log(f"--force: replacing the run in {run_dir} (removed {', '.join(sorted(p.name for p in removed)) or 'nothing'})")
 
 
-def load_run(path: str | Path, checkpoint: str = "best") -> LoadedModel:
-    """Load a trained model from a run folder (or .safetensors file), ready for inference on CPU."""
-    source = resolve_checkpoint(path, checkpoint)
-    if source.parent.joinpath("config.json").is_file() and Path(path).is_dir():
-        read_config(source.parent)  # a run folder whose config is broken is an error, not ignored
-    weights, meta = read_weights(source)
-    return build_from_weights(weights, meta, source)
+class RunLock:
+    """RUN/.lock: the pid, host and a random token of the training using the folder.
+
+    The file appears whole or not at all: it is written under a unique name and hard-linked into place, which
+    fails if a lock exists (O_CREAT|O_EXCL with a write after it would leave an empty lock if killed between
+    the two). A lock whose pid is no longer alive on this host is stale (its training was killed) and is taken
+    over; one from another host cannot be checked and is refused. release() removes the lock only while it is
+    still this object's own (token match).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def acquire(self, log: Callable[[str], None] = print) -> None:
+        text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token})
+        for _attempt in range(5):  # a retry only follows the removal of a stale lock
+            if self._place(text):
+                self.held = True
+                return
+            holder = self._read_holder()
+            if holder is None:  # gone between our attempt and the read: try again
+                continue
+            if holder_alive(holder):
+                raise RunError(f"{self.run_dir} is in use by another training (pid {holder['pid']} on "
+                               f"{holder['host']}, lock {self.path}); wait for it to end, or delete {self.path} "
+                               "if no training is running there")
+            if self._remove_stale(holder):
+                log(f"{self.run_dir}: taking over the lock of pid {holder['pid']}, which is no longer running")
+        raise RunError(f"{self.run_dir}: could not take its lock {self.path}: other trainings keep taking it")
+
+    def _place(self, text: str) -> bool:
+        """Put our lock file in place; False if a lock is there already."""
+        tmp = self.run_dir / f"{LOCK_NAME}.{self.token}"
+        try:
+            tmp.write_text(text)
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: exclusive create, then write
+                return self._place_exclusive(text)
+        except OSError as e:
+            raise RunError(f"cannot write the lock {self.path} ({e.strerror or e})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _place_exclusive(self, text: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def _read_holder(self) -> dict | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunError(f"cannot read the lock {self.path} ({e})") from None
+        try:
+            holder = json.loads(text)
+            if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str):
+                return {**holder, "text": text}
+        except json.JSONDecodeError:
+            pass
+        raise RunError(f"{self.run_dir} has a lock {self.path} that digitlab cannot tell who holds it; delete it "
+                       "if no training is running in that folder")
+
+    def _remove_stale(self, holder: dict) -> bool:
+        """Move the stale lock aside and delete it; if what was moved is not that lock any more (another process
+        took the stale lock over in the meantime), put it back. True when a stale lock was removed."""
+        aside = self.run_dir / f"{LOCK_NAME}.stale.{self.token}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if aside.read_text() == holder["text"]:
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.token:
+                self.path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass  # gone or replaced: it is not ours to remove
+
+
+def holder_alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock may still run: only a pid on this host can be checked."""
+    if holder["host"] != socket.gethostname():
+        return True
+    pid = holder["pid"]
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return not is_zombie(pid)
+
+
+def is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux: state Z in /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from digitlab import distributed as dist
 from digitlab.augment import augment
-from digitlab.checkpoint import has_checkpoint, load_training_checkpoint, save_checkpoint, save_weights
+from digitlab.checkpoint import (has_checkpoint, load_model_state, load_optimizer_state, load_training_checkpoint,
+                                 save_checkpoint, save_weights)
 from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
 from digitlab.device import cpu_has_native_bf16, pick_device, rng_state, set_rng_state, set_seed, training_autocast
@@ -41,7 +42,8 @@ from digitlab.evaluate import predict_logits
 from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import build_optimizer, lr_at, set_lr
-from digitlab.runs import new_run_dir, read_config, write_metrics, write_text_atomic
+from digitlab.runs import (check_resume_compatible, check_work_left, claim_run_dir, read_config, write_config,
+                           write_metrics)
 from digitlab.split import stratified_split
 
 
@@ -89,19 +91,31 @@ class Progress:
 
 
 def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistContext, log) -> Progress:
-    """Load the last checkpoint into model and optimiser, restore the RNGs, and say where to go on from."""
+    """Load the last checkpoint into model and optimiser, restore the RNGs, and say where to go on from.
+
+    Only once all of it has loaded is config.json rewritten with the resumed settings (rank 0), so a resume
+    that fails (a damaged checkpoint, nothing left to train) leaves the run folder as it was.
+    """
     if not has_checkpoint(run_dir, "last"):
         log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
+        if ctx.is_main:
+            write_config(run_dir, cfg)
         return Progress()
     if not ctx.is_main:
         dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
     weights, _meta, state = load_training_checkpoint(run_dir, "last")
     if ctx.is_main:
         dist.barrier()
-    model.load_state_dict(state.get("train_weights", weights))  # with EMA the .safetensors holds the average
-    optimizer.load_state_dict(state["optimizer"])
+    check_work_left(run_dir, cfg, state["epoch"], state["step"])
+    source = run_dir / "last.state.pt"
+    load_model_state(model, state.get("train_weights", weights), source)  # with EMA .safetensors is the average
+    load_optimizer_state(optimizer, state["optimizer"], source)
     if ctx.is_main:
-        set_rng_state(state["rng"])
+        try:
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+            raise RunError(f"{source}: the saved 'rng' state cannot be restored ({e})") from None
+        write_config(run_dir, cfg)
     else:  # only rank 0's RNG state is saved; the others get a fresh, distinct stream
         set_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
     log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}")
@@ -124,23 +138,32 @@ def rank_shard(num_examples: int, seed: int, epoch: int, rank: int = 0, world_si
     return epoch_permutation(num_examples, seed, epoch)[:n][rank::world_size]
 
 
-def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext) -> Path:
-    """Create (rank 0) and share the run folder; fail before training if it cannot be written."""
-    run_dir = None
+def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext, resume: bool, force: bool,
+                    held: contextlib.ExitStack, log) -> Path:
+    """Rank 0 claims the run folder (runs.claim_run_dir: its lock, held in `held` until training ends, the
+    refusal of a folder that is not this run's, config.json of a new run) and shares it; when it cannot,
+    every rank raises the same error before training."""
+    run_dir, error = None, None
     if ctx.is_main:
-        run_dir = Path(cfg.out) if cfg.out else new_run_dir(cfg)
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-        except OSError as e:
-            raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
-    return Path(dist.broadcast_object(str(run_dir) if run_dir else None))
+            run_dir = str(held.enter_context(claim_run_dir(cfg, resume, force, log)))
+        except DigitlabError as e:
+            if not ctx.enabled:
+                raise
+            error = e
+    run_dir, error = dist.broadcast_object((run_dir, error))
+    if error is not None:
+        raise error
+    return Path(run_dir)
 
 
 def resume_config(run: str | Path, **overrides) -> TrainConfig:
-    """The saved config of a run with `overrides` applied and `out` pointing back at it."""
-    saved = asdict(read_config(Path(run)))
-    return make_config(saved, **{**overrides, "out": str(run)})
+    """The saved config of a run with `overrides` applied and `out` pointing back at it; overriding a field that
+    changes what is learned (anything but runs.RESUMABLE) is a ConfigError naming the fields."""
+    saved = read_config(Path(run))
+    cfg = make_config(asdict(saved), **{**overrides, "out": str(run)})
+    check_resume_compatible(saved, cfg, Path(run))
+    return cfg
 
 
 @torch.no_grad()
@@ -160,21 +183,23 @@ def log_line(text: str) -> None:
 
 
 
-
 def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-          progress: bool = True, log=log_line) -> TrainResult:
+          progress: bool = True, log=log_line, force: bool = False) -> TrainResult:
     """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint.
-    `progress` shows tqdm bars (rank 0 only). Ctrl-C raises TrainingInterrupted, saying what was saved."""
+    `progress` shows tqdm bars (rank 0 only). Ctrl-C raises TrainingInterrupted, saying what was saved.
+    force=True lets a new run take a folder that holds files (a previous run's are removed first)."""
     cfg.validate()
     ctx = dist.context_from_env()
     device = dist.rank_device(ctx, pick_device(cfg.device))
     dist.setup(ctx, device)
     try:
-        run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device)
-        try:
-            return run_epochs(run)
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
+        with contextlib.ExitStack() as held:  # the run folder's lock, released on every way out
+            run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device,
+                        held, force)
+            try:
+                return run_epochs(run)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
     finally:
         dist.cleanup()
 
@@ -216,14 +241,14 @@ class RunState:
 
 
 def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bool, log,
-          ctx: dist.DistContext, device: torch.device) -> RunState:
+          ctx: dist.DistContext, device: torch.device, held: contextlib.ExitStack, force: bool) -> RunState:
     """Threads, seed, data and its hold-out, run folder, model, optimiser, resumed progress, EMA, DDP/compile."""
     set_threads(cfg, ctx, device)
     local_batch = dist.check_batch_size(ctx, cfg.batch_size)
     set_seed(cfg.seed + ctx.rank)
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
     train_x, train_y, eval_sets = split_data(ds, cfg.val_size)  # a bad val_size fails before anything is written
-    run_dir = prepare_run_dir(cfg, ctx)
+    run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
     model = create_model(cfg.model, **cfg.model_args).to(device)
     memory_format = channels_last_for(model, cfg, device)
     optimizer = build_optimizer(model, cfg)
