@@ -200,15 +200,15 @@ class Predictor:
         return [self.describe_probs(p, top_k) for p in self.probabilities(batch)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,
-                      chunk: int = CHUNK) -> Iterator[FileResult]:
+                      chunk: int | None = None) -> Iterator[FileResult]:
         """Predict image files in their given order, streamed: a FileResult per file, chunk by chunk.
 
         An unreadable file is a FileResult with `error` set; the others are still predicted. Each chunk's images
         go through the model in one batch (per-image calls cost ~2x on CPU). Reading and preprocessing, most of
         the time, is spread over `workers` processes (None: one per CPU) for more than POOL_MIN_FILES files;
-        the next chunk is preprocessed while the current one is predicted.
+        the next chunk is preprocessed while the current one is predicted. `chunk`: files per step (CHUNK).
         """
-        paths = [Path(p) for p in paths]
+        paths, chunk = [Path(p) for p in paths], chunk or CHUNK
         workers = cpu_count() if workers is None else workers
         if workers <= 1 or len(paths) < POOL_MIN_FILES:
             for start in range(0, len(paths), chunk):
