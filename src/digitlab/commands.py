@@ -357,26 +357,42 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
 
 
 def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int:
+    """One line per file in the given order, streamed chunk by chunk (Predictor.predict_files batches the model
+    and spreads preprocessing over processes); an unreadable file is an error line, the rest still predicted."""
+    from digitlab.predict import CHUNK
+
     save_dir = prepare_save_dir(args.save_preprocessed, paths) if args.save_preprocessed else None
-    failed, used_names = 0, set()
-    for path in paths:
-        try:
-            image = predictor.to_input(str(path))  # the 28x28 MNIST-style image the model sees
-            pred = predictor.predict(image, top_k=args.top_k, preprocess=False)[0]
-        except DigitlabError as e:
-            failed += 1
-            print(json.dumps({"file": str(path), "error": str(e)}) if args.json else f"{path}: error: {e}",
-                  file=sys.stdout if args.json else sys.stderr)
-            continue
-        saved = save_preprocessed(image, save_dir, path.stem, used_names) if save_dir else None
-        if args.json:
-            extra = {"preprocessed": str(saved)} if saved else {}
-            print(json.dumps({"file": str(path), **pred.to_dict(), **extra}))
-        else:
-            top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
-            print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"
-                  + (f"  saved {saved}" if saved else ""))
+    # Tiny batches of a small CNN: one intra-op thread is faster than several, which contend with the
+    # preprocessing workers for the same cores (benchmarks/predict_folder.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        failed, used_names = 0, set()
+        for n, result in enumerate(predictor.predict_files(paths, top_k=args.top_k), 1):
+            failed += print_file_result(result, save_dir, used_names, args)
+            if n % CHUNK == 0:
+                sys.stdout.flush()  # progress shows when the output is piped, too
+    finally:
+        torch.set_num_threads(threads)  # process-wide: callers of main() in the same process keep theirs
     return 1 if failed else 0
+
+
+def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace) -> int:
+    """Print one FileResult the way `digitlab predict` always has; 1 if it is an error, else 0."""
+    path, pred, error = result.path, result.prediction, result.error
+    if error is not None:
+        print(json.dumps({"file": str(path), "error": error}) if args.json else f"{path}: error: {error}",
+              file=sys.stdout if args.json else sys.stderr)
+        return 1
+    saved = save_preprocessed(result.image, save_dir, path.stem, used_names) if save_dir else None
+    if args.json:
+        extra = {"preprocessed": str(saved)} if saved else {}
+        print(json.dumps({"file": str(path), **pred.to_dict(), **extra}))
+    else:
+        top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
+        print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"
+              + (f"  saved {saved}" if saved else ""))
+    return 0
 
 
 def prepare_save_dir(folder: str, inputs: list[Path]) -> Path:
