@@ -49,8 +49,11 @@ def test_percentile_is_numpys(dtype: type, q: float):
 def test_histogram_is_numpys():
     rng = np.random.default_rng(1)
     cases = [a for a in arrays(np.float32) + arrays(np.float64) if np.ptp(a) > 0]
-    edges = np.linspace(np.float32(0.1), np.float32(0.9), 129, dtype=np.float32)
-    cases.append(np.concatenate([edges, rng.random(200).astype(np.float32)]))  # values exactly on the edges
+    for _ in range(20):  # values on the bin edges and one float away, where the division lands a bin off
+        low, high = np.float32(rng.random()), np.float32(rng.random() + 1)
+        edges = np.linspace(low, high, 129, dtype=np.float32)
+        near = np.concatenate([edges, np.nextafter(edges, low - 1), np.nextafter(edges, high + 1)])
+        cases.append(near[(near >= low) & (near <= high)])
     for a in cases:
         for bins in (128, 7):
             hist, e = pp._histogram(a, bins)
