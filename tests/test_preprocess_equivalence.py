@@ -113,3 +113,21 @@ def test_fit_layout_cache_cannot_be_changed():
     with pytest.raises(ValueError):
         layout.basis[0, 0] = 5
     assert pp._fit_layout(64, 64) is layout
+
+
+def square_dilation(mask: np.ndarray, r: int) -> np.ndarray:
+    """Reference: a pixel is set when any True pixel lies within r rows and r columns of it."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for y, x in zip(*np.nonzero(mask)):
+        out[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1] = True
+    return out
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 7, 8, 35])
+def test_dilation_is_the_square_window(r: int):
+    rng = np.random.default_rng(r)
+    for shape in ((64, 64), (5, 90), (90, 3), (1, 1)):
+        for density in (0.0, 0.002, 0.02, 0.3):
+            mask = rng.random(shape) < density
+            assert np.array_equal(pp._dilate(mask, r), square_dilation(mask, r)), (shape, density)

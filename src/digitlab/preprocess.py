@@ -134,7 +134,7 @@ def _image_pixels(im: Image.Image) -> np.ndarray:
     if im.mode in ALPHA_MODES or "transparency" in im.info:  # includes palette images with a clear colour
         return _to_unit(np.asarray(im.convert("RGBA")))
     if im.mode in ("1", "L"):
-        return _to_unit(np.asarray(im.convert("L")))[..., None]
+        return _to_unit(np.asarray(im if im.mode == "L" else im.convert("L")))[..., None]
     return _to_unit(np.asarray(im.convert("RGB")))  # CMYK, YCbCr, palette without transparency, ...
 
 
@@ -375,11 +375,23 @@ def _zero_padded(a: np.ndarray, before: int, after: int, dtype: type | np.dtype 
     return out
 
 
+def _dilate_rows(mask: np.ndarray, r: int) -> np.ndarray:
+    """Along axis 0, pixels within r of a True pixel: ORs of windows doubling in width, log2(2r + 1) passes."""
+    n, width, k = mask.shape[0], 2 * r + 1, 1
+    p = np.zeros((n + 2 * r,) + mask.shape[1:], dtype=bool)
+    p[r:r + n] = mask
+    while 2 * k <= width:
+        p = p[:-k] | p[k:]  # p[i]: any True in the original p[i:i + 2k]
+        k *= 2
+    return p[:n] | p[width - k:width - k + n]  # two overlapping k-wide windows cover the 2r+1 window
+
+
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Pixels within r (a square window) of a True pixel, via a summed-area table: cost independent of r."""
-    c = _zero_padded(mask, r + 1, r, np.int32).cumsum(0).cumsum(1)
-    k = 2 * r + 1
-    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) > 0
+    """Pixels within r (a square window) of a True pixel: the window along rows, then along columns.
+
+    Boolean ORs of shifted slices; a summed-area table (two int64 cumulative sums) took 30 ms at 1024 px.
+    """
+    return _dilate_rows(_dilate_rows(mask, r).T, r).T
 
 
 def _grow1(mask: np.ndarray) -> np.ndarray:
@@ -392,8 +404,12 @@ def _grow1(mask: np.ndarray) -> np.ndarray:
 def _mean3(a: np.ndarray) -> np.ndarray:
     """3x3 mean, zeros outside: noise and JPEG blocks shrink, strokes stay."""
     p = _zero_padded(a, 1, 1)
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
+    rows = p[:-2] + p[1:-1]
+    rows += p[2:]  # in place: the same sums, fewer temporary arrays on a large image
+    out = rows[:, :-2] + rows[:, 1:-1]
+    out += rows[:, 2:]
+    out /= 9
+    return out
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -515,7 +531,7 @@ def _scale_to_box(soft: np.ndarray) -> tuple[np.ndarray, tuple[float, float, flo
     src_top = (top + bottom - out_h / scale) / 2  # the source region, centred on the box
     src_left = (left + right - out_w / scale) / 2
     y0, x0 = math.floor(src_top), math.floor(src_left)
-    region = _window(soft.astype(np.float32), y0, math.ceil(src_top + out_h / scale) + 1,
+    region = _window(soft.astype(np.float32, copy=False), y0, math.ceil(src_top + out_h / scale) + 1,
                      x0, math.ceil(src_left + out_w / scale) + 1)
     box = (src_left - x0, src_top - y0, src_left - x0 + out_w / scale, src_top - y0 + out_h / scale)
     small = np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.LANCZOS, box=box))
