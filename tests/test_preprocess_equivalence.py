@@ -131,3 +131,13 @@ def test_dilation_is_the_square_window(r: int):
         for density in (0.0, 0.002, 0.02, 0.3):
             mask = rng.random(shape) < density
             assert np.array_equal(pp._dilate(mask, r), square_dilation(mask, r)), (shape, density)
+
+
+def test_kept_rows_are_boolean_indexing():
+    rng = np.random.default_rng(4)
+    layout = pp._fit_layout(64, 64)
+    for a in (layout.basis, rng.random((300, 3)).astype(np.float32), rng.random((50, 1)),
+              rng.random((40, 6))[::2]):  # read-only, colour, float64, not contiguous
+        for density in (0.0, 0.5, 1.0):
+            keep = rng.random(len(a)) < density
+            assert np.array_equal(pp._kept_rows(a, keep), a[keep]) and pp._kept_rows(a, keep).dtype == a.dtype
