@@ -29,10 +29,11 @@ numpy and Pillow only; every function is pure (inputs in, outputs out). Try it:
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
-from typing import BinaryIO, Union
+from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ def _image_pixels(im: Image.Image) -> np.ndarray:
     if im.mode in ALPHA_MODES or "transparency" in im.info:  # includes palette images with a clear colour
         return _to_unit(np.asarray(im.convert("RGBA")))
     if im.mode in ("1", "L"):
-        return _to_unit(np.asarray(im.convert("L")))[..., None]
+        return _to_unit(np.asarray(im if im.mode == "L" else im.convert("L")))[..., None]
     return _to_unit(np.asarray(im.convert("RGB")))  # CMYK, YCbCr, palette without transparency, ...
 
 
@@ -180,6 +181,47 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
     return pixels[:h, :w].reshape(h // f, f, w // f, f, c).mean(axis=(1, 3))
 
 
+#### Fast exact statistics
+# np.median, np.percentile and np.histogram spend 30-140 us each in Python on the few thousand pixels of a
+# small image, several times the arithmetic. These give the same numbers (same partition, same float32
+# interpolation); tests/test_preprocess_equivalence.py checks them against numpy.
+
+
+def _median(a: np.ndarray) -> np.ndarray:
+    """np.median(a, axis=0): the middle value, or the float mean of the two middle values."""
+    n = a.shape[0]
+    k = n // 2
+    if n % 2:
+        return np.partition(a, k, axis=0)[k]
+    part = np.partition(a, (k - 1, k), axis=0)
+    return (part[k - 1] + part[k]) / 2
+
+
+def _percentile(a: np.ndarray, q: float) -> np.floating:
+    """np.percentile(a, q) of a 1-D array, numpy's default linear interpolation, in a's dtype."""
+    n = a.size
+    virtual = (n - 1) * (q / 100)
+    i = math.floor(virtual)
+    if i >= n - 1:
+        return a.max()
+    part = np.partition(a, (i, i + 1))
+    low, high = part[i], part[i + 1]
+    gamma = virtual - i
+    diff = high - low
+    return high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma
+
+
+def _histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.histogram(values, bins) for a 1-D float array whose min and max differ: the same edges and counts."""
+    first, last = values.min(), values.max()
+    edges = np.linspace(first, last, bins + 1, endpoint=True, dtype=np.result_type(first, last, values))
+    index = (((values - first) / (last - first)) * bins).astype(np.intp)
+    index[index == bins] -= 1
+    index[values < edges[index]] -= 1  # the division can land a value one bin off near an edge: correct it
+    index[(values >= edges[index + 1]) & (index != bins - 1)] += 1
+    return np.bincount(index, minlength=bins), edges
+
+
 #### Levelling and polarity
 
 
@@ -200,102 +242,191 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
     return ring
 
 
+class _FitLayout(NamedTuple):
+    """Where the background fit samples an image of one size, and the quadratic basis there."""
+
+    step: int  # every step-th pixel of each axis is a sample
+    row0: int  # the first sampled row and column
+    col0: int
+    basis: np.ndarray  # (n, 6) float32: 1, x, y, x*x, x*y, y*y at each sample
+    basis64: np.ndarray  # the same in float64, as numpy would convert it to multiply with the float64 fit
+    edge: np.ndarray  # (n,) bool: the sample lies on the outermost sampled rows or columns
+    flat: np.ndarray  # (n,) flat index of each sample's pixel in the (H, W) image
+    y: np.ndarray  # (H, 1, 1) and (1, W, 1) coordinates of every pixel, for the full-size surface
+    x: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def _fit_layout(h: int, w: int) -> _FitLayout:
+    """The fit's sampling layout for an h x w image, cached: a folder of photos is mostly one size, and building
+    the basis costs as much as the fit on a small image. The arrays are read-only, so the cache stays intact."""
+    step = max(1, max(h, w) // FIT_GRID)
+    rows, cols = np.arange(_first(h, step), h, step), np.arange(_first(w, step), w, step)
+    y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
+    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    layout = _FitLayout(step, int(rows[0]), int(cols[0]), basis, basis.astype(np.float64),
+                        _ring((len(rows), len(cols))).ravel(),
+                        (rows[:, None] * w + cols[None, :]).ravel(),
+                        _coords(h)[:, None, None], _coords(w)[None, :, None])
+    for a in layout[3:]:
+        a.setflags(write=False)
+    return layout
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distance between the colours (n, c) and b, per row; for grey, |a - b| (the same numbers)."""
+    if a.shape[1] == 1:
+        return np.abs(a - b)[:, 0]
+    return np.linalg.norm(a - b, axis=1)
+
+
 def _paper_level(edge: np.ndarray) -> np.ndarray:
     """The paper's colour from the edge samples (n, c): the densest cluster, found by narrowing the median.
 
     The plain median lands on the grey rim of the ink when ink and its rim take half of the edge (a tight crop
     of thick strokes); re-taking the median of the samples nearest to it moves it onto the paper's plateau.
     """
-    level = np.median(edge, axis=0)
+    level = _median(edge)
     for _ in range(4):
-        dist = np.linalg.norm(edge - level, axis=1)
-        level = np.median(edge[dist <= np.median(dist)], axis=0)
+        dist = _distance(edge, level)
+        level = _median(edge[dist <= _median(dist)])
     return level
 
 
-def _background(pixels: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _kept_rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """a[keep] for a 2-D array, each row moved as one opaque item: numpy's row-wise boolean indexing is several
+    times slower on rows of a few numbers (59 against 8 us for the 64x64 fit's basis)."""
+    a = np.ascontiguousarray(a)
+    rows = a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(-1)
+    return rows[keep].view(a.dtype).reshape(-1, a.shape[1])
+
+
+def _fit_paper(basis: np.ndarray, sample: np.ndarray,
+               keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares quadratic (6, c) through the kept samples, and the kept samples' range per channel."""
+    b, kept = _kept_rows(basis, keep), _kept_rows(sample, keep)
+    coef = np.linalg.solve(b.T @ b + 1e-6 * np.eye(6), b.T @ kept)
+    return coef, kept.min(axis=0), kept.max(axis=0)
+
+
+def _background(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink).
 
-    Also returns the (rows, columns) of the samples it took for paper. The paper is found from the image's
+    Also returns the flat pixel indices of the samples it took for paper. The paper is found from the image's
     edges, not from the majority of its pixels: in a close crop or under a marker pen most pixels are ink,
     but the ink only touches the edges here and there, so most of the edge is still paper.
     """
     h, w, c = pixels.shape
-    step = max(1, max(h, w) // FIT_GRID)
-    rows, cols = np.arange(_first(h, step), h, step), np.arange(_first(w, step), w, step)
-    y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
-    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    sample = pixels[rows[0]::step, cols[0]::step].reshape(-1, c)
-    edge = _ring((len(rows), len(cols))).ravel()
-    resid = np.linalg.norm(sample - _paper_level(sample[edge]), axis=1)  # start from a flat page
-    for _ in range(3):
-        keep = resid <= 6 * np.percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
-        b = basis[keep]
-        coef = np.linalg.solve(b.T @ b + 1e-6 * np.eye(6), b.T @ sample[keep])  # least squares, (6, c)
+    fit = _fit_layout(h, w)
+    sample = pixels[fit.row0::fit.step, fit.col0::fit.step].reshape(-1, c)
+    resid = _distance(sample, _paper_level(sample[fit.edge]))  # start from a flat page
+    keep = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255  # ink is far from the surface
+    for i in range(3):
+        coef, low, high = _fit_paper(fit.basis, sample, keep)
+        if i == 2:
+            break
         # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
-        low, high = sample[keep].min(axis=0), sample[keep].max(axis=0)
-        resid = np.linalg.norm(sample - np.clip(basis @ coef, low, high), axis=1)
-    paper = np.unravel_index(np.flatnonzero(keep), (len(rows), len(cols)))
+        resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
+        refit = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255
+        if np.array_equal(refit, keep):  # the same samples would give the same fit again
+            break
+        keep = refit
     coef = coef.astype(np.float32)
-    y, x = _coords(h)[:, None, None], _coords(w)[None, :, None]
+    y, x = fit.y, fit.x
     # the same six terms, grouped so that only the x*y term is computed at full size
     surface = (coef[0] + coef[1] * x + coef[3] * x * x) + (coef[2] * y + coef[5] * y * y) + coef[4] * (x * y)
-    return np.clip(surface, low, high), (rows[paper[0]], cols[paper[1]])
+    return np.clip(surface, low, high), fit.flat[keep]
 
 
-def _ink_direction(dev: np.ndarray, paper: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _ink_direction(dev: np.ndarray, paper: np.ndarray) -> np.ndarray:
     """The colour direction along which the ink departs from the paper: the main axis of strong deviations."""
     if dev.shape[2] == 1:
         return np.ones(1)
     norms = np.linalg.norm(dev, axis=2)
-    strong = dev[norms > 4 * np.median(norms[paper]) + 2 / 255]  # (n, 3); paper's spread, as ink may be most
+    strong = dev[norms > 4 * _median(norms.ravel()[paper]) + 2 / 255]  # (n, 3); paper's spread, as ink may be most
     if len(strong) == 0:
         return np.ones(3) / np.sqrt(3)
     return np.linalg.eigh(strong.T @ strong)[1][:, -1]
 
 
-def _ink_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float]:
+def _ink_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
     """Levelled ink strength (H, W): about 0 on the paper, positive on the ink, whatever its polarity.
 
-    Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper).
+    Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper) and the
+    strength's 3x3 mean, which both polarity and the strokes need.
     """
     background, paper = _background(pixels)
-    light = background.mean(axis=2, keepdims=True)
+    grey = pixels.shape[2] == 1
+    light = background if grey else background.mean(axis=2, keepdims=True)
     top = max(float(light.max()), DARK_PAPER)
     dev = (pixels - background) * (top / np.maximum(light, top / 4))  # light multiplies: undo it on dim parts
-    direction = _ink_direction(dev, paper)
-    if direction.sum() < 0:  # make "positive" mean "brighter than the paper"
-        direction = -direction
-    strength = (dev * direction.astype(np.float32)).sum(axis=2)
-    noise = 1.4826 * float(np.median(np.abs(strength[paper])))
+    if grey:  # the only direction there is
+        strength = dev[..., 0]
+    else:
+        direction = _ink_direction(dev, paper)
+        if direction.sum() < 0:  # make "positive" mean "brighter than the paper"
+            direction = -direction
+        strength = (dev * direction.astype(np.float32)).sum(axis=2)
+    noise = 1.4826 * float(_median(np.abs(strength.ravel()[paper])))
+    smooth = _mean3(strength)
     if ink == "auto":  # the ink is the side with the strongest deviations (smoothed: lone pixels don't count)
-        smooth = _mean3(strength)
         ink = "bright" if smooth.max() >= -smooth.min() else "dark"
-    return (strength if ink == "bright" else -strength), noise
+    return (strength, noise, smooth) if ink == "bright" else (-strength, noise, -smooth)
 
 
 #### Strokes
 
 
+def _zero_padded(a: np.ndarray, before: int, after: int, dtype: type | np.dtype | None = None) -> np.ndarray:
+    """`a` inside a border of zeros (np.pad's constant mode, without its Python overhead)."""
+    h, w = a.shape
+    out = np.zeros((h + before + after, w + before + after), dtype or a.dtype)
+    out[before:before + h, before:before + w] = a
+    return out
+
+
+def _dilate_rows(mask: np.ndarray, r: int) -> np.ndarray:
+    """Along axis 0, pixels within r of a True pixel: ORs of windows doubling in width, log2(2r + 1) passes."""
+    n, width, k = mask.shape[0], 2 * r + 1, 1
+    p = np.zeros((n + 2 * r,) + mask.shape[1:], dtype=bool)
+    p[r:r + n] = mask
+    while 2 * k <= width:
+        p = p[:-k] | p[k:]  # p[i]: any True in the original p[i:i + 2k]
+        k *= 2
+    return p[:n] | p[width - k:width - k + n]  # two overlapping k-wide windows cover the 2r+1 window
+
+
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Pixels within r (a square window) of a True pixel, via a summed-area table: cost independent of r."""
-    c = np.pad(mask.astype(np.int32), ((r + 1, r), (r + 1, r))).cumsum(0).cumsum(1)
-    k = 2 * r + 1
-    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) > 0
+    """Pixels within r (a square window) of a True pixel: the window along rows, then along columns.
+
+    Boolean ORs of shifted slices; a summed-area table (two int64 cumulative sums) took 30 ms at 1024 px.
+    """
+    return _dilate_rows(_dilate_rows(mask, r).T, r).T
+
+
+def _grow1(mask: np.ndarray) -> np.ndarray:
+    """Cells within one cell (8 neighbours) of a True cell: a 3x3 OR done as two 3-wide passes."""
+    p = _zero_padded(mask, 1, 1)
+    rows = p[:-2] | p[1:-1] | p[2:]
+    return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
 
 
 def _mean3(a: np.ndarray) -> np.ndarray:
     """3x3 mean, zeros outside: noise and JPEG blocks shrink, strokes stay."""
-    p = np.pad(a, 1)
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
+    p = _zero_padded(a, 1, 1)
+    rows = p[:-2] + p[1:-1]
+    rows += p[2:]  # in place: the same sums, fewer temporary arrays on a large image
+    out = rows[:, :-2] + rows[:, 1:-1]
+    out += rows[:, 2:]
+    out /= 9
+    return out
 
 
 def _otsu(values: np.ndarray) -> float:
     """Otsu's threshold: the cut that best separates `values` into two classes."""
     if values.max() - values.min() < 1e-6:  # one value (a single dot): it is all ink
         return float(values.min()) / 2
-    hist, edges = np.histogram(values, bins=128)
+    hist, edges = _histogram(values, 128)
     centers = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -305,34 +436,62 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[np.nanargmax(between[:-1]) + 1])
 
 
-def _label(mask: np.ndarray) -> np.ndarray:
-    """8-connected components: each pixel gets its component's smallest flat index (mask.size off it)."""
+def _find(parent: list[int], i: int) -> int:
+    """The root of i's set in a union-find forest, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a small grid: (labels 0..count-1, `count` off the mask; count).
+
+    Works on runs of consecutive True cells in a row, not on cells: a digit on the 32x32 cell grid is about a
+    hundred runs, so joining touching runs of neighbouring rows with a union-find is a short Python loop, where
+    spreading labels cell by cell took up to 20 whole-grid passes.
+    """
     h, w = mask.shape
-    n = mask.size
-    labels = np.where(mask, np.arange(n).reshape(h, w), n)
-    while True:
-        p = np.pad(labels, 1, constant_values=n)
-        low = np.minimum.reduce([p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
-        low = np.append(np.where(mask, low, n).ravel(), n)
-        new = low[low[:-1]].reshape(h, w)  # pointer jumping: take the label of the label
-        if np.array_equal(new, labels):
-            return labels
-        labels = new
+    step = np.diff(_run_edges(mask), axis=1)  # +1 where a run starts, -1 just after it ends
+    run_row, start = np.nonzero(step == 1)  # a run covers columns start .. end - 1 of its row
+    end = np.nonzero(step == -1)[1]
+    # runs in adjacent rows touch (8 neighbours) when their column ranges, widened by one, overlap
+    touch = ((run_row[:, None] + 1 == run_row[None, :])
+             & (start[:, None] <= end[None, :]) & (start[None, :] <= end[:, None]))
+    parent = list(range(len(start)))
+    for a, b in zip(*(i.tolist() for i in np.nonzero(touch))):
+        ra, rb = _find(parent, a), _find(parent, b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([_find(parent, i) for i in range(len(parent))], dtype=np.intp)
+    ids = np.unique(roots, return_inverse=True)[1].reshape(-1)
+    count = int(ids.max()) + 1 if len(ids) else 0
+    labels = np.full(h * w, count, dtype=np.intp)
+    labels[np.flatnonzero(mask)] = np.repeat(ids, end - start)  # runs list the True cells in row-major order
+    return labels.reshape(h, w), count
+
+
+def _run_edges(mask: np.ndarray) -> np.ndarray:
+    """The mask as int8 with a False column on each side, so that every run has a start and an end."""
+    out = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    out[:, 1:-1] = mask
+    return out
 
 
 def _main_cells(strong: np.ndarray) -> np.ndarray:
     """Coarse cells holding the main strokes: groups of strong ink that are not specks beside the largest."""
     h, w = strong.shape
     f = max(2, math.ceil(max(h, w) / LABEL_GRID))  # cells of f x f pixels; they bridge gaps of a pixel or two
-    cells = np.pad(strong, ((0, -h % f), (0, -w % f)))
+    cells = strong
+    if h % f or w % f:
+        cells = np.zeros((h + -h % f, w + -w % f), bool)
+        cells[:h, :w] = strong
     mass = cells.reshape(cells.shape[0] // f, f, cells.shape[1] // f, f).sum(axis=(1, 3))
-    labels = _label(mass > 0)
-    totals = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=mass.size + 1)
+    labels, count = _components(mass > 0)
+    totals = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count + 1)
     keep = totals >= SPECK_FRACTION * totals[:-1].max()
     keep[-1] = False  # the label of empty cells
-    kept = np.pad(keep[labels], 1)
-    kept = np.logical_or.reduce([kept[dy:dy + mass.shape[0], dx:dx + mass.shape[1]]  # and their neighbours
-                                 for dy in range(3) for dx in range(3)])
+    kept = _grow1(keep[labels])  # and their neighbours
     return kept.repeat(f, axis=0).repeat(f, axis=1)[:h, :w]
 
 
@@ -342,21 +501,22 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _soft_ink(strength: np.ndarray, noise: float) -> np.ndarray:
-    """Ink in [0, 1] on 0 (`noise`: the paper's sigma): specks removed, soft edges kept, strokes at 1."""
-    smooth = _mean3(strength)
+def _soft_ink(strength: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndarray:
+    """Ink in [0, 1] on 0 (`noise`: the paper's sigma, `smooth`: the 3x3 mean of `strength`): specks removed,
+    soft edges kept, strokes at 1."""
     peak = float(smooth.max())
     if peak < max(MIN_CONTRAST, 4 * noise):
         raise ImageError(f"no digit found: the image is blank or uniform (ink contrast {max(peak, 0):.3f}, "
                          f"noise {noise:.3f})")
     floor = max(3 * noise, 1 / 255)
     threshold = _otsu(smooth[smooth > max(floor, 0.05 * peak)])
-    cells = _main_cells(smooth > threshold)
-    strong = (smooth > threshold) & cells
+    above = smooth > threshold
+    cells = _main_cells(above)
+    strong = above & cells
     top, bottom, left, right = _bbox(strong)
     reach = max(1, round(max(bottom - top, right - left) / TARGET_BOX))  # source pixels per MNIST pixel
     near = _dilate((strength > threshold / 2) & cells, reach)  # thin stroke ends are weak when smoothed
-    level = max(float(np.percentile(strength[strong], 90)), floor + 1e-3)  # the strokes' typical strength
+    level = max(float(_percentile(strength[strong], 90)), floor + 1e-3)  # the strokes' typical strength
     return np.clip((strength - floor) / (level - floor), 0, 1) * near
 
 
@@ -381,7 +541,7 @@ def _scale_to_box(soft: np.ndarray) -> tuple[np.ndarray, tuple[float, float, flo
     src_top = (top + bottom - out_h / scale) / 2  # the source region, centred on the box
     src_left = (left + right - out_w / scale) / 2
     y0, x0 = math.floor(src_top), math.floor(src_left)
-    region = _window(soft.astype(np.float32), y0, math.ceil(src_top + out_h / scale) + 1,
+    region = _window(soft.astype(np.float32, copy=False), y0, math.ceil(src_top + out_h / scale) + 1,
                      x0, math.ceil(src_left + out_w / scale) + 1)
     box = (src_left - x0, src_top - y0, src_left - x0 + out_w / scale, src_top - y0 + out_h / scale)
     small = np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.LANCZOS, box=box))
