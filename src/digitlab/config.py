@@ -41,8 +41,9 @@ class TrainConfig:
     batch_size: int = 64  # global batch size (split across ranks under torchrun)
     epochs: int = 1  # passes over the training set
     schedule_epochs: float = 0.0  # length of the lr schedule in epochs, may be fractional; 0: `epochs`
-    augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
+    augment: str = "none"  # none | affine (rotate/scale/shift) | affine+elastic | flip+shift | handwriting (augment.py)
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
+    pen_digits: int = 0  # MNIST only: append this many procedural pen digits (seeds 0.., synthetic.py) to training
     # --- evaluation and logging
     eval_every: int = 0  # also evaluate on the full test set every N steps; 0: only at epoch end
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
@@ -75,7 +76,8 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
-        non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema", "schedule_epochs")
+        non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema", "schedule_epochs",
+                        "pen_digits")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)!r}")
@@ -85,6 +87,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
         if self.ema >= 1:
             raise ConfigError("ema must be below 1")
+        if self.pen_digits and self.dataset != "mnist":
+            raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
         return self
 
     def to_json(self) -> str:

@@ -31,6 +31,7 @@ from digitlab.evaluate import predict_logits
 from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import build_optimizer, lr_at, set_lr
+from digitlab.synthetic import with_pen_digits
 from digitlab.runs import new_run_dir, read_config, write_metrics, write_text_atomic
 
 
@@ -178,8 +179,8 @@ def _train(cfg, dataset, resume, progress, log, ctx: dist.DistContext, device: t
     if cfg.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
         log("cpu_amp: this CPU has no native bf16 (AMX or AVX512-BF16), so training stays fp32")
 
-    train_x = ds.train_images.to(device)  # uint8 on the device: 47 MB for MNIST
-    train_y = ds.train_labels.to(device)
+    train_x, train_y = with_pen_digits(ds.train_images, ds.train_labels, cfg.pen_digits)  # after any hold-out
+    train_x, train_y = train_x.to(device), train_y.to(device)  # uint8 on the device: 47 MB for MNIST
     n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
     steps_per_epoch = math.ceil(n // ctx.world_size / local_batch)
     meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
