@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 64  # global batch size (split across ranks under torchrun)
     epochs: int = 1  # passes over the training set
     schedule_epochs: float = 0.0  # length of the lr schedule in epochs, may be fractional; 0: `epochs`
-    augment: str = "none"  # none | affine (rotate/scale/shift) | affine+elastic | flip+shift | handwriting (augment.py)
+    augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
     pen_digits: int = 0  # MNIST only: append this many procedural pen digits (seeds 0.., synthetic.py) to training
     # --- evaluation and logging
