@@ -1,5 +1,5 @@
-"""The real-world recipe: stroke, slant and aspect augmentation ops, pen digits from the training seeds only, and a shipped
-model that reads the European 1s MNIST's writers did not write."""
+"""The real-world recipe: stroke, slant and aspect augmentation ops, pen digits from the training seeds only,
+and a shipped model that reads the European 1s MNIST's writers did not write."""
 from __future__ import annotations
 
 import importlib
