@@ -161,6 +161,17 @@ def test_pen_digits_need_mnist_and_a_count():
         make_config({}, pen_digits=-1)
     with pytest.raises(ConfigError, match="mnist"):
         make_config({}, dataset="fashion-mnist", pen_digits=100)
+    with pytest.raises(ConfigError, match="training seeds"):
+        make_config({}, pen_digits=10**6 + 1)  # refused before a run folder exists, not mid-run by pen.py
+
+
+def test_an_unwritable_cache_still_gives_the_digits(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("DIGITLAB_CACHE", str(blocker))
+    monkeypatch.setattr(synthetic, "CHUNK", 10)
+    images, labels = synthetic.pen_training_set(10, seed=0, workers=1)
+    assert images.shape == (10, 28, 28) and np.array_equal(labels, np.arange(10))
 
 
 @pytest.mark.slow

@@ -89,6 +89,8 @@ class TrainConfig:
             raise ConfigError("ema must be below 1")
         if self.pen_digits and self.dataset != "mnist":
             raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
+        if self.pen_digits > 10**6:  # pen.TRAIN_SEEDS holds 10^6 seeds; the rest are the benchmark's
+            raise ConfigError(f"pen_digits can be at most 1000000 (the training seeds), got {self.pen_digits}")
         return self
 
     def to_json(self) -> str:

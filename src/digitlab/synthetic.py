@@ -15,6 +15,7 @@ preprocess.py, so changing either one never reuses stale digits. Missing chunks 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -66,11 +67,16 @@ def load_chunk(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def save_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a chunk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through a temporary file and rename, so a reader never sees half a chunk. A cache that cannot be
+    written (read-only home, full disk) only costs rendering again next time, so it never stops training."""
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def cached_chunks(indices: list[int], workers: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
