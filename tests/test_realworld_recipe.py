@@ -10,7 +10,7 @@ import torch
 
 from digitlab import pen, synthetic
 from digitlab.augment import AUGMENTATIONS, AugmentSpec, augment, stroke_width
-from digitlab.config import make_config
+from digitlab.config import TrainConfig, make_config
 from digitlab.data import Dataset, load_dataset
 from digitlab.errors import ConfigError
 from digitlab.normalize import normalize
@@ -187,12 +187,14 @@ def test_pen_digits_only_train(small_cache, monkeypatch, tmp_path):
     real_eval = train_module.sharded_eval
     monkeypatch.setattr(train_module, "sharded_eval", lambda model, images, *a: evaluated.append(images) or
                         real_eval(model, images, *a))
+    # with a validation split (TrainConfig.val_size, where the loop has one) 10 of the 50 MNIST images are held out
+    held = {"val_size": 10} if "val_size" in TrainConfig.__dataclass_fields__ else {}
     cfg = make_config({}, model="mlp", pen_digits=20, batch_size=10, epochs=1, threads=1,
-                      out=str(tmp_path / "run"))
+                      out=str(tmp_path / "run"), **held)
     result = train_module.train(cfg, dataset=small, progress=False, log=lambda *_: None)
-    assert result.history[-1]["step"] == 7  # (50 MNIST + 20 pen) / 10 a batch
+    assert result.history[-1]["step"] == (50 - held.get("val_size", 0) + 20) // 10  # MNIST (less held) + 20 pen
     seen = torch.cat(evaluated)
-    assert seen.shape[0] >= 30
+    assert seen.shape[0] >= 30 + held.get("val_size", 0)
     is_pen = (seen[:, None] == pen_images[None]).flatten(2).all(2).any(1)
     assert not is_pen.any()
 
