@@ -3,6 +3,7 @@ and a shipped model that reads the European 1s MNIST's writers did not write."""
 from __future__ import annotations
 
 import importlib
+import json
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from digitlab.preprocess import to_mnist
 
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
-    return normalize(load_dataset("mnist").test_images[:32])
+    return normalize(load_dataset("mnist").test_images[:32], "standard")
 
 
 def ink_of(x: torch.Tensor) -> torch.Tensor:
@@ -214,9 +215,14 @@ def test_shipped_model_reads_european_ones():
 
 
 def test_shipped_model_says_which_recipe_made_it():
-    loaded = Predictor.from_run().loaded
-    assert loaded.meta["preset"] == "realworld"
-    assert loaded.meta["metrics"]["test_accuracy"] >= 0.995
+    from safetensors import safe_open
+
+    from digitlab.predict import DEFAULT_WEIGHTS
+
+    with safe_open(str(DEFAULT_WEIGHTS), "pt") as f:  # metadata only: values are JSON strings
+        meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
+    assert meta["preset"] == "realworld" and meta["model_args"] == {"width": 16}
+    assert Predictor.from_run().describe()["test_accuracy"] >= 0.995  # loads, and says what it scored
 
 
 def test_realworld_preset_trains_on_pen_digits_and_default_stays_quick():
