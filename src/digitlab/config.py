@@ -43,6 +43,7 @@ class TrainConfig:
     schedule_epochs: float = 0.0  # length of the lr schedule in epochs, may be fractional; 0: `epochs`
     augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
+    pen_digits: int = 0  # MNIST only: append this many procedural pen digits (seeds 0.., synthetic.py) to training
     # --- evaluation and logging
     val_size: int = 0  # training images held out for validation (stratified, same for every seed); 0: none
     # With a hold-out, the best checkpoint and target_accuracy go by validation accuracy and the test set is
@@ -80,7 +81,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
         non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema", "schedule_epochs",
-                        "val_size")
+                        "val_size", "pen_digits")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)!r}")
@@ -90,6 +91,10 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
         if self.ema >= 1:
             raise ConfigError("ema must be below 1")
+        if self.pen_digits and self.dataset != "mnist":
+            raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
+        if self.pen_digits > 10**6:  # pen.TRAIN_SEEDS holds 10^6 seeds; the rest are the benchmark's
+            raise ConfigError(f"pen_digits can be at most 1000000 (the training seeds), got {self.pen_digits}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ConfigError("nesterov needs optimizer sgd with a positive momentum "
                               f"(got optimizer {self.optimizer!r}, momentum {self.momentum})")

@@ -45,6 +45,7 @@ from digitlab.optim import build_optimizer, lr_at, set_lr
 from digitlab.runs import (check_resume_compatible, check_work_left, claim_run_dir, read_config, write_config,
                            write_metrics)
 from digitlab.split import stratified_split
+from digitlab.synthetic import with_pen_digits
 
 
 class TrainingError(DigitlabError):
@@ -248,6 +249,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     set_seed(cfg.seed + ctx.rank)
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
     train_x, train_y, eval_sets = split_data(ds, cfg.val_size)  # a bad val_size fails before anything is written
+    train_x, train_y = with_pen_digits(train_x, train_y, cfg.pen_digits)  # pen digits only train, never validate
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
     model = create_model(cfg.model, **cfg.model_args).to(device)
     memory_format = channels_last_for(model, cfg, device)
