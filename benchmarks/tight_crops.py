@@ -123,7 +123,7 @@ def read(predictor: Predictor, pictures: list[Image.Image]) -> tuple[np.ndarray,
         except ImageError:
             images.append(np.zeros((28, 28), np.uint8))
             refused.append(True)
-    labels = predictor.probabilities(torch.from_numpy(np.stack(images))).argmax(1).numpy()
+    labels = predictor.probabilities(np.stack(images)).argmax(1)
     return np.where(refused, -1, labels), int(sum(refused))
 
 

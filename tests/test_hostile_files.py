@@ -254,16 +254,31 @@ def test_hostile_file_in_process(client, corpus, h):
     check(h, post(client, h, corpus[h.name]))
 
 
+BOUNDARY = "digitlab-hostile-boundary"
+
+
+def multipart_body(filename: str | None, content_type: str, data: bytes) -> bytes:
+    """One multipart/form-data part named "file", its filename (None: none) and Content-Type sent as given."""
+    name = "" if filename is None else f'; filename="{filename}"'
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"{name}\r\n'
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    return head.encode() + b"\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 @pytest.mark.parametrize("filename, content_type, status", [
     ("../../../etc/passwd", "image/png", 200), ("d\u00e9j\u00e0 \u2166.png", "image/png", 200),
     ("a\x00b.png", "image/png", 200), ("digit.png", "image/png; charset=\x7f", 200), ("digit.png", "", 200),
     ("x" * 10_000 + ".png", "image/png", 400),  # the multipart parser refuses a 10 kB part header
-    ("", "image/png", 400),  # no filename: a text field, not a file
+    (None, "image/png", 400),  # no filename: a text field, not a file
 ])
 def test_odd_filenames_and_part_types(client, corpus, filename, content_type, status):
     """The name and type a client gives a part are never trusted: the bytes decide (or the parser refuses)."""
     data = corpus["PNG sent as application/octet-stream"]
-    r = client.post(PREDICT, files={"file": (filename, data, content_type)})
+    # The body is built by hand: an HTTP client library refuses some of these headers before sending them, and
+    # what is tested is what the server does with whatever a hostile client sends.
+    r = client.post(PREDICT, content=multipart_body(filename, content_type, data),
+                    headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
     assert r.status_code == status, r.text[:300]
     assert r.json()["label"] == LABEL if status == 200 else r.json()["detail"]
 
