@@ -75,13 +75,13 @@ PRESETS: dict[str, Preset] = {
     ),
     "lenet5-fashion": Preset(
         "LeNet-5 (sigmoid, avg pool, Xavier init) on Fashion-MNIST, SGD 0.9, batch 256, 10 epochs",
-        "(measure it)",
+        "none published; measured here: 80.81% test after 10 epochs (README)",
         dict(model="lenet5", model_args={"activation": "sigmoid", "pool": "avg"}, dataset="fashion-mnist",
              normalization="unit", optimizer="sgd", lr=0.9, batch_size=256, epochs=10),
     ),
     "mlp-bn": Preset(
         "MLP 784-300-100-10 with BatchNorm, SGD 0.01 momentum 0.5, lr x0.1 every 5 epochs, 20 epochs",
-        "(measure it)",
+        "none published; measured here: 98.27% test after 20 epochs (README)",
         dict(model="mlp", normalization="symmetric", optimizer="sgd", lr=0.01, momentum=0.5,
              schedule="step", step_epochs=5, gamma=0.1, batch_size=64, epochs=20),
     ),
