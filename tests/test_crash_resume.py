@@ -26,7 +26,7 @@ import torch
 from digitlab import load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state
 from digitlab.runs import read_metrics
-from digitlab.train import resume_config
+from digitlab.resume import resume_config
 from helpers import mnist_slice
 
 REPO = Path(__file__).resolve().parents[1]

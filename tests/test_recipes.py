@@ -118,7 +118,7 @@ def test_ema_and_augmentation_resume_exactly(tmp_path, mnist):
     weights, the raw weights and the augmentation RNG all come back from the checkpoint."""
     from digitlab import train
     from digitlab.checkpoint import load_run
-    from digitlab.train import resume_config
+    from digitlab.resume import resume_config
 
     small = mnist_slice(mnist, 1024, 500)
     base = {"model": "digitnet", "model_args": {"width": 4, "depth": 1}, "batch_size": 128, "epochs": 2,

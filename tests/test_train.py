@@ -12,7 +12,7 @@ from digitlab.checkpoint import load_training_checkpoint, read_state
 from digitlab.data import Dataset
 from digitlab.device import cpu_has_native_bf16, training_autocast
 from digitlab.evaluate import evaluate
-from digitlab.train import resume_config
+from digitlab.resume import resume_config
 
 pytestmark = pytest.mark.slow
 

@@ -89,7 +89,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.config import field_types, make_config
     from digitlab.presets import preset_config
-    from digitlab.train import TrainingInterrupted, resume_config, train
+    from digitlab.resume import resume_config
+    from digitlab.train import TrainingInterrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
     if args.resume:

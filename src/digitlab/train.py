@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,19 +31,18 @@ from tqdm import tqdm
 
 from digitlab import distributed as dist
 from digitlab.augment import augment
-from digitlab.checkpoint import (has_checkpoint, load_model_state, load_optimizer_state, load_training_checkpoint,
-                                 save_checkpoint, save_weights)
-from digitlab.config import TrainConfig, make_config
+from digitlab.checkpoint import has_checkpoint, save_checkpoint, save_weights
+from digitlab.config import TrainConfig
 from digitlab.data import Dataset, load_dataset
-from digitlab.device import cpu_has_native_bf16, pick_device, rng_state, set_rng_state, set_seed, training_autocast
+from digitlab.device import cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast
 from digitlab.ema import make_ema, update_ema
-from digitlab.errors import DigitlabError, RunError
+from digitlab.errors import DigitlabError
 from digitlab.evaluate import predict_logits
 from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import build_optimizer, lr_at, set_lr
-from digitlab.runs import (check_resume_compatible, check_work_left, claim_run_dir, read_config, write_config,
-                           write_metrics)
+from digitlab.resume import Progress, prepare_run_dir, restore
+from digitlab.runs import write_metrics
 from digitlab.split import stratified_split
 from digitlab.synthetic import with_pen_digits
 
@@ -79,50 +78,6 @@ class TrainResult:
         return next((row for row in self.history if row[key] == self.best_accuracy), {})
 
 
-@dataclass
-class Progress:
-    """How far a run has got. A checkpoint saves it, restore() returns it to a resumed run, and the loop
-    advances it as it trains."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    history: list[dict] = field(default_factory=list)
-    best_accuracy: float = -1.0  # best selection accuracy so far (validation with val_size, else test)
-    averaged_weights: dict | None = None  # with EMA, the saved average (the .safetensors file)
-
-
-def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistContext, log) -> Progress:
-    """Load the last checkpoint into model and optimiser, restore the RNGs, and say where to go on from.
-
-    Only once all of it has loaded is config.json rewritten with the resumed settings (rank 0), so a resume
-    that fails (a damaged checkpoint, nothing left to train) leaves the run folder as it was.
-    """
-    if not has_checkpoint(run_dir, "last"):
-        log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
-        if ctx.is_main:
-            write_config(run_dir, cfg)
-        return Progress()
-    if not ctx.is_main:
-        dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
-    weights, _meta, state = load_training_checkpoint(run_dir, "last")
-    if ctx.is_main:
-        dist.barrier()
-    check_work_left(run_dir, cfg, state["epoch"], state["step"])
-    source = run_dir / "last.state.pt"
-    load_model_state(model, state.get("train_weights", weights), source)  # with EMA .safetensors is the average
-    load_optimizer_state(optimizer, state["optimizer"], source)
-    if ctx.is_main:
-        try:
-            set_rng_state(state["rng"])
-        except (RuntimeError, ValueError, TypeError, OverflowError) as e:
-            raise RunError(f"{source}: the saved 'rng' state cannot be restored ({e})") from None
-        write_config(run_dir, cfg)
-    else:  # only rank 0's RNG state is saved; the others get a fresh, distinct stream
-        set_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
-    log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}")
-    return Progress(state["epoch"], state["step"], state["history"], state["best_accuracy"], weights)
-
-
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of one epoch depends only on (seed, epoch), so a resumed run sees the same."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
@@ -137,34 +92,6 @@ def rank_shard(num_examples: int, seed: int, epoch: int, rank: int = 0, world_si
     """
     n = (num_examples // world_size) * world_size
     return epoch_permutation(num_examples, seed, epoch)[:n][rank::world_size]
-
-
-def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext, resume: bool, force: bool,
-                    held: contextlib.ExitStack, log) -> Path:
-    """Rank 0 claims the run folder (runs.claim_run_dir: its lock, held in `held` until training ends, the
-    refusal of a folder that is not this run's, config.json of a new run) and shares it; when it cannot,
-    every rank raises the same error before training."""
-    run_dir, error = None, None
-    if ctx.is_main:
-        try:
-            run_dir = str(held.enter_context(claim_run_dir(cfg, resume, force, log)))
-        except DigitlabError as e:
-            if not ctx.enabled:
-                raise
-            error = e
-    run_dir, error = dist.broadcast_object((run_dir, error))
-    if error is not None:
-        raise error
-    return Path(run_dir)
-
-
-def resume_config(run: str | Path, **overrides) -> TrainConfig:
-    """The saved config of a run with `overrides` applied and `out` pointing back at it; overriding a field that
-    changes what is learned (anything but runs.RESUMABLE) is a ConfigError naming the fields."""
-    saved = read_config(Path(run))
-    cfg = make_config(asdict(saved), **{**overrides, "out": str(run)})
-    check_resume_compatible(saved, cfg, Path(run))
-    return cfg
 
 
 @torch.no_grad()

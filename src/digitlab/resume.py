@@ -1,0 +1,93 @@
+"""Resuming and claiming run folders for training: where a run stands, the folder it writes, its checkpoint.
+
+    resume_config("runs/<run>", epochs=5)    # the run's saved recipe, checked against what a resume may change
+    prepare_run_dir(cfg, ctx, ...)           # rank 0 claims the folder (lock, refusals) and shares it
+    restore(run_dir, model, optimizer, ...)  # the last checkpoint into model, optimiser and RNGs -> Progress
+
+Nothing in the run folder changes until a resume is known to be compatible and its checkpoint has loaded;
+the rules themselves (what a resume may change, the lock, which folders a new run may take) are in runs.py.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from digitlab import distributed as dist
+from digitlab.checkpoint import has_checkpoint, load_model_state, load_optimizer_state, load_training_checkpoint
+from digitlab.config import TrainConfig, make_config
+from digitlab.device import set_rng_state, set_seed
+from digitlab.errors import DigitlabError, RunError
+from digitlab.runs import check_resume_compatible, check_work_left, claim_run_dir, read_config, write_config
+
+
+@dataclass
+class Progress:
+    """How far a run has got. A checkpoint saves it, restore() returns it to a resumed run, and the loop
+    advances it as it trains."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0  # best selection accuracy so far (validation with val_size, else test)
+    averaged_weights: dict | None = None  # with EMA, the saved average (the .safetensors file)
+
+
+def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistContext, log) -> Progress:
+    """Load the last checkpoint into model and optimiser, restore the RNGs, and say where to go on from.
+
+    Only once all of it has loaded is config.json rewritten with the resumed settings (rank 0), so a resume
+    that fails (a damaged checkpoint, nothing left to train) leaves the run folder as it was.
+    """
+    if not has_checkpoint(run_dir, "last"):
+        log(f"{run_dir} has no checkpoint yet (stopped in its first epoch): starting from the beginning")
+        if ctx.is_main:
+            write_config(run_dir, cfg)
+        return Progress()
+    if not ctx.is_main:
+        dist.barrier()  # rank 0 loads first: it may finish a commit that a kill interrupted
+    weights, _meta, state = load_training_checkpoint(run_dir, "last")
+    if ctx.is_main:
+        dist.barrier()
+    check_work_left(run_dir, cfg, state["epoch"], state["step"])
+    source = run_dir / "last.state.pt"
+    load_model_state(model, state.get("train_weights", weights), source)  # with EMA .safetensors is the average
+    load_optimizer_state(optimizer, state["optimizer"], source)
+    if ctx.is_main:
+        try:
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+            raise RunError(f"{source}: the saved 'rng' state cannot be restored ({e})") from None
+        write_config(run_dir, cfg)
+    else:  # only rank 0's RNG state is saved; the others get a fresh, distinct stream
+        set_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
+    log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}")
+    return Progress(state["epoch"], state["step"], state["history"], state["best_accuracy"], weights)
+
+
+def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext, resume: bool, force: bool,
+                    held: contextlib.ExitStack, log) -> Path:
+    """Rank 0 claims the run folder (runs.claim_run_dir: its lock, held in `held` until training ends, the
+    refusal of a folder that is not this run's, config.json of a new run) and shares it; when it cannot,
+    every rank raises the same error before training."""
+    run_dir, error = None, None
+    if ctx.is_main:
+        try:
+            run_dir = str(held.enter_context(claim_run_dir(cfg, resume, force, log)))
+        except DigitlabError as e:
+            if not ctx.enabled:
+                raise
+            error = e
+    run_dir, error = dist.broadcast_object((run_dir, error))
+    if error is not None:
+        raise error
+    return Path(run_dir)
+
+
+def resume_config(run: str | Path, **overrides) -> TrainConfig:
+    """The saved config of a run with `overrides` applied and `out` pointing back at it; overriding a field that
+    changes what is learned (anything but runs.RESUMABLE) is a ConfigError naming the fields."""
+    saved = read_config(Path(run))
+    cfg = make_config(asdict(saved), **{**overrides, "out": str(run)})
+    check_resume_compatible(saved, cfg, Path(run))
+    return cfg
