@@ -208,7 +208,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                        ("mode", [s.mode for s in samples])):
         tables[name] = group_table(keys, truth, predicted, name)
     info = predictor.describe()
-    return {"model": info["name"], "source": str(predictor.loaded.source), "mnist_test_accuracy": info["test_accuracy"],
+    return {"model": info["name"], "source": str(predictor.info.source), "mnist_test_accuracy": info["test_accuracy"],
             "count": args.count, "seeds": [args.seed, args.seed + args.count], "size": args.size,
             "polarity": args.polarity, "modes": args.modes.split(","), "tight_crop": args.tight_crop,
             "blur": args.blur, "render_seconds": round(render_s, 1), "read_seconds": round(read_s, 1),

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     predictor = Predictor.from_run(args.run)
     ds = load_dataset("mnist", progress=False)
     digits, truth = ds.test_images[:args.n].numpy(), ds.test_labels[:args.n].numpy()
-    print(f"model: {predictor.describe()['name']} from {predictor.loaded.source}; first {args.n} MNIST test digits")
+    print(f"model: {predictor.describe()['name']} from {predictor.info.source}; first {args.n} MNIST test digits")
 
     results: dict[str, tuple[float, int, float]] = {}
     names = [*args.variants, *(REFERENCE.get(v, "margin") for v in args.variants)]
