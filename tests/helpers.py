@@ -90,3 +90,19 @@ def import_renderer() -> ModuleType:
         sys.modules[name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and modification time in a folder: what 'changes nothing' is checked against."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A CLI run that failed as users are promised: exit 1, one `digitlab: error:` line naming `fragments`."""
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("digitlab: error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

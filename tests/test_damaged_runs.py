@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -17,26 +16,12 @@ import torch
 
 from digitlab.errors import ConfigError
 from digitlab.models import MAX_PARAMETERS, check_model_args, create_model, register_model
-from helpers import run_cli
+from helpers import one_line_error, run_cli, snapshot
 
 # Epoch 1 of 2, stopped by --max-steps 3: `--resume RUN --max-steps 6` has work to do.
 TINY = ["--model", "mlp", "--batch-size", "32", "--epochs", "2", "--max-steps", "3", "--threads", "1",
         "--device", "cpu", "--eval-batch-size", "5000", "--no-progress"]
 HUGE = 100_000_000_000
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("digitlab: error: "), proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

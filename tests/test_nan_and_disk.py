@@ -25,6 +25,7 @@ from digitlab.checkpoint import load_training_checkpoint, save_checkpoint, save_
 from digitlab.errors import RunError
 from digitlab.runs import read_metrics, write_metrics
 from digitlab.train import TrainingError, check_finite
+from helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")
@@ -43,16 +44,6 @@ def digitlab(*args: str, subset: bool = False, timeout: float = 180) -> subproce
         env["DIGITLAB_TEST_TRAIN_SUBSET"] = str(SUBSET)
         command = [sys.executable, str(WRAPPER)]
     return subprocess.run([*command, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("digitlab: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def digest(path: Path) -> str:
@@ -106,7 +97,7 @@ def test_out_below_a_regular_file_fails_before_training(tmp_path):
     blocker.write_text("not a folder")
     proc = digitlab("train", "--model", "mlp", "--epochs", "1", "--threads", "1", "--no-progress",
                     "--out", str(blocker / "run"))
-    assert_one_line_error(proc, "cannot write the run folder", str(blocker / "run"), "Not a directory")
+    one_line_error(proc, "cannot write the run folder", str(blocker / "run"), "Not a directory")
     assert "epoch" not in proc.stdout and blocker.read_text() == "not a folder"
 
 
@@ -183,7 +174,7 @@ def test_full_disk_mid_run_is_a_one_line_error_and_the_run_resumes(one_epoch_run
     hashes = {name: digest(run / name) for name in ("last.safetensors", "last.state.pt")}
     (run / "last.state.pt.tmp").symlink_to("/dev/full")
     proc = digitlab("train", "--resume", str(run), "--epochs", "2", "--no-progress", subset=True)
-    assert_one_line_error(proc, "last.state.pt: No space left on device", "previous file")
+    one_line_error(proc, "last.state.pt: No space left on device", "previous file")
     assert "epoch 2/2:" in proc.stdout  # the epoch ran; only its checkpoint could not be written
     assert {name: digest(run / name) for name in hashes} == hashes
     assert load_training_checkpoint(run, "last")[2]["step"] == 20
@@ -204,7 +195,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(one_epoch_run):
     config = json.loads((run / "config.json").read_text())  # --resume refuses --lr: a new lr is a hand edit
     (run / "config.json").write_text(json.dumps({**config, "lr": 1e10}))
     proc = digitlab("train", "--resume", str(run), "--epochs", "2", "--no-progress", subset=True)
-    line = assert_one_line_error(proc, f"last good checkpoint is kept in {run}")
+    line = one_line_error(proc, f"last good checkpoint is kept in {run}")
     match = re.search(r"loss became (nan|inf) at step (\d+); stopped", line)
     assert match and 20 < int(match.group(2)) <= 40, line  # in the resumed epoch, after the checkpoint at step 20
     assert "epoch 2/2" not in proc.stdout

@@ -10,11 +10,9 @@ saves what the model saw and uses the shipped model when no run is given. Those 
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -27,22 +25,10 @@ from digitlab.cli import main
 from digitlab.data import load_dataset
 from digitlab.predict import DEFAULT_WEIGHTS, Predictor
 from digitlab.preprocess import to_mnist
-from helpers import REPO, run_cli
+from helpers import import_renderer, run_cli
 
 N_DIGITS = 1000  # MNIST test digits rendered per kind
 MIN_AGREEMENT = 0.97  # fraction of renderings that must get the original digit's label
-
-
-def import_renderer():
-    """benchmarks/make_realworld_digits.py as a module (benchmarks/ is not a package); shared with
-    test_preprocess.py, which registers it under the same name."""
-    name = "make_realworld_digits"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 render = import_renderer()

@@ -20,27 +20,12 @@ import pytest
 
 from digitlab.errors import RunError
 from digitlab.runs import LOCK_NAME, RunLock, read_metrics
-from helpers import REPO, run_cli
+from helpers import REPO, one_line_error, run_cli, snapshot
 
 # A 3-step MLP run: about 5 s as a subprocess, most of it loading MNIST and scoring the test set.
 TINY = ["--model", "mlp", "--batch-size", "32", "--max-steps", "3", "--threads", "1", "--device", "cpu",
         "--eval-batch-size", "5000", "--no-progress"]
 WAIT_S = 120
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file's bytes and modification time: the test of 'changes nothing'."""
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("digitlab: error: "), proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
