@@ -90,6 +90,24 @@ def test_channels_last_is_decided_and_applied_in_one_place():
     assert train_module.channels_last_for(create_model("mlp"), make_config(model="mlp"), cuda)(x) is x  # no convs
 
 
+def test_digitnet_runs_channels_last_on_a_cpu_unless_the_flag_says_no():
+    """DigitNet opts in to channels_last on every device (oneDNN runs it faster); --no-channels-last still wins,
+    and prediction converts it the same way training does."""
+    from digitlab.backends import TorchBackend
+
+    x = torch.randn(2, 3, 28, 28)
+    net = create_model("digitnet", width=4, depth=1)
+    assert last_conv(net).is_contiguous()  # building it converts nothing: training and prediction decide
+    to_format = train_module.channels_last_for(net, make_config(model="digitnet"), torch.device("cpu"))
+    assert last_conv(net).is_contiguous(memory_format=torch.channels_last)
+    assert to_format(x).is_contiguous(memory_format=torch.channels_last)
+    plain = create_model("digitnet", width=4, depth=1)
+    off = make_config(model="digitnet", channels_last=False)
+    assert train_module.channels_last_for(plain, off, torch.device("cpu"))(x) is x and last_conv(plain).is_contiguous()
+    served = TorchBackend(create_model("digitnet", width=4, depth=1))
+    assert last_conv(served.model).is_contiguous(memory_format=torch.channels_last)
+
+
 def start_training(run: Path, *args: str, subset: int = 2000) -> subprocess.Popen:
     """`digitlab train` (through tests/digitlab_wrapped.py, on `subset` training images; 0: all) in a subprocess
     with its stdout and stderr piped, as they are when a run is logged to a file."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from digitlab.device import use_channels_last
 from digitlab.errors import RunError
 from digitlab.extras import require
 from digitlab.normalize import NORMALIZATIONS
@@ -53,11 +54,12 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.memory_format = use_channels_last(self.model, self.device)  # as in training (device.py)
         self.runtime = f"torch {torch.__version__}"
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        return self.model(x.to(self.device)).float().cpu().numpy()
+        return self.model(self.memory_format(x.to(self.device))).float().cpu().numpy()
 
 
 def onnx_session_options(ort, threads: int = 0):

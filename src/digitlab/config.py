@@ -60,7 +60,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     amp: bool = True  # bf16 autocast on CUDA
     cpu_amp: bool = False  # bf16 autocast on CPUs with bf16 in hardware (AMX, AVX512-BF16): 1.1-2.5x for conv nets
-    channels_last: bool = True  # channels_last memory format for conv nets on CUDA
+    channels_last: bool = True  # channels_last memory format: conv nets on CUDA, DigitNet everywhere (device.py)
     compile: bool = False  # torch.compile the model (worth it for long CUDA runs)
     out: str | None = None  # run folder; default runs/<time>-<name>
 

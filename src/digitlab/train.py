@@ -34,7 +34,8 @@ from digitlab.augment import augment
 from digitlab.checkpoint import has_checkpoint, save_checkpoint, save_weights
 from digitlab.config import TrainConfig
 from digitlab.data import Dataset, load_dataset
-from digitlab.device import cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast
+from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast,
+                             use_channels_last)
 from digitlab.ema import make_ema, update_ema
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import predict_logits
@@ -226,15 +227,9 @@ def selection_note(run: RunState, train_size: int) -> str:
 
 
 def channels_last_for(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """The one place cfg.channels_last acts: on CUDA, for a model with 2-D convolutions, convert the model's
-    weights (in place) and return the same conversion for input batches; otherwise the identity.
-    (DigitNet keeps itself channels_last on every device by design, models.py.)"""
-    wanted = cfg.channels_last and device.type == "cuda" and any(
-        isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if not wanted:
-        return lambda x: x
-    model.to(memory_format=torch.channels_last)
-    return lambda x: x.contiguous(memory_format=torch.channels_last)
+    """cfg.channels_last applied through device.use_channels_last, the one place the format is decided: convert
+    the model's weights in place and return the same conversion for input batches (or the identity)."""
+    return use_channels_last(model, device, cfg.channels_last)
 
 
 def wrap_for_training(model: torch.nn.Module, cfg: TrainConfig, ctx: dist.DistContext,
