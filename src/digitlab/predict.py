@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from digitlab.backends import OnnxBackend, TorchBackend
+from digitlab.checkpoint import LoadedModel, load_run
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.normalize import normalize
-from digitlab.checkpoint import LoadedModel, load_run
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 RUNTIMES = ("torch", "onnx")

@@ -45,7 +45,6 @@ from digitlab.optim import build_optimizer, lr_at, set_lr
 from digitlab.resume import Progress, prepare_run_dir, restore
 from digitlab.runs import write_metrics
 from digitlab.split import stratified_split
-from digitlab.synthetic import with_pen_digits
 
 
 class TrainingError(DigitlabError):
@@ -177,7 +176,10 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     set_seed(cfg.seed + ctx.rank)
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
     train_x, train_y, eval_sets = split_data(ds, cfg.val_size)  # a bad val_size fails before anything is written
-    train_x, train_y = with_pen_digits(train_x, train_y, cfg.pen_digits)  # pen digits only train, never validate
+    if cfg.pen_digits:  # imported only then: the pen generator and preprocessing cost ~36 ms of start-up
+        from digitlab.synthetic import with_pen_digits
+
+        train_x, train_y = with_pen_digits(train_x, train_y, cfg.pen_digits)  # pen digits only train, never validate
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
     model = create_model(cfg.model, **cfg.model_args).to(device)
     memory_format = channels_last_for(model, cfg, device)
