@@ -125,9 +125,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
             run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device,
                         held, force)
             try:
-                return run_epochs(run)
+                result = run_epochs(run)
             except KeyboardInterrupt:
                 raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
+        dist.barrier()  # every rank has finished with the group before any tears it down
+        return result
     finally:
         dist.cleanup()
 
