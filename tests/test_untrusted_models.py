@@ -134,6 +134,7 @@ MODELS = {
          helper.make_node("Div", ["ones", "zero"], ["logits"])], N10,
         inits=[const("zero", np.float32(0)), const("one", np.float32(1))]),
     "fixed batch of 1": lambda: model_bytes(identity(), [1, 10], input_shape=[1, 1, 28, 28]),
+    "classes a number": lambda: model_bytes(identity(), N10, classes=10),
     "NaN for bright images": lambda: model_bytes(nan_when_bright(), N10,
                                                  inits=SUM_INITS + [const("hundred", np.float32(100))]),
     "endless Loop for bright images": lambda: model_bytes(loop_when_bright(), N10,
@@ -148,6 +149,7 @@ REFUSED_AT_LOAD = {  # model -> what the one-line error must say
     "NaN output (0/0)": "NaN or infinity",
     "infinite output (1/0)": "NaN or infinity",
     "fixed batch of 1": "onnxruntime failed",
+    "classes a number": "'classes' of the wrong type",
 }
 
 
@@ -305,6 +307,14 @@ def test_predict_onnx_json_never_prints_nan(models, tmp_path, capsys):
     assert err.count("\n") == 1 and "NaN or infinity" in err, err
     for line in out.splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}"))
+
+
+def test_json_writer_is_strict_even_past_the_model_checks(models, seven, capsys, monkeypatch):
+    """The last line of defence: with the Predictor's output checks switched off, --json still prints no NaN."""
+    monkeypatch.setattr(Predictor, "checked", lambda self, logits, images, first=0: np.asarray(logits, np.float32))
+    code = main(["predict", "--onnx", str(models["NaN output (0/0)"]), str(seven), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and err.count("\n") == 1 and "NaN or infinity as JSON" in err, (out, err)
 
 
 def test_predict_onnx_good_model_still_works(models, seven, capsys):
