@@ -8,6 +8,7 @@ PATH records every call in a file, and a control shows Pillow, left to itself, r
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import stat
@@ -164,8 +165,6 @@ def test_cli_folder_picks_only_the_allowed_formats(files, capsys):
     assert main(["predict", str(files["PNG"].parent), "--json"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    import json
-
     lines = [json.loads(line) for line in out.splitlines()]
     assert sorted(Path(line["file"]).suffix for line in lines) == sorted(ALLOWED.values())
     assert all(line["label"] == LABEL for line in lines), lines
