@@ -51,7 +51,7 @@ def const(name: str, value) -> onnx.TensorProto:
 
 
 def model_bytes(nodes: list, output_shape: list, classes: list[str] | None = None, inits: list | None = None,
-                input_shape: list | None = None, outputs: list | None = None) -> bytes:
+                input_shape: list | None = None, outputs: list | None = None, metrics: dict | None = None) -> bytes:
     """images (N, 1, 28, 28) -> Flatten -> MatMul (784, 10) -> "raw", then `nodes`, which must produce "logits"."""
     w = (np.random.default_rng(0).normal(size=(784, 10)) * 0.01).astype(np.float32)
     first = [helper.make_node("Flatten", ["images"], ["flat"], axis=1),
@@ -64,7 +64,7 @@ def model_bytes(nodes: list, output_shape: list, classes: list[str] | None = Non
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what onnxruntime 1.1x reads
     helper.set_model_props(model, encode_metadata({"model": "crafted", "normalization": "standard",
-                                                   "classes": classes or CLASSES}))
+                                                   "classes": classes or CLASSES, "metrics": metrics}))
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -136,6 +136,7 @@ MODELS = {
         inits=[const("zero", np.float32(0)), const("one", np.float32(1))]),
     "fixed batch of 1": lambda: model_bytes(identity(), [1, 10], input_shape=[1, 1, 28, 28]),
     "classes a number": lambda: model_bytes(identity(), N10, classes=10),
+    "NaN in the metadata": lambda: model_bytes(identity(), N10, metrics={"test_accuracy": float("nan")}),
     "NaN for bright images": lambda: model_bytes(nan_when_bright(), N10,
                                                  inits=SUM_INITS + [const("hundred", np.float32(100))]),
     "endless Loop for bright images": lambda: model_bytes(loop_when_bright(), N10,
@@ -228,6 +229,13 @@ def test_from_onnx_refuses_at_load(models, name):
     assert "\n" not in message and REFUSED_AT_LOAD[name] in message, message
     if name == "endless Loop":
         assert isinstance(e.value, ModelError) and time.monotonic() - started < 30 * DEADLINE
+
+
+def test_nan_in_the_metadata_reads_as_null(models):
+    """A metric stored as NaN must not come back out of describe() (GET /api/model, --json) as invalid JSON."""
+    p = Predictor.from_onnx(models["NaN in the metadata"], threads=1, deadline_s=DEADLINE)
+    assert p.describe()["test_accuracy"] is None
+    json.dumps(p.describe(), allow_nan=False)
 
 
 def test_good_model_passes_the_probe_and_predicts(models, mnist):

@@ -50,8 +50,8 @@ def decode_metadata(raw: dict[str, str], source: str) -> dict:
     if raw.get("format") != ONNX_FORMAT:
         raise RunError(f"{source} was not exported by digitlab (no {ONNX_FORMAT!r} metadata); "
                        "write one with `digitlab export RUN`")
-    try:
-        meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    try:  # NaN and Infinity (a metric, say) read as null: they would leave GET /api/model as invalid JSON
+        meta = {k: json.loads(v, parse_constant=lambda _: None) for k, v in raw.items() if k != "format"}
     except json.JSONDecodeError as e:
         raise RunError(f"{source} has corrupted digitlab metadata ({e})") from None
     missing = {"model", "normalization", "classes"} - set(meta)
