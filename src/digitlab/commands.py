@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from digitlab.errors import ConfigError, DigitlabError, RunError
+from digitlab.formats import FORMATS_TEXT, image_suffixes, refused_suffixes
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -250,13 +251,6 @@ def ascii_image(image: torch.Tensor) -> str:
 RUN_FILES = ("config.json", "metrics.csv", "last.state.pt")  # beside *.safetensors: what only a run folder holds
 
 
-def image_suffixes() -> set[str]:
-    """File name endings of the formats Pillow can read (.png, .jpg, .webp, ...)."""
-    from PIL import Image
-
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
 
 def holds_run_files(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("*.safetensors"))
@@ -342,7 +336,7 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
 
         Image.fromarray(image.numpy()).save(args.save)
     if args.json:
-        print(json.dumps({"test_index": args.test_index, "true": label, "logits": logits.tolist(), **pred.to_dict()}))
+        print(json_line({"test_index": args.test_index, "true": label, "logits": logits.tolist(), **pred.to_dict()}))
         return 0
     print(ascii_image(image))
     print(f"test image {args.test_index}: true {label} ({ds.classes[label]})")
@@ -378,6 +372,15 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
     return 1 if failed else 0
 
 
+def json_line(record: dict) -> str:
+    """Strict JSON (no bare NaN or Infinity, which JSON parsers refuse): the Predictor refuses non-finite
+    outputs first, so reaching the error here means a number slipped past that check."""
+    try:
+        return json.dumps(record, allow_nan=False)
+    except ValueError:
+        raise DigitlabError("refusing to print NaN or infinity as JSON (the model's output is not finite)") from None
+
+
 def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace) -> int:
     """Print one FileResult the way `digitlab predict` always has; 1 if it is an error, else 0."""
     path, pred, error = result.path, result.prediction, result.error
@@ -388,7 +391,7 @@ def print_file_result(result, save_dir: Path | None, used_names: set[str], args:
     saved = save_preprocessed(result.image, save_dir, path.stem, used_names) if save_dir else None
     if args.json:
         extra = {"preprocessed": str(saved)} if saved else {}
-        print(json.dumps({"file": str(path), **pred.to_dict(), **extra}))
+        print(json_line({"file": str(path), **pred.to_dict(), **extra}))
     else:
         top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
         print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"
@@ -438,8 +441,10 @@ def save_preprocessed(image, folder: Path, stem: str, used: set[str]) -> Path:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files as given, a folder's image files (by name ending), sorted; missing paths, folders without
-    images and anything that is not a regular file (a FIFO would block the read forever) are errors."""
+    """Image files as given, a folder's image files (by name ending: digitlab.formats), sorted; missing paths,
+    folders without images, files named as a format digitlab does not read (.eps, .ico, ...) and anything
+    that is not a regular file (a FIFO would block the read forever) are errors. A file's bytes decide in the
+    end: one in another format under an allowed name is refused when it is read."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -453,6 +458,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise ConfigError(f"{path} does not exist")
         elif not path.is_file():
             raise ConfigError(f"{path} is not a regular file (a FIFO, socket or device); give image files")
+        elif path.suffix.lower() in refused_suffixes():
+            raise ConfigError(f"{path}: {path.suffix.lower()} files are not read; digitlab reads {FORMATS_TEXT}")
         else:
             out.append(path)
     return out

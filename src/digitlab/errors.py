@@ -23,3 +23,9 @@ class RunError(DigitlabError):
 
 class ImageError(DigitlabError, ValueError):
     """An input image cannot be read or holds no digit."""
+
+
+class ModelError(RunError):
+    """A model misbehaves: its output has the wrong shape or is not finite, or it ran past its deadline. At load
+    (the Predictor's probe) it means the model file is refused; per request it is the server's fault, not the
+    client's."""

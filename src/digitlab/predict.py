@@ -12,6 +12,12 @@ batches into logits; preprocessing, normalisation, softmax, top-k and describe()
 runtimes answer the same for the same picture. Images that are not already MNIST tensors go through
 digitlab.preprocess (grey, polarity, crop to a 20 px box, centre of mass at the centre), the same function the
 web page and REST API use. Softmax lives here, in one place: models and backends return logits.
+
+A model is checked, not trusted: on load, a probe runs two fixed images (blank, a plain stroke) and refuses
+the model (ModelError, one line) unless it answers one row per image and one finite logit per class named in
+its metadata; every later call is checked the same way, so a NaN never becomes a label or a JSON
+`NaN`. ONNX calls also run under a deadline (backends.deadline_for; `deadline_s`), the probe included, so a
+graph that loops for ever is refused at load in bounded time. The probe costs 1-2 ms (one model call).
 """
 from __future__ import annotations
 
@@ -25,9 +31,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from digitlab.backends import OnnxBackend, TorchBackend
+from digitlab.backends import DEADLINE_S, OnnxBackend, TorchBackend
 from digitlab.checkpoint import LoadedModel, load_run
-from digitlab.errors import ConfigError, DigitlabError
+from digitlab.errors import ConfigError, DigitlabError, ModelError
 from digitlab.normalize import normalize
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
@@ -115,6 +121,13 @@ def _pool(workers: int):
     return multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
 
 
+def probe_images() -> np.ndarray:
+    """What the load check feeds a model: a blank image and a plain stroke (a 1), uint8 (2, 28, 28)."""
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[1, 4:24, 13:16] = 255
+    return images
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float32, shifted by the row maximum so large logits do not overflow."""
     logits = np.asarray(logits, dtype=np.float32)
@@ -125,15 +138,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Inference with a model loaded once, on whichever backend runs it."""
 
-    def __init__(self, backend: Backend, info: ModelInfo):
+    def __init__(self, backend: Backend, info: ModelInfo, probe: bool = True):
+        """`probe`: run the load check (probe_images) now; a ModelError if the model fails it."""
         self.backend = backend
         self.info = info
+        if probe:
+            self.probe()
+
+    def probe(self) -> None:
+        """Refuse a model that does not answer probe_images() with finite logits, one row per image and one column
+        per class in its metadata (the checks of logits(); ONNX runs under its deadline, so an endless graph is
+        stopped too). One call of two images: a second call of one image doubled the cost under PyTorch (its
+        kernels are set up again for each new batch size) and only catches graphs fixed to a batch of two."""
+        images = torch.from_numpy(probe_images())
+        try:  # straight to the backend: logits() is the callers' (tests count its calls)
+            self.checked(self.backend.logits(normalize(images, self.normalization)), images.shape[0])
+        except ModelError as e:  # the message already names the file; say it is refused, with the whole path
+            detail = str(e).removeprefix(f"{Path(self.info.source).name}: ")
+            raise ModelError(f"refusing the model {self.info.source}: {detail}") from None
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, runtime: str = "torch", threads: int = 0,
-                    device: str | torch.device = "cpu") -> "Predictor":
+                    device: str | torch.device = "cpu", deadline_s: float = DEADLINE_S) -> "Predictor":
         """A model already loaded by load_run. `runtime="onnx"` exports it in memory and checks the export
-        against PyTorch first; `threads` are onnxruntime's (PyTorch's are process-wide: torch.set_num_threads)."""
+        against PyTorch first; `threads` are onnxruntime's (PyTorch's are process-wide: torch.set_num_threads).
+        `deadline_s`: ONNX calls only (backends.deadline_for); eager PyTorch runs our own code and cannot be
+        stopped midway."""
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of: {', '.join(RUNTIMES)}; got {runtime!r}")
         info = ModelInfo.from_loaded(loaded)
@@ -141,24 +171,28 @@ class Predictor:
             return cls(TorchBackend(loaded.model, device), info)
         from digitlab.export import check_parity, onnx_model_bytes, random_images
 
-        backend = OnnxBackend(onnx_model_bytes(loaded), threads, source=f"{loaded.source} (exported to ONNX)")
+        backend = OnnxBackend(onnx_model_bytes(loaded), threads, source=f"{loaded.source} (exported to ONNX)",
+                              deadline_s=deadline_s)
+        predictor = cls(backend, info)  # the probe first: NaN weights are a clearer message than a parity failure
         # Noise images, not digits: enough to check the numbers without needing the dataset at startup.
         check_parity(loaded, backend, random_images(64), require_same_argmax=False).raise_if_failed()
-        return cls(backend, info)
+        return predictor
 
     @classmethod
     def from_run(cls, path: str | Path | None = None, checkpoint: str = "best", runtime: str = "torch",
-                 threads: int = 0, device: str | torch.device = "cpu") -> "Predictor":
+                 threads: int = 0, device: str | torch.device = "cpu", deadline_s: float = DEADLINE_S) -> "Predictor":
         """Load a run folder or .safetensors file; no path means the model shipped with digitlab."""
         if runtime not in RUNTIMES:  # before loading anything
             raise ConfigError(f"runtime must be one of: {', '.join(RUNTIMES)}; got {runtime!r}")
         loaded = load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint)
-        return cls.from_loaded(loaded, runtime, threads, device)
+        return cls.from_loaded(loaded, runtime, threads, device, deadline_s)
 
     @classmethod
-    def from_onnx(cls, model: str | Path | bytes, threads: int = 0, source: str | None = None) -> "Predictor":
-        """An .onnx file written by `digitlab export` (or its bytes): the file alone says how to feed it."""
-        backend = OnnxBackend(model, threads, source)
+    def from_onnx(cls, model: str | Path | bytes, threads: int = 0, source: str | None = None,
+                  deadline_s: float = DEADLINE_S) -> "Predictor":
+        """An .onnx file written by `digitlab export` (or its bytes): the file alone says how to feed it. The file
+        is untrusted: it is probed on load, and each call runs under `deadline_s` (backends.deadline_for)."""
+        backend = OnnxBackend(model, threads, source, deadline_s)
         return cls(backend, ModelInfo.from_meta(backend.meta, backend.source))
 
     @property
@@ -180,13 +214,31 @@ class Predictor:
                 "test_accuracy": (self.info.metrics or {}).get("test_accuracy"), "runtime": self.backend.runtime}
 
     def logits(self, images) -> np.ndarray:
-        """uint8 MNIST-like images (N, 28, 28), numpy or tensor -> float32 logits (N, 10)."""
+        """uint8 MNIST-like images (N, 28, 28), numpy or tensor -> float32 logits (N, classes); a ModelError if
+        the model answers anything else (another shape, NaN or infinity)."""
         pixels = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images, np.uint8))
         pixels = pixels.reshape(-1, 28, 28).cpu()
         if pixels.shape[0] == 0:
             return np.empty((0, len(self.classes)), np.float32)
-        return np.concatenate([self.backend.logits(normalize(pixels[i:i + BATCH], self.normalization))
+        return np.concatenate([self.checked(self.backend.logits(normalize(pixels[i:i + BATCH], self.normalization)),
+                                            min(BATCH, pixels.shape[0] - i), i)
                                for i in range(0, pixels.shape[0], BATCH)])
+
+    def checked(self, logits, images: int, first: int = 0) -> np.ndarray:
+        """A backend's answer for `images` images as float32 (images, classes), or a ModelError saying what is
+        wrong with it; `first` numbers the images in the message."""
+        name = Path(self.info.source).name  # not the whole path: the message may reach an HTTP client
+        out = np.asarray(logits)
+        expected = (images, len(self.classes))
+        if out.shape != expected:
+            raise ModelError(f"{name}: the model answered an array of shape {out.shape} for {images} image(s); "
+                             f"expected {expected}, one logit per class in its metadata")
+        if out.dtype.kind != "f":
+            raise ModelError(f"{name}: the model answered {out.dtype} numbers, not floating-point logits")
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            raise ModelError(f"{name}: the model answered NaN or infinity for image {first + int(np.argmin(finite))}")
+        return out.astype(np.float32, copy=False)
 
     def probabilities(self, images) -> np.ndarray:
         """uint8 MNIST-like images (N, 28, 28) -> probabilities (N, 10), a float32 numpy array."""

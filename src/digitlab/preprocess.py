@@ -21,7 +21,8 @@ needs some cleaning before the MNIST steps:
 - thresholding: Otsu's threshold on the levelled image finds the strong strokes, specks that are not
   part of the main strokes are dropped, and the soft ink values near the strokes are kept, stretched so
   the ink's strong pixels reach 255.
-An image with no ink, one that cannot be read, or one larger than MAX_IMAGE_SIDE is an ImageError.
+An image with no ink, one that cannot be read, one in a format outside digitlab.formats.IMAGE_FORMATS (no
+other Pillow decoder ever sees the bytes), or one larger than MAX_IMAGE_SIDE is an ImageError.
 
 numpy and Pillow only; every function is pure (inputs in, outputs out). Try it:
 
@@ -40,6 +41,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import ImageError
+from digitlab.formats import FORMATS_TEXT, IMAGE_FORMATS
 
 CANVAS = 28  # side of an MNIST image
 TARGET_BOX = 20  # longer side of the ink's bounding box in an MNIST image
@@ -80,7 +82,8 @@ def _check_size(height: int, width: int, name: str, max_side: int) -> None:
 
 
 def load_image(source: ImageSource, max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
-    """Decode a path, bytes, file object or PIL image (first frame, EXIF-upright), refusing huge ones."""
+    """Decode a path, bytes, file object or PIL image (first frame, EXIF-upright), refusing huge ones and files
+    in formats outside IMAGE_FORMATS. A PIL image is taken as it is: whoever decoded it chose its format."""
     if isinstance(source, Image.Image):
         _check_size(source.height, source.width, "image", max_side)
         return source
@@ -90,7 +93,7 @@ def load_image(source: ImageSource, max_side: int = MAX_IMAGE_SIDE) -> Image.Ima
             raise ImageError("no image data (zero bytes)")
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as im:
+        with Image.open(source, formats=IMAGE_FORMATS) as im:
             _check_size(im.height, im.width, name, max_side)
             im.seek(0)  # animated GIF, multi-page TIFF: the first frame
             im.load()
@@ -102,7 +105,7 @@ def load_image(source: ImageSource, max_side: int = MAX_IMAGE_SIDE) -> Image.Ima
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image in a format Pillow can read") from None
+        raise ImageError(f"{name}: not an image in a format digitlab reads ({FORMATS_TEXT})") from None
     except Exception as e:  # Pillow's decoders raise many types on corrupt data; all mean "bad image"
         raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from digitlab.errors import DigitlabError, ImageError
+from digitlab.errors import DigitlabError, ImageError, ModelError
 from digitlab.predict import Predictor
 from digitlab.preprocess import canvas_to_mnist, load_image, to_mnist
 from digitlab.serve.limits import BodySizeLimit, Limits, check_image_header
@@ -219,6 +219,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DigitlabError)
     async def user_error(_request: Request, exc: DigitlabError) -> JSONResponse:
+        if isinstance(exc, ModelError):  # the model misbehaved (NaN, wrong shape, past its deadline): ours, not theirs
+            return JSONResponse({"detail": str(exc)}, status_code=500)
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(Exception)

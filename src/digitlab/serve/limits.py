@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
-# The formats an upload may be; Pillow knows some 40, and every decoder is attack surface (EPS runs Ghostscript).
-UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+from digitlab.formats import FORMATS_TEXT, IMAGE_FORMATS
+
+UPLOAD_FORMATS = IMAGE_FORMATS  # the CLI's and the Python API's list too (digitlab.formats): one list, one decoder set
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def check_image_header(data: bytes, max_side: int) -> None:
             with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as im:  # the header only; pixels come later
                 width, height = im.size
     except UnidentifiedImageError:
-        raise HTTPException(415, "the uploaded file is not an image (send PNG, JPEG, GIF, BMP, TIFF or WebP)") from None
+        detail = f"the uploaded file is not an image in a format digitlab reads ({FORMATS_TEXT})"
+        raise HTTPException(415, detail) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, "the uploaded image has too many pixels to decode safely") from None
     except Exception as e:  # a header Pillow recognises but cannot parse
