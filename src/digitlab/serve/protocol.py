@@ -63,12 +63,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.idle_since = time.monotonic()
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections and not self.make_room():
+        if self.over_cap() and not self.make_room():
             self.on_close("connection_cap")
             transport.write(json_response(503, "Service Unavailable", "the server has too many open connections"))
             transport.close()
             return
         self.await_headers()
+
+    def over_cap(self) -> bool:
+        """More connections open than the cap, not counting those already closing (counted only past it)."""
+        return (len(self.connections) > self.limits.max_connections
+                and sum(not c.transport.is_closing() for c in self.connections) > self.limits.max_connections)
 
     def make_room(self) -> bool:
         """Close the connection idle the longest (waiting for a request, not answering one); False if none is."""

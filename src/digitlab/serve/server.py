@@ -39,13 +39,27 @@ def run_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, 
     """Serve `predictor` until interrupted; torch uses `threads` CPU threads per inference (an ONNX Runtime
     predictor was given its own when created: Predictor.from_run(..., runtime="onnx", threads=...)).
     `policy` defaults to answering only Host headers naming `host` or this machine's loopback names."""
+    torch.set_num_threads(max(1, threads))
+    server = make_server(predictor, host, port, limits, log_level, policy, connections)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # as uvicorn.run: Ctrl+C during start-up or shutdown is a normal stop
+        pass
+    if not server.started:
+        raise DigitlabError(f"the server did not start on {host}:{port} (its log above says why)")
+
+
+def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+                log_level: str = "info", policy: HttpPolicy | None = None,
+                connections: ConnectionLimits | None = None) -> "uvicorn.Server":
+    """The uvicorn server run_server runs (call .run(), or set .should_exit to stop it from another thread)."""
     import uvicorn
 
-    torch.set_num_threads(max(1, threads))
     policy = policy or HttpPolicy(allowed_hosts=default_allowed_hosts(host))
     connections = connections or ConnectionLimits(max_connections=default_max_connections())
     app = create_app(predictor, limits, policy)
     protocol = guarded_protocol(connections, on_close=app.state.metrics.reject)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP,
-                limit_concurrency=None, backlog=connections.backlog, timeout_keep_alive=connections.keep_alive_s,
-                timeout_graceful_shutdown=5, server_header=False)
+    return uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP, limit_concurrency=None,
+        backlog=connections.backlog, timeout_keep_alive=connections.keep_alive_s, timeout_graceful_shutdown=5,
+        server_header=False))
