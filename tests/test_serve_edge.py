@@ -25,8 +25,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from digitlab.predict import Predictor
 from digitlab.serve import create_app
-from digitlab.serve.http_policy import HttpPolicy, InFlightLimit
-from digitlab.serve.protocol import ConnectionLimits
 from helpers import REPO, free_port, run_cli
 
 TIMEOUT_S = 20
@@ -203,6 +201,7 @@ def test_one_byte_chunked_bodies_do_not_block_healthz(serve, zero_pixels):
 @pytest.fixture()
 def small_server(shipped) -> Iterator[tuple[str, object]]:
     """make_server with 8 connections at most and a long header deadline, so only the cap closes anything."""
+    from digitlab.serve.protocol import ConnectionLimits
     from digitlab.serve.server import make_server
 
     port = free_port()
@@ -282,6 +281,8 @@ def test_wrong_host_is_400_and_the_server_own_names_pass(serve):
 
 
 def test_allowed_hosts_option(shipped):
+    from digitlab.serve.http_policy import HttpPolicy
+
     policy = HttpPolicy(allowed_hosts=("digits.example", "*.lan"))
     with TestClient(create_app(shipped, policy=policy), base_url="http://digits.example") as c:
         assert c.get("/healthz").status_code == 200
@@ -325,6 +326,8 @@ def test_no_cors_headers_unless_configured(shipped, client, zero_pixels):
     r = client.post(PREDICT, json=zero_pixels, headers={"origin": "http://app.example"})
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
 
+    from digitlab.serve.http_policy import HttpPolicy
+
     with TestClient(create_app(shipped, policy=HttpPolicy(cors_origins=("http://app.example",)))) as c:
         r = c.options(PREDICT, headers=preflight)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
@@ -338,6 +341,8 @@ def test_no_cors_headers_unless_configured(shipped, client, zero_pixels):
 
 
 def test_requests_in_flight_are_limited_but_probes_pass():
+    from digitlab.serve.http_policy import InFlightLimit
+
     release = asyncio.Event()
 
     async def held(scope, receive, send):  # predictions wait for `release`; anything else answers at once
