@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -264,7 +265,13 @@ def send_raw(url: str, request: bytes) -> int:
     port = int(url.rsplit(":", 1)[1])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S) as s:
-            s.sendall(request)
+            try:
+                for i in range(0, len(request), 65536):
+                    if select.select([s], [], [], 0)[0]:  # answered (or hung up) before the end: stop sending
+                        break
+                    s.sendall(request[i:i + 65536])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
             answer = s.recv(64)
             while chunk := s.recv(65536):  # read to the end so the server is not left writing
                 pass
@@ -386,22 +393,26 @@ def attack_large_png(url: str, root: int, data: bytes, max_rss_mb: float, max_th
     ]
 
 
-def attack_slow_parses(url: str, files: dict[str, bytes], chunked: bytes, rounds: int) -> list[Row]:
-    statuses: dict[str, list[int]] = {"png": [], "jpeg": [], "chunked": []}
+def attack_slow_parses(url: str, files: dict[str, bytes], chunked: bytes, rounds: int,
+                       kinds: list[str]) -> list[Row]:
+    statuses: dict[str, list[int]] = {kind: [] for kind in kinds}
+    senders = {"png": lambda http: upload(http, url, "chunks.png", files["png"], "image/png"),
+               "jpeg": lambda http: upload(http, url, "markers.jpg", files["jpeg"], "image/jpeg"),
+               "chunked": lambda http: send_raw(url, chunked)}
 
     def client(_: int) -> None:
         with httpx.Client(timeout=CLIENT_TIMEOUT_S) as http:
             for _ in range(rounds):
-                statuses["png"].append(upload(http, url, "chunks.png", files["png"], "image/png"))
-                statuses["jpeg"].append(upload(http, url, "markers.jpg", files["jpeg"], "image/jpeg"))
-                statuses["chunked"].append(send_raw(url, chunked))
+                for kind in kinds:
+                    statuses[kind].append(senders[kind](http))
 
     with Probe(url + "/healthz", 0.05) as health:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(client, range(8)))
     answers = {k: {s: v.count(s) for s in sorted(set(v))} for k, v in statuses.items()}
-    return [Row(f"3. 8 clients x {rounds} x (160k-chunk PNG {len(files['png']) / 1e6:.1f} MB, 450k-marker JPEG "
-                f"{len(files['jpeg']) / 1e6:.1f} MB, 300k 1-byte chunks; answers {answers}): /healthz",
+    names = {"png": f"160k-chunk PNG {len(files['png']) / 1e6:.1f} MB",
+             "jpeg": f"450k-marker JPEG {len(files['jpeg']) / 1e6:.1f} MB", "chunked": "300k 1-byte chunks"}
+    return [Row(f"3. 8 clients x {rounds} x ({', '.join(names[k] for k in kinds)}; answers {answers}): /healthz",
                 "p99 < 100 ms, all 200",
                 f"p99 {health.p99_ms():.0f} ms, max {health.max_ms():.0f} ms, {len(health.latencies)} probes"
                 + (f", failures {health.failures[:3]}" if health.failures else ""),
@@ -417,6 +428,8 @@ def main() -> int:
     parser.add_argument("--max-rss-mb", type=float, default=1536, help="attack 2's bound on the tree's RSS")
     parser.add_argument("--max-threads", type=int, default=64, help="attack 2's bound on the tree's threads")
     parser.add_argument("--max-processes", type=int, default=8, help="attack 2's bound on the tree's processes")
+    parser.add_argument("--slow-kinds", nargs="+", choices=["png", "jpeg", "chunked"],
+                        default=["png", "jpeg", "chunked"], help="what attack 3's clients send")
     parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3], default=[1, 2, 3], help="attacks to run")
     args, flags = parser.parse_known_args()
     flags = [f for f in flags if f != "--"]
@@ -433,7 +446,7 @@ def main() -> int:
     attacks = {1: lambda url, pid: attack_sockets(url, args.hold, seven.tolist(), 7),
                2: lambda url, pid: attack_large_png(url, pid, big, args.max_rss_mb, args.max_threads,
                                                     args.max_processes),
-               3: lambda url, pid: attack_slow_parses(url, files, chunked, args.rounds)}
+               3: lambda url, pid: attack_slow_parses(url, files, chunked, args.rounds, args.slow_kinds)}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(args.only):  # a fresh server for each, so that one attack's aftermath cannot skew the next

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -103,9 +104,16 @@ def wait_for_eof(sock: socket.socket, timeout_s: float) -> bytes:
 
 
 def raw(url: str, request: bytes) -> tuple[int, dict, bytes]:
-    """One raw request on its own connection, read until the server closes it: (status, headers, body)."""
+    """One raw request on its own connection, read until the server closes it: (status, headers, body). The
+    request goes in 64 KiB pieces, and no more is sent once the server has answered (or hung up)."""
     with socket.create_connection(("127.0.0.1", port_of(url)), timeout=TIMEOUT_S) as s:
-        s.sendall(request)
+        try:
+            for i in range(0, len(request), 65536):
+                if select.select([s], [], [], 0)[0]:
+                    break
+                s.sendall(request[i:i + 65536])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         answer = wait_for_eof(s, TIMEOUT_S)
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -167,16 +175,18 @@ def test_headers_larger_than_the_cap_are_refused(serve):
 
 def test_one_byte_chunked_bodies_do_not_block_healthz(serve, zero_pixels):
     """Four predictions whose 300,000-byte bodies arrive as 300,000 chunks of 1 byte each: with uvicorn on h11
-    (pure Python) each cost ~2 s of event-loop time, and /healthz waited seconds behind them."""
+    (pure Python) each cost ~2 s of event-loop time, and /healthz waited seconds behind them. Now the parser is
+    httptools, and a body is refused (413) at its 8,193rd chunk, before the rest is parsed."""
     body = json.dumps(zero_pixels).encode()
     body = body[:-1] + b" " * (300_000 - len(body)) + b"}"
     framed = b"".join(b"1\r\n" + body[i:i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
     head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    statuses: list[int] = []
+    answers: list[tuple[int, bytes]] = []
 
     def attack() -> None:
-        statuses.append(raw(serve, head + framed)[0])
+        status, _, body = raw(serve, head + framed)
+        answers.append((status, body))
 
     attackers = [threading.Thread(target=attack) for _ in range(4)]
     worst = 0.0
@@ -191,8 +201,21 @@ def test_one_byte_chunked_bodies_do_not_block_healthz(serve, zero_pixels):
             worst = max(worst, time.perf_counter() - start)
     for t in attackers:
         t.join(TIMEOUT_S)
-    assert statuses == [200] * 4, statuses
+    assert [status for status, _ in answers] == [413] * 4, answers
+    assert all("8,192 chunks" in json.loads(body)["detail"] for _, body in answers)
     assert worst < 1.0, f"/healthz took {worst:.2f} s while the chunked bodies arrived"
+
+
+def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(serve):
+    """Past its headers a request is the app's: Limits.read_timeout_s (10 s) bounds its body under httptools too,
+    and the connection is closed after the answer."""
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"pixels\": ")
+    started = time.monotonic()
+    status, _, body = raw(serve, head)
+    took = time.monotonic() - started
+    assert status == 408 and "body took longer" in json.loads(body)["detail"], (status, body)
+    assert 9 < took < 13, f"answered and closed after {took:.1f} s; the read timeout is 10 s"
 
 
 # ---- the cap on open connections (a real uvicorn in a thread, configured as `digitlab serve` configures it)

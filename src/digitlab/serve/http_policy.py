@@ -13,6 +13,8 @@ From the outside in, each refusing before the body is read, as JSON {"detail": .
 - InFlightLimit: past `max_in_flight` requests being handled at once, 503. It counts requests, not connections
   (idle sockets are the connection layer's business, serve/protocol.py); GET/HEAD of /healthz and /metrics are
   never refused, so probes see a busy server as alive.
+- CloseAfterRefusal: a 408 or 413 answer closes the connection (`connection: close`): the rest of its body
+  may never come, or may be large, and reading it only to reuse the connection serves the sender alone.
 - PageHeaders: the page headers (CSP, nosniff, no referrer) on every text/html response, static files and
   /docs included, so no HTML route can be added without them.
 """
@@ -184,8 +186,31 @@ class PageHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class CloseAfterRefusal:
+    """Adds `connection: close` to 408 and 413 answers, so the server hangs up instead of reading on."""
+
+    STATUSES = frozenset({408, 413})
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def closing(message):
+            if message["type"] == "http.response.start" and message["status"] in self.STATUSES:
+                headers = message.get("headers", [])
+                if not any(k.lower() == b"connection" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
 def add_http_policy(app: Any, policy: HttpPolicy, page_headers: dict[str, str]) -> None:
     """Register the middleware above; Starlette runs the last added outermost, so they are added inside out."""
+    app.add_middleware(CloseAfterRefusal)
     app.add_middleware(PageHeaders, headers=page_headers)
     app.add_middleware(InFlightLimit, limit=policy.max_in_flight)
     if policy.cors_origins:
