@@ -273,7 +273,10 @@ def send_raw(url: str, request: bytes) -> int:
             except (BrokenPipeError, ConnectionResetError):
                 pass
             answer = s.recv(64)
-            while chunk := s.recv(65536):  # read to the end so the server is not left writing
+            try:
+                while s.recv(65536):  # read to the end so the server is not left writing
+                    pass
+            except ConnectionResetError:  # it hung up on the unsent rest of the request: the answer is in
                 pass
     except OSError:
         return 0

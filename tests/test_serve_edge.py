@@ -176,7 +176,7 @@ def test_headers_larger_than_the_cap_are_refused(serve):
 def test_one_byte_chunked_bodies_do_not_block_healthz(serve, zero_pixels):
     """Four predictions whose 300,000-byte bodies arrive as 300,000 chunks of 1 byte each: with uvicorn on h11
     (pure Python) each cost ~2 s of event-loop time, and /healthz waited seconds behind them. Now the parser is
-    httptools, and a body is refused (413) at its 8,193rd chunk, before the rest is parsed."""
+    httptools, and a body is refused (413) at its 1,025th chunk, before the rest is parsed."""
     body = json.dumps(zero_pixels).encode()
     body = body[:-1] + b" " * (300_000 - len(body)) + b"}"
     framed = b"".join(b"1\r\n" + body[i:i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
@@ -202,7 +202,7 @@ def test_one_byte_chunked_bodies_do_not_block_healthz(serve, zero_pixels):
     for t in attackers:
         t.join(TIMEOUT_S)
     assert [status for status, _ in answers] == [413] * 4, answers
-    assert all("8,192 chunks" in json.loads(body)["detail"] for _, body in answers)
+    assert all("1,024 chunks" in json.loads(body)["detail"] for _, body in answers)
     assert worst < 1.0, f"/healthz took {worst:.2f} s while the chunked bodies arrived"
 
 

@@ -42,7 +42,7 @@ class ConnectionLimits:
     header_timeout_s: float = 5.0  # to complete a request's headers, from connecting or from the previous answer
     keep_alive_s: float = 5.0  # an idle keep-alive connection (nothing sent after an answer) is closed after this
     max_header_bytes: int = 64 * 1024  # request line + headers; larger is 431
-    max_body_chunks: int = 8192  # chunks in one chunked body (2 MiB in 8,192 chunks: 256 bytes each); more is 413
+    max_body_chunks: int = 1024  # chunks in one chunked body (2 MiB in 1,024 chunks: 2 KiB each); more is 413
     max_connections: int = 2048  # open connections; past it the longest-idle one is closed, or the new one refused
     backlog: int = 2048  # connections the kernel queues before they are accepted
 
