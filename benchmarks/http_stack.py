@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-STACKS = [("h11", "asyncio"), ("httptools", "asyncio"), ("httptools", "uvloop"), ("guarded", "uvloop")]
+STACKS = [("h11", "asyncio"), ("httptools", "asyncio"), ("httptools", "uvloop"), ("guarded", "asyncio"),
+          ("guarded", "uvloop")]
 CHUNKS = 300_000
 
 
@@ -94,18 +95,22 @@ def send_chunked(port: int, framed: bytes, statuses: list[int]) -> float:
 
 def worst_health_during(port: int, attack) -> tuple[float, float]:
     """Run attack() (returns seconds) while probing /healthz every 20 ms; (attack s, slowest probe s)."""
-    done, worst = threading.Event(), [0.0]
+    done, ready, worst = threading.Event(), threading.Event(), [0.0]
 
     def probe() -> None:
         with httpx.Client(timeout=30) as http:
-            while not done.is_set():
+            http.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()  # connected before the attack
+            ready.set()
+            while True:  # at least one probe during the attack, however short it is
                 start = time.perf_counter()
                 http.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()
                 worst[0] = max(worst[0], time.perf_counter() - start)
-                done.wait(0.02)
+                if done.wait(0.02):
+                    return
 
     prober = threading.Thread(target=probe)
     prober.start()
+    ready.wait(30)
     try:
         took = attack()
     finally:

@@ -491,5 +491,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}, {info['runtime']}) on "
           f"http://{host}:{args.port} (Ctrl+C to stop)", flush=True)
+    if args.host in ("0.0.0.0", "::") and not args.allowed_host:  # reachable by names the server cannot know
+        print(f"digitlab: answering Host {', '.join(hosts)} only; add the names clients use with --allowed-host",
+              flush=True)
     run_server(predictor, args.host, args.port, threads=args.threads, policy=policy)
     return 0
