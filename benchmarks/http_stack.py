@@ -176,6 +176,11 @@ def main() -> None:
           "healthz/s | predict/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for http, loop in STACKS:
+        try:
+            __import__(loop)
+        except ImportError:
+            print(f"| {http} | {loop} | not installed (pip install {loop}) | | | | | | |")
+            continue
         print(measure(http, loop, pixels, framed), flush=True)
     print(f"\nload average (1 min) after: {os.getloadavg()[0]:.2f}")
 

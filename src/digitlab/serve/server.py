@@ -19,7 +19,7 @@ from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
 from digitlab.serve.limits import Limits
 from digitlab.serve.protocol import ConnectionLimits, default_max_connections, guarded_protocol
 
-EVENT_LOOP = "auto"  # uvloop when installed (the web extra installs it), else asyncio's; see docs/benchmarks.md
+EVENT_LOOP = "asyncio"  # uvloop measured no faster here (docs/benchmarks.md), so not one more dependency
 
 
 def check_can_listen(host: str, port: int) -> None:
