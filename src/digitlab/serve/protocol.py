@@ -59,15 +59,16 @@ class TooManyChunks(Exception):
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a header size cap and a cap on open connections.
-    Configured through class attributes by guarded_protocol(), since uvicorn creates one instance per
-    connection with its own fixed arguments."""
+    """uvicorn's httptools protocol with a header deadline, caps on header size and body chunks, and a cap on
+    open connections. Configured through class attributes by guarded_protocol(), since uvicorn creates one
+    instance per connection with its own fixed arguments."""
 
     limits = ConnectionLimits()
     on_close: Callable[[str], None] = staticmethod(lambda reason: None)  # told why the guard closed a connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.header_timer: asyncio.TimerHandle | None = None
+        self.in_headers = True  # the bytes arriving belong to a request's headers (counted against the cap)
         self.header_bytes = 0
         self.idle_since = time.monotonic()
         super().connection_made(transport)
@@ -125,24 +126,29 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        reading_headers = self.header_timer is not None
-        if reading_headers:
+        if self.in_headers:
             self.header_bytes += len(data)
         super().data_received(data)
         # headers still incomplete past the cap (checked after parsing, so a request whose headers end inside
-        # this read is never refused for the body that follows them): at most the cap plus one read is held
-        if (reading_headers and self.header_timer is not None and not self.transport.is_closing()
-                and self.header_bytes > self.limits.max_header_bytes):
+        # this read is never refused for the body that follows them): at most the cap plus one read is held;
+        # this holds for a pipelined request's headers too, which arrive while the one before is answered
+        if self.in_headers and not self.transport.is_closing() and self.header_bytes > self.limits.max_header_bytes:
             self.on_close("header_too_large")
-            self.transport.write(json_response(
-                431, "Request Header Fields Too Large",
-                f"the request line and headers are larger than {self.limits.max_header_bytes:,} bytes"))
+            if self.cycle is None or self.cycle.response_complete:  # not in the middle of another answer
+                self.transport.write(json_response(
+                    431, "Request Header Fields Too Large",
+                    f"the request line and headers are larger than {self.limits.max_header_bytes:,} bytes"))
             self.close()
 
     def on_headers_complete(self) -> None:
         self.cancel_header_timer()
+        self.in_headers = False
         self.body_chunks = 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.in_headers, self.header_bytes = True, 0  # whatever comes next is the next request's headers
+        super().on_message_complete()
 
     def on_chunk_header(self) -> None:
         """httptools calls this once per chunk of a chunked body; past the cap, parsing stops here (the raise
