@@ -9,6 +9,7 @@ app's Limits bound each request's body, time and image.
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,7 +18,11 @@ from digitlab.predict import Predictor
 from digitlab.serve.app import create_app
 from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
 from digitlab.serve.limits import Limits
-from digitlab.serve.protocol import ConnectionLimits, default_max_connections, guarded_protocol
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from digitlab.serve.protocol import ConnectionLimits
 
 EVENT_LOOP = "asyncio"  # uvloop measured no faster here (docs/benchmarks.md), so not one more dependency
 
@@ -51,9 +56,11 @@ def run_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, 
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
                 log_level: str = "info", policy: HttpPolicy | None = None,
-                connections: ConnectionLimits | None = None) -> "uvicorn.Server":
+                connections: ConnectionLimits | None = None) -> uvicorn.Server:
     """The uvicorn server run_server runs (call .run(), or set .should_exit to stop it from another thread)."""
     import uvicorn
+
+    from digitlab.serve.protocol import ConnectionLimits, default_max_connections, guarded_protocol  # httptools
 
     policy = policy or HttpPolicy(allowed_hosts=default_allowed_hosts(host))
     connections = connections or ConnectionLimits(max_connections=default_max_connections())
