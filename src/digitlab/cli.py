@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=1, help="CPU threads torch uses per prediction")
     serve.add_argument("--runtime", default="onnx", choices=["onnx", "torch"],
                        help="inference engine; ONNX Runtime is the faster one for single images")
+    serve.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                       help="a Host header to answer (repeatable; '*.a.org' for subdomains, '*' for any); "
+                            "default: the --host address, localhost, 127.0.0.1 and [::1]")
+    serve.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                       help="let pages of this origin (e.g. https://a.org) call the API (repeatable); default: none")
     return parser
 
 

@@ -484,15 +484,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    for module in ("fastapi", "uvicorn", "fastapi_offline"):  # fastapi_offline: Swagger UI's files for /docs
+    # fastapi_offline: Swagger UI's files for /docs; httptools: the HTTP parser the connection guards build on
+    for module in ("fastapi", "uvicorn", "fastapi_offline", "httptools", "prometheus_client"):
         require("web", module, "digitlab serve")
     from digitlab.serve import check_can_listen, run_server
+    from digitlab.serve.http_policy import HttpPolicy, check_host, check_origin, default_allowed_hosts
 
+    hosts = tuple(check_host(h) for h in args.allowed_host) if args.allowed_host else default_allowed_hosts(args.host)
+    policy = HttpPolicy(allowed_hosts=hosts, cors_origins=tuple(check_origin(o) for o in args.cors_origin or ()))
     predictor = load_serving_predictor(args)  # loaded once, before the server starts
     check_can_listen(args.host, args.port)
     info = predictor.describe()
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}, {info['runtime']}) on "
           f"http://{host}:{args.port} (Ctrl+C to stop)", flush=True)
-    run_server(predictor, args.host, args.port, threads=args.threads)
+    if args.host in ("0.0.0.0", "::") and not args.allowed_host:  # reachable by names the server cannot know
+        print(f"digitlab: answering Host {', '.join(hosts)} only; add the names clients use with --allowed-host",
+              flush=True)
+    run_server(predictor, args.host, args.port, threads=args.threads, policy=policy)
     return 0

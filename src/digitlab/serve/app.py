@@ -4,12 +4,15 @@
     POST /api/predict  an image file (multipart field `file`), or JSON {"pixels": 28 rows of 28 numbers 0..255,
                        bright ink on black}; answers label, ten probabilities and the 28x28 image the model saw
     GET  /api/model    what is loaded
-    GET  /healthz      {"status": "ok"}
+    GET  /healthz      {"status": "ok"} (HEAD / and HEAD /healthz too, for probes)
     GET  /docs         OpenAPI docs: Swagger UI from fastapi-offline's copy, served here (no CDN, works offline)
+    GET  /metrics      counters in the Prometheus text format (serve/metrics.py; not in the OpenAPI schema)
 
 The routes hold no ML code: pixels go through digitlab.preprocess (the functions training data and the CLI use),
 then through the Predictor, which is loaded once, outside, and shared. Preprocessing and inference run in worker
 threads under a time limit, the model under a lock. Every refusal is a 4xx JSON error {"detail": "..."}.
+Host checks, cross-origin refusals, CORS, the in-flight limit and the page headers are middleware
+(serve/http_policy.py), registered here with the metrics.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -32,7 +35,9 @@ from starlette.requests import ClientDisconnect
 from digitlab.errors import DigitlabError, ImageError, ModelError
 from digitlab.predict import Predictor
 from digitlab.preprocess import canvas_to_mnist, load_image, to_mnist
+from digitlab.serve.http_policy import HttpPolicy, add_http_policy
 from digitlab.serve.limits import BodySizeLimit, Limits, check_image_header
+from digitlab.serve.metrics import Metrics, MetricsMiddleware
 
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
@@ -70,11 +75,14 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
-    """The web app around one loaded predictor."""
+def create_app(predictor: Predictor, limits: Limits = Limits(), policy: HttpPolicy = HttpPolicy()) -> FastAPI:
+    """The web app around one loaded predictor; `policy` says which Host headers and origins it answers."""
     app = FastAPI(title="digitlab", summary="Handwritten-digit classifier: draw a digit or upload an image.",
                   version=_version(), docs_url=None, redoc_url=None)  # FastAPI's /docs loads Swagger UI from a CDN
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    add_http_policy(app, policy, PAGE_HEADERS)
+    metrics = app.state.metrics = Metrics(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees the refusals of the others
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_docs(app)
@@ -91,13 +99,22 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
         return {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
                 "probabilities": pred.probabilities, "preprocessed": image.tolist(), "model": model_info}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # async: on the event loop, never queued behind a busy thread pool
         return {"status": "ok"}
+
+    @app.head("/healthz", include_in_schema=False)  # for probes: GET's headers; the server drops the body
+    async def healthz_head() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        content, content_type = metrics.exposition()
+        return Response(content, headers={"content-type": content_type})
 
     @app.get("/api/model")
     def model() -> dict:
