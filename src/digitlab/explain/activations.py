@@ -8,7 +8,8 @@ layer before produced and add nothing to look at. Each activation becomes images
 - a convolution or pooling output (C, H, W): one image per channel;
 - an RNN/LSTM/GRU's outputs (T=28 row steps, H hidden units): one image, a row per step, the hidden state
   after reading each image row;
-- a vector (a Linear or an activation after it, n units): one near-square image of its n values.
+- a vector (a Linear or an activation after it, n units): one near-square image of its n values (one row
+  for 64 or fewer, such as the logits).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def as_images(output: torch.Tensor, module: nn.Module) -> np.ndarray:
         return out.numpy()
     flat = out.reshape(-1)
     n = flat.numel()
-    cols = math.ceil(math.sqrt(n))
+    cols = n if n <= 64 else math.ceil(math.sqrt(n))  # a short vector (logits) reads best as one row
     rows = math.ceil(n / cols)
     padded = torch.full((rows * cols,), float("nan"))  # NaN marks the cells past the last unit (drawn blank)
     padded[:n] = flat

@@ -42,15 +42,25 @@ def attribution_figure_size(rows: int, maps: int) -> tuple[int, int]:
     return round((2 + maps) * CELL_W * DPI), round(rows * CELL_H * DPI)
 
 
-def overlay(ax, seen: np.ndarray, attribution: np.ndarray, method: str) -> None:
-    """The 28x28 image in grey with the map over it: signed maps on a red-blue scale symmetric about 0, the
-    others from transparent to hot, each scaled to its own largest magnitude."""
-    ax.imshow(seen, cmap="gray", vmin=0, vmax=255)
+def heat_rgba(attribution: np.ndarray, method: str) -> np.ndarray:
+    """A map as an RGBA image over the digit: opacity grows with |value| (scaled to the map's largest
+    magnitude), red where a pixel speaks for the class, blue against it (signed methods); yellow-red else."""
     peak = float(np.abs(attribution).max()) or 1.0
+    strength = np.clip(np.abs(attribution) / peak, 0, 1)
+    rgba = np.zeros((*attribution.shape, 4), np.float32)
     if method in SIGNED:
-        ax.imshow(attribution, cmap="bwr", vmin=-peak, vmax=peak, alpha=0.65)
+        rgba[attribution >= 0, :3] = (1.0, 0.15, 0.1)
+        rgba[attribution < 0, :3] = (0.1, 0.45, 1.0)
     else:
-        ax.imshow(attribution, cmap="hot", vmin=0, vmax=peak, alpha=0.7)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = 1.0, strength, 0.1 * strength
+    rgba[..., 3] = strength ** 0.6  # a gamma below 1: the weaker half of the map stays visible
+    return rgba
+
+
+def overlay(ax, seen: np.ndarray, attribution: np.ndarray, method: str) -> None:
+    """The 28x28 image, dimmed, with the map over it."""
+    ax.imshow(seen, cmap="gray", vmin=0, vmax=255 * 2.5)
+    ax.imshow(heat_rgba(attribution, method))
 
 
 def attribution_figure(rows: list[tuple[np.ndarray | None, object, str]], method: str) -> Figure:
@@ -74,7 +84,7 @@ def attribution_figure(rows: list[tuple[np.ndarray | None, object, str]], method
         for ax in row[2 + len(ex.targets):]:
             ax.axis("off")
     fig.suptitle(f"{METHOD_NAMES[method]}: why the model says what it says", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.45 / (height / DPI), wspace=0.08,
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (height / DPI), wspace=0.08,
                         hspace=0.3)
     return fig
 
@@ -98,8 +108,8 @@ def mosaic(maps: np.ndarray, per_row: int = TILES_PER_ROW) -> np.ndarray:
 def layers_figure(layers: list, image: np.ndarray, title: str) -> Figure:
     """The input, then one panel per layer: its channels (up to MAX_CHANNELS) tiled, brighter = larger."""
     tiles = [mosaic(layer.maps[:MAX_CHANNELS]) for layer in layers]
-    heights = [1.6] + [max(0.9, min(4.5, 7.5 * t.shape[0] / max(t.shape[1], 1))) for t in tiles]
-    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, sum(heights) + 0.4 * len(heights)),
+    heights = [1.6] + [max(0.35, min(4.5, 7.6 * t.shape[0] / max(t.shape[1], 1))) for t in tiles]
+    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, sum(heights) + 0.3 * len(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     axes = axes[:, 0]
     cmap = matplotlib.colormaps["viridis"].copy()
