@@ -112,8 +112,7 @@ def layers_figure(layers: list, image: np.ndarray, title: str) -> Figure:
     fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, sum(heights) + 0.3 * len(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     axes = axes[:, 0]
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
     axes[0].set_title(title, fontsize=9)
     for ax, layer, tile in zip(axes[1:], layers, tiles):
