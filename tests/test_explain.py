@@ -163,7 +163,8 @@ def test_cli_writes_the_png_with_its_layout(family, runs, tmp_path, capsys):
     assert code == 0, err
     assert stdout.count("predicted") == 3 and f"wrote {out}" in stdout
     with Image.open(out) as im:
-        assert im.format == "PNG" and im.size == attribution_figure_size(3, 2)  # 3 rows, input + seen + 2 maps
+        # 3 rows of 4 panels (input, what it saw, 2 maps), each 2.0 x 2.3 inches at 100 dpi
+        assert im.format == "PNG" and im.size == (800, 690) == attribution_figure_size(3, 2)
 
 
 @pytest.mark.parametrize("family", ["cnn", "mlp", "gru"])
@@ -277,8 +278,9 @@ def test_embedding_json_and_map(runs, capsys, tmp_path):
 #### the Python API
 
 
-def test_import_digitlab_does_not_import_captum():
+def test_import_digitlab_does_not_import_explain():
     code = ("import sys, digitlab; assert 'captum' not in sys.modules and 'sklearn' not in sys.modules; "
+            "assert 'digitlab.explain' not in sys.modules; "
             "f = digitlab.explain; import digitlab.explain.sanity; assert digitlab.explain is f and callable(f)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
