@@ -83,9 +83,9 @@ def attribution_figure(rows: list[tuple[np.ndarray | None, object, str]], method
             row[2 + i].set_title(f"{role} {ex.classes[target]} ({ex.probabilities[target]:.1%})", fontsize=8)
         for ax in row[2 + len(ex.targets):]:
             ax.axis("off")
-    fig.suptitle(f"{METHOD_NAMES[method]}: why the model says what it says", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (height / DPI), wspace=0.08,
-                        hspace=0.3)
+    inches = height / DPI
+    fig.suptitle(f"{METHOD_NAMES[method]}: why the model says what it says", fontsize=10, y=1 - 0.12 / inches)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.7 / inches, wspace=0.08, hspace=0.3)
     return fig
 
 
