@@ -105,8 +105,9 @@ def sanity(explainer: Explainer, digits: np.ndarray, methods: list[str], figures
         from digitlab.explain import figures as figs
 
         os.makedirs(figures, exist_ok=True)
-        print(f"\nwrote {figs.save(figs.randomisation_figure(results), os.path.join(figures, 'randomisation.png'), True)}")
-        print(f"wrote {figs.save(figs.deletion_figure(results), os.path.join(figures, 'deletion.png'), True)}")
+        for name, fig in (("randomisation.png", figs.randomisation_figure(results)),
+                          ("deletion.png", figs.deletion_figure(results))):
+            print(f"wrote {figs.save(fig, os.path.join(figures, name), tight=True)}")
 
 
 def cascade(explainer: Explainer, digits: np.ndarray, methods: list[str]) -> None:
