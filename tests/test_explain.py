@@ -428,3 +428,13 @@ def _explain_fuzz():
 @_fuzz_settings()
 def test_api_explain_is_fuzzed_from_the_schema(case, fuzz_count):
     _fuzz_case(case)
+
+
+def test_json_keeps_the_shape_of_a_map_with_tiny_values():
+    """Rounding is relative to the map's peak: a saliency map peaking at 3e-5 must not become all zeros."""
+    from digitlab.explain.explainer import rounded
+
+    tiny = np.array([[3.2e-5, -1.1e-6, 0.0]], np.float32)
+    assert np.count_nonzero(rounded(tiny, 4)) == 2
+    np.testing.assert_allclose(rounded(tiny, 4), tiny, rtol=1e-3)
+    assert rounded(np.array([[0.123456, 0.0]]), 4) == [[0.12346, 0.0]]  # 4 places below the first digit

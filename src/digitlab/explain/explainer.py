@@ -12,6 +12,7 @@ through ONNX Runtime (for_predictor loads the same weights file again).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,16 @@ class Explanation:
                 "probabilities": [round(float(p), 6) for p in self.probabilities], "method": self.method,
                 "maps": [{"class": t, "class_name": self.classes[t],
                           "probability": round(float(self.probabilities[t]), 6),
-                          "attribution": np.round(m.astype(np.float64), decimals).tolist()}
+                          "attribution": rounded(m, decimals)}
                          for t, m in zip(self.targets, self.maps)]}
+
+
+def rounded(attribution: np.ndarray, decimals: int) -> list:
+    """A map as nested lists, `decimals` places below its largest magnitude's first digit: a saliency map peaking
+    at 3e-5 keeps its shape instead of rounding to zeros."""
+    peak = float(np.abs(attribution).max())
+    extra = max(0, -math.floor(math.log10(peak))) if peak > 0 else 0
+    return np.round(attribution.astype(np.float64), decimals + extra).tolist()
 
 
 class Explainer:
