@@ -145,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--save-preprocessed", default=None, metavar="DIR",
                       help="write what the model saw for each image file, as DIR/<stem>.png (28x28)")
 
+    explain = sub.add_parser("explain", help="why a model says what it says: heat maps, layer activations, "
+                             "an embedding map", formatter_class=fmt)
+    explain.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
+    explain.add_argument("--test-index", type=int, nargs="+", default=None, metavar="N",
+                         help="explain these test-set images")
+    explain.add_argument("--method", default="ig", choices=["ig", "saliency", "occlusion", "gradcam"],
+                         help="Integrated Gradients, saliency, occlusion, or Grad-CAM (conv nets)")
+    explain.add_argument("--target", type=int, default=None, metavar="CLASS",
+                         help="explain this class (default: the predicted class and the runner-up)")
+    explain.add_argument("-o", "--output", default=None,
+                         help="PNG to write (default explain.png, layers.png or embedding.png; none with --json)")
+    explain.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    explain.add_argument("--layers", action="store_true", help="each layer's activations for one input")
+    explain.add_argument("--embedding", action="store_true",
+                         help="penultimate-layer features of the test set in 2-D (PCA, then t-SNE)")
+    explain.add_argument("--limit", type=int, default=2000, help="with --embedding: the first N test images")
+    explain.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    explain.add_argument("--data-dir", default=None)
+
     export = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against PyTorch",
                             formatter_class=fmt)
     export.add_argument("run", help="run folder or .safetensors file")

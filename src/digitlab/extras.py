@@ -1,6 +1,7 @@
 """Optional dependencies (pyproject's extras), imported only by the commands that use them.
 
     ort = require("onnx", "onnxruntime", "predicting with ONNX Runtime")
+    attr = require("explain", "captum.attr", "explaining a prediction")   # digitlab explain, POST /api/explain
 
 A missing extra is a DigitlabError whose fix fits how digitlab was installed: from a source checkout (an
 editable install, or the package running from a tree with digitlab's pyproject.toml) the extra is installed

@@ -3,6 +3,8 @@
     GET  /             the drawing page (static/index.html, with style.css and app.js under /static)
     POST /api/predict  an image file (multipart field `file`), or JSON {"pixels": 28 rows of 28 numbers 0..255,
                        bright ink on black}; answers label, ten probabilities and the 28x28 image the model saw
+    POST /api/explain  the same inputs; answers the prediction and heat maps of which pixels made it (query:
+                       method=ig|saliency|occlusion|gradcam, target=CLASS, layers=true for each layer's output)
     GET  /api/model    what is loaded
     GET  /healthz      {"status": "ok"} (HEAD / and HEAD /healthz too, for probes)
     GET  /docs         OpenAPI docs: Swagger UI from fastapi-offline's copy, served here (no CDN, works offline)
@@ -19,12 +21,12 @@ from __future__ import annotations
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import anyio
 import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a missing one names the extra
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -67,6 +69,45 @@ class PredictResponse(BaseModel):
     preprocessed: list[list[int]] = Field(description="the 28x28 uint8 image the model saw")
     model: dict[str, Any] = Field(description="what is loaded, as GET /api/model")
 
+
+class ClassMap(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: int = Field(alias="class", description="the class this map explains")
+    class_name: str
+    probability: float
+    attribution: list[list[float]] = Field(description="28x28 attributions over `preprocessed`: positive pixels "
+                                                       "speak for the class (saliency and Grad-CAM are >= 0)")
+
+
+class LayerMaps(BaseModel):
+    name: str = Field(description="the module's name in the model")
+    kind: str = Field(description="conv, pool, activation, recurrent or linear")
+    type: str
+    shape: list[int] = Field(description="the layer's output shape for one image")
+    channels_shown: int
+    low: float = Field(description="the activation that 0 stands for in `maps`")
+    high: float = Field(description="the activation that 255 stands for")
+    maps: list[list[list[int]]] = Field(description="up to 8 channels, each at most 14x14, as 0..255")
+
+
+class ExplainResponse(BaseModel):
+    label: int = Field(description="index of the most probable class")
+    class_name: str
+    probability: float
+    probabilities: list[float]
+    method: str
+    method_name: str
+    maps: list[ClassMap] = Field(description="the predicted class and the runner-up, or the requested target")
+    preprocessed: list[list[int]] = Field(description="the 28x28 uint8 image the model saw")
+    layers: list[LayerMaps] | None = Field(None, description="each layer's output, with layers=true")
+    model: dict[str, Any]
+
+
+Method = Annotated[Literal["ig", "saliency", "occlusion", "gradcam"], Query(
+    description="Integrated Gradients, saliency, occlusion, or Grad-CAM (models with convolutions)")]
+Target = Annotated[int | None, Query(ge=0, description="explain this class, from 0 to the number of classes - 1 "
+                                                       "(default: the predicted class and the runner-up)")]
+Layers = Annotated[bool, Query(description="add each layer's activations, downsampled and quantised")]
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -145,7 +186,67 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), policy: HttpPoli
         except TimeoutError:
             raise HTTPException(503, f"the prediction took longer than {limits.inference_timeout_s:g} s") from None
 
+    add_explain_route(app, predictor, limits, model_lock, limiter)
     return app
+
+
+def add_explain_route(app: FastAPI, predictor: Predictor, limits: Limits, model_lock: threading.Lock,
+                      limiter: anyio.CapacityLimiter) -> None:
+    """POST /api/explain: /api/predict's inputs and limits; the work is digitlab.explain.explain_image. The
+    PyTorch model it needs is made on the first request (the explain extra stays optional for serving)."""
+    model_info = predictor.describe()
+    made: list = []  # the Explainer, once made
+
+    def explainer():
+        from digitlab.explain import Explainer
+
+        if not made:
+            made.append(Explainer.for_predictor(predictor))
+        return made[0]
+
+    def work(prepare: Callable[[], np.ndarray], method: str, target: int | None, layers: bool) -> dict:
+        from digitlab.explain import ExplainError, explain_image
+        from digitlab.extras import MissingExtraError
+
+        image = prepare()
+        try:
+            with model_lock:
+                result = explain_image(explainer(), image, method, target, layers)
+        except MissingExtraError as e:
+            raise HTTPException(501, str(e)) from None
+        except ExplainError as e:
+            raise HTTPException(422, str(e)) from None
+        return {**result, "preprocessed": image.tolist(), "model": model_info}
+
+    @app.post("/api/explain", response_model=ExplainResponse, response_model_exclude_none=True,
+              openapi_extra=PREDICT_BODY, responses={
+                  400: {"description": "empty or unreadable file"}, 408: {"description": "body sent too slowly"},
+                  413: {"description": "body or image too large"},
+                  415: {"description": "not an image, or wrong body type"},
+                  422: {"description": "pixels of the wrong shape or range, no digit, a bad method or target, "
+                                       "or gradcam on a model without convolutions"},
+                  501: {"description": "the explain extra is not installed"},
+                  503: {"description": "took too long"}})
+    async def explain(request: Request, method: Method = "ig", target: Target = None, layers: Layers = False) -> dict:
+        """Why the model says what it says: the prediction and 28x28 attribution maps for one digit, sent as
+        for /api/predict (multipart field `file`, or JSON pixels)."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("multipart/form-data", "application/json"):
+            raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
+                                     f"application/json, not {kind[:80] or 'a body without Content-Type'}")
+        body = await read_body(request, limits.read_timeout_s)
+        if kind == "application/json":
+            prepare = partial(prepare_pixels, parse_pixels(body))
+        else:
+            data = await read_upload(request)
+            check_image_header(data, limits.max_image_side)
+            prepare = partial(prepare_upload, data, limits.max_image_side)
+        try:
+            with anyio.fail_after(limits.inference_timeout_s):
+                return await anyio.to_thread.run_sync(work, prepare, method, target, layers, limiter=limiter,
+                                                      abandon_on_cancel=True)
+        except TimeoutError:
+            raise HTTPException(503, f"the explanation took longer than {limits.inference_timeout_s:g} s") from None
 
 
 def add_docs(app: FastAPI) -> None:

@@ -1,4 +1,5 @@
-// digitlab's drawing page: draw on a canvas, send it as 28x28 pixels to POST /api/predict, show the answer.
+// digitlab's drawing page: draw on a canvas, send it as 28x28 pixels to POST /api/predict, show the answer;
+// then (debounced) POST /api/explain with the same pixels: a heat map over the 28x28 and each layer's output.
 // The page only scales the drawing down (10x10 block averages); all preprocessing happens on the server,
 // in the same functions the CLI and the Python API use.
 "use strict";
@@ -6,6 +7,7 @@
 const SIDE = 28;            // the API takes 28x28 pixels, bright ink on black
 const STROKE = 20;          // pen width in canvas pixels (the canvas is 280x280, so 2 px at 28x28, like MNIST)
 const THROTTLE_MS = 150;    // at most one prediction request per this interval while drawing
+const EXPLAIN_DEBOUNCE_MS = 250;  // an explanation once the drawing has rested this long (they cost more)
 
 const canvas = document.getElementById("canvas");
 const ctx = canvas.getContext("2d", { willReadFrequently: true });
@@ -26,6 +28,16 @@ let inFlight = false;
 let queued = false;
 let generation = 0;         // bumped by Clear, so answers about an old drawing are dropped
 let strokesEnded = 0;       // finished strokes since the page loaded
+const heat = document.getElementById("heat");
+const heatCtx = heat.getContext("2d");
+const whyLabelEl = document.getElementById("why-label");
+const whyNoteEl = document.getElementById("why-note");
+const layersEl = document.getElementById("layers");
+const methodEl = document.getElementById("method");
+let explainTimer = null;
+let explainInFlight = false;
+let explainNext = null;     // the newest {pixels, generation, strokes, final} waiting for an explanation
+let lastExplained = null;   // what was last sent, so a change of method can explain it again
 
 // ---- drawing
 
@@ -119,15 +131,19 @@ async function requestPrediction() {
   const sentFor = generation;
   const strokes = strokesEnded;
   const final = !drawing;   // sent after the pen was lifted: nothing newer is drawn yet
+  const pixels = canvasPixels();
   try {
     const response = await fetch("/api/predict", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ pixels: canvasPixels() }),
+      body: JSON.stringify({ pixels }),
     });
     const answer = await response.json();
     if (sentFor !== generation) return;
-    if (response.ok) showPrediction(answer);
+    if (response.ok) {
+      showPrediction(answer);
+      scheduleExplain({ pixels, generation: sentFor, strokes, final });
+    }
     else showError(response.status === 422 ? "No digit yet: keep drawing" : answer.detail);
   } catch (err) {
     if (sentFor === generation) showError("The server did not answer (" + err.message + ")");
@@ -184,6 +200,123 @@ function drawPreview(pixels) {
   previewCtx.putImageData(image, 0, 0);
 }
 
+// ---- why: the explanation of the same pixels
+
+function scheduleExplain(request) {
+  clearTimeout(explainTimer);
+  explainTimer = setTimeout(() => requestExplain(request), request.final ? 0 : EXPLAIN_DEBOUNCE_MS);
+}
+
+async function requestExplain(request) {
+  if (explainInFlight) { explainNext = request; return; }
+  explainInFlight = true;
+  lastExplained = request;
+  try {
+    const response = await fetch(`/api/explain?method=${encodeURIComponent(methodEl.value)}&layers=true`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pixels: request.pixels }),
+    });
+    const answer = await response.json();
+    if (request.generation !== generation) return;
+    if (response.ok) showWhy(answer);
+    else whyNoteEl.textContent = answer.detail || "No explanation";
+  } catch (err) {
+    if (request.generation === generation) whyNoteEl.textContent = "No explanation (" + err.message + ")";
+  } finally {
+    explainInFlight = false;
+    const next = explainNext;
+    explainNext = null;
+    if (next) requestExplain(next);
+    // body[data-explained] = how many finished strokes the shown explanation covers (tests wait on it)
+    else if (request.final && request.strokes === strokesEnded && request.generation === generation) {
+      document.body.dataset.explained = String(request.strokes);
+    }
+  }
+}
+
+function showWhy(answer) {
+  const map = answer.maps[0];
+  whyLabelEl.textContent = map.class_name;
+  whyLabelEl.dataset.label = String(map.class);
+  const other = answer.maps[1];
+  whyNoteEl.textContent = `${answer.method_name}: red pixels speak for ${map.class_name}, blue against it` +
+    (other ? ` (runner-up: ${other.class_name}, ${percent(other.probability)})` : "");
+  drawHeat(answer.preprocessed, map.attribution);
+  drawLayers(answer.layers || []);
+}
+
+function drawHeat(seen, attribution) {
+  // The 28x28 the model saw, dimmed, under the map: opacity grows with |value|, red for, blue against.
+  let peak = 0;
+  attribution.forEach((row) => row.forEach((v) => { peak = Math.max(peak, Math.abs(v)); }));
+  const image = heatCtx.createImageData(SIDE, SIDE);
+  for (let r = 0; r < SIDE; r++) {
+    for (let c = 0; c < SIDE; c++) {
+      const v = attribution[r][c];
+      const alpha = peak > 0 ? Math.pow(Math.min(1, Math.abs(v) / peak), 0.6) : 0;
+      const color = v >= 0 ? [255, 38, 25] : [25, 115, 255];
+      const base = seen[r][c] / 2.5;
+      const k = (r * SIDE + c) * 4;
+      for (let i = 0; i < 3; i++) image.data[k + i] = Math.round(base * (1 - alpha) + color[i] * alpha);
+      image.data[k + 3] = 255;
+    }
+  }
+  heatCtx.putImageData(image, 0, 0);
+}
+
+function drawLayers(layers) {
+  layersEl.replaceChildren();
+  layers.forEach((layer) => {
+    const row = document.createElement("div");
+    row.className = "layer";
+    const name = document.createElement("span");
+    name.className = "layer-name";
+    name.textContent = `${layer.name} ${layer.type} (${layer.shape.join("×")})`;
+    name.title = name.textContent;
+    const maps = document.createElement("div");
+    maps.className = "layer-maps";
+    layer.maps.forEach((channel) => maps.appendChild(channelCanvas(channel)));
+    row.append(name, maps);
+    layersEl.appendChild(row);
+  });
+}
+
+function channelCanvas(channel) {
+  const h = channel.length;
+  const w = channel[0].length;
+  const el = document.createElement("canvas");
+  el.width = w;
+  el.height = h;
+  el.style.width = Math.max(6, Math.round(28 * w / h)) + "px";  // 28 px high, the shape kept
+  const image = el.getContext("2d").createImageData(w, h);
+  channel.forEach((row, r) => row.forEach((v, c) => {
+    const k = (r * w + c) * 4;
+    image.data[k] = Math.round(v * 0.55);  // dark blue to yellow, like the CLI's figures
+    image.data[k + 1] = v;
+    image.data[k + 2] = Math.round(120 + v * 0.2 - (v * v) / 700);
+    image.data[k + 3] = 255;
+  }));
+  el.getContext("2d").putImageData(image, 0, 0);
+  return el;
+}
+
+function clearWhy() {
+  clearTimeout(explainTimer);
+  explainNext = null;
+  lastExplained = null;
+  heatCtx.fillStyle = "#000";
+  heatCtx.fillRect(0, 0, SIDE, SIDE);
+  whyLabelEl.textContent = "–";
+  delete whyLabelEl.dataset.label;
+  whyNoteEl.textContent = "Draw a digit: red pixels speak for the prediction, blue against it.";
+  layersEl.replaceChildren();
+}
+
+methodEl.addEventListener("change", () => {
+  if (lastExplained && lastExplained.generation === generation) requestExplain({ ...lastExplained });
+});
+
 function showError(message) {
   errorEl.textContent = message || "Something went wrong";
 }
@@ -200,6 +333,7 @@ function reset() {
   confidenceEl.innerHTML = "&nbsp;";
   errorEl.textContent = "";
   hintEl.textContent = "Draw one digit, large and centred";
+  clearWhy();
   barsEl.querySelectorAll(".bar").forEach((bar) => {
     bar.classList.remove("top");
     bar.querySelector(".fill").style.width = "0";
