@@ -41,6 +41,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import ImageError
 
+
+class BlankImageError(ImageError):
+    """The picture holds no ink: blank, uniform or noise only."""
+
 CANVAS = 28  # side of an MNIST image
 TARGET_BOX = 20  # longer side of the ink's bounding box in an MNIST image
 CENTER = 14.0  # where MNIST puts the ink's centre of mass, in array-index coordinates (row, column)
@@ -53,6 +57,8 @@ SPECK_FRACTION = 0.05  # ink groups with less than this fraction of the largest 
 FIT_GRID = 48  # the background is fitted on about this many samples per side
 LABEL_GRID = 32  # specks are found on a grid of about this many cells per side
 MARGIN = 3  # pixels kept around the 20-pixel box when resampling, for the soft edges
+STRIP = 4  # a picture this many times longer than wide is a strip: its short side is a few stroke widths
+STROKE_SNR = 2  # a strip's cross-section must depart from paper by this many times the pixels' spread about it
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -245,7 +251,8 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
 class _FitLayout(NamedTuple):
     """Where the background fit samples an image of one size, and the quadratic basis there."""
 
-    step: int  # every step-th pixel of each axis is a sample
+    row_step: int  # every row_step-th row and col_step-th column is sampled
+    col_step: int
     row0: int  # the first sampled row and column
     col0: int
     basis: np.ndarray  # (n, 6) float32: 1, x, y, x*x, x*y, y*y at each sample
@@ -261,14 +268,18 @@ def _fit_layout(h: int, w: int) -> _FitLayout:
     """The fit's sampling layout for an h x w image, cached: a folder of photos is mostly one size, and building
     the basis costs as much as the fit on a small image. The arrays are read-only, so the cache stays intact."""
     step = max(1, max(h, w) // FIT_GRID)
-    rows, cols = np.arange(_first(h, step), h, step), np.arange(_first(w, step), w, step)
-    y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
+    # a quadratic needs three samples across an axis: a strip under three steps wide is sampled at every pixel
+    # across (a 400x12 strip gave one column, and the fit's slope across it was whatever the ridge left)
+    row_step = step if len(range(_first(h, step), h, step)) >= 3 else 1
+    col_step = step if len(range(_first(w, step), w, step)) >= 3 else 1
+    rows, cols = np.arange(_first(h, row_step), h, row_step), np.arange(_first(w, col_step), w, col_step)
+    y, x = np.meshgrid(_coords(h, row_step), _coords(w, col_step), indexing="ij")
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    layout = _FitLayout(step, int(rows[0]), int(cols[0]), basis, basis.astype(np.float64),
+    layout = _FitLayout(row_step, col_step, int(rows[0]), int(cols[0]), basis, basis.astype(np.float64),
                         _ring((len(rows), len(cols))).ravel(),
                         (rows[:, None] * w + cols[None, :]).ravel(),
                         _coords(h)[:, None, None], _coords(w)[None, :, None])
-    for a in layout[3:]:
+    for a in layout[4:]:
         a.setflags(write=False)
     return layout
 
@@ -318,7 +329,7 @@ def _background(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     h, w, c = pixels.shape
     fit = _fit_layout(h, w)
-    sample = pixels[fit.row0::fit.step, fit.col0::fit.step].reshape(-1, c)
+    sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
     resid = _distance(sample, _paper_level(sample[fit.edge]))  # start from a flat page
     keep = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255  # ink is far from the surface
     for i in range(3):
@@ -506,7 +517,7 @@ def _soft_ink(strength: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndar
     soft edges kept, strokes at 1."""
     peak = float(smooth.max())
     if peak < max(MIN_CONTRAST, 4 * noise):
-        raise ImageError(f"no digit found: the image is blank or uniform (ink contrast {max(peak, 0):.3f}, "
+        raise BlankImageError(f"no digit found: the image is blank or uniform (ink contrast {max(peak, 0):.3f}, "
                          f"noise {noise:.3f})")
     floor = max(3 * noise, 1 / 255)
     threshold = _otsu(smooth[smooth > max(floor, 0.05 * peak)])
@@ -518,6 +529,58 @@ def _soft_ink(strength: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndar
     near = _dilate((strength > threshold / 2) & cells, reach)  # thin stroke ends are weak when smoothed
     level = max(float(_percentile(strength[strong], 90)), floor + 1e-3)  # the strokes' typical strength
     return np.clip((strength - floor) / (level - floor), 0, 1) * near
+
+
+#### Strips: a stroke cut to its ink
+
+
+def _is_strip(shape: tuple[int, ...]) -> bool:
+    """At least STRIP times longer than wide: a thin stroke (a 1) cropped to its ink, or a strip of paper."""
+    return max(shape[0], shape[1]) >= STRIP * min(shape[0], shape[1])
+
+
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) along the colour direction the pixels vary most in, oriented so that larger is brighter."""
+    if pixels.shape[2] == 1:
+        return pixels[..., 0]
+    flat = pixels.reshape(-1, pixels.shape[2])
+    centred = flat - flat.mean(axis=0)
+    direction = np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    if direction.sum() < 0:
+        direction = -direction
+    return pixels @ direction.astype(np.float32)
+
+
+def _stroke_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
+    """A strip read as a stroke along it: what _ink_strength returns, or BlankImageError.
+
+    A tight crop of a thin upright 1 is nearly all ink: its edges hold no paper, so the edge-based paper level
+    and noise are the stroke's own rim and the digit looks uniform. Averaged along the strip, though, a stroke
+    leaves a cross-section whose middle departs from its two ends (the rim, nearest the paper), while blank
+    paper, uniform or noisy, averages to a flat or straight one (a lighting ramp across is straight too). The
+    strip is a stroke when that departure is at least MIN_CONTRAST and STROKE_SNR times the pixels' spread
+    about the cross-section, a spread that is the paper's noise however blurred, and an upper bound on it
+    beside a stroke that wobbles.
+    """
+    tall = pixels.shape[0] >= pixels.shape[1]
+    grey = _brightness(pixels if tall else pixels.transpose(1, 0, 2))  # (long, short): the stroke runs down
+    profile = grey.mean(axis=0)
+    ends = np.linspace(profile[0], profile[-1], len(profile), dtype=np.float32)  # the straight line between rims
+    departure = profile - ends
+    if ink == "auto":
+        ink = "bright" if departure.max() >= -departure.min() else "dark"
+    sign = 1 if ink == "bright" else -1
+    contrast = float((sign * departure).max())
+    spread = 1.4826 * float(_median(np.abs(grey - profile).ravel()))
+    if contrast < max(MIN_CONTRAST, STROKE_SNR * spread):
+        raise BlankImageError(f"no digit found: the image is blank or uniform (a strip with no stroke along it: "
+                              f"contrast {max(contrast, 0):.3f}, noise {spread:.3f})")
+    strength = sign * (grey - ends)
+    strength = np.ascontiguousarray(strength if tall else strength.T, dtype=np.float32)
+    # the paper's noise for the ink's floor: pixel to pixel along the stroke, where the stroke itself is smooth
+    along = np.abs(np.diff(strength, axis=0 if tall else 1)).ravel()
+    noise = 1.4826 * float(_median(along)) / math.sqrt(2) if along.size else 0.0
+    return strength, noise, _mean3(strength)
 
 
 #### MNIST geometry
@@ -568,7 +631,13 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     pixels, ink = _resolve_alpha(pixels, ink)
     if pixels.shape[2] == 3 and np.ptp(pixels, axis=2).max() < 2 / 255:  # grey stored as RGB
         pixels = pixels.mean(axis=2, keepdims=True)
-    soft = _soft_ink(*_ink_strength(_shrink(pixels, WORK_SIDE), ink))
+    pixels = _shrink(pixels, WORK_SIDE)
+    try:
+        soft = _soft_ink(*_ink_strength(pixels, ink))
+    except BlankImageError:
+        if not _is_strip(pixels.shape):
+            raise
+        soft = _soft_ink(*_stroke_strength(pixels, ink))  # no paper at the edges: a stroke cut to its ink?
     field = _center(*_scale_to_box(soft))
     return np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
 
