@@ -23,7 +23,9 @@ needs some cleaning before the MNIST steps:
   the ink's strong pixels reach 255.
 An image with no ink, one that cannot be read, or one larger than MAX_IMAGE_SIDE is an ImageError.
 
-numpy and Pillow only; every function is pure (inputs in, outputs out). Try it:
+numpy and Pillow only (tensors are accepted, but PyTorch is not imported for them: a process that never imported
+it cannot hold one, and `digitlab predict` on ONNX Runtime runs without it); every function is pure (inputs in,
+outputs out). Try it:
 
     python -c "from digitlab.preprocess import to_mnist; print(to_mnist('digit.jpg'))"
 """
@@ -33,13 +35,16 @@ import functools
 import io
 import math
 import os
-from typing import BinaryIO, NamedTuple, Union
+import sys
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BlankImageError(ImageError):
@@ -144,9 +149,15 @@ def _image_pixels(im: Image.Image) -> np.ndarray:
     return _to_unit(np.asarray(im.convert("RGB")))  # CMYK, YCbCr, palette without transparency, ...
 
 
+def _is_tensor(x: object) -> bool:
+    """A torch.Tensor, found without importing torch: unless something imported it, x cannot be one."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _array_pixels(image: np.ndarray | torch.Tensor, max_side: int) -> np.ndarray:
     """Array (H, W) or (H, W, C), or tensor (H, W), (1, H, W), (1, 1, H, W), (C, H, W) -> float (H, W, C)."""
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
         t = image.detach().cpu()
         while t.dim() > 2 and t.shape[0] == 1:
             t = t[0]
@@ -648,7 +659,7 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
 def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
              max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:  # ink: "auto" (detect), "bright" or "dark"
     """Any digit picture (file, bytes, PIL image, array, tensor) -> the (28, 28) uint8 MNIST would make."""
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, np.ndarray) or _is_tensor(image):
         pixels = _array_pixels(image, max_side)
     else:
         pixels = _image_pixels(load_image(image, max_side))
@@ -658,7 +669,7 @@ def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
 def canvas_to_mnist(pixels: object) -> np.ndarray:
     """Web-canvas pixels (2-D, 0..255, bright ink on black) -> (28, 28) uint8 through the same pipeline."""
     try:
-        a = (pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels))
+        a = (pixels.detach().cpu().numpy() if _is_tensor(pixels) else np.asarray(pixels))
         a = a.astype(np.float32)
     except (TypeError, ValueError) as e:
         raise ImageError(f"canvas pixels must be a 2-D array of numbers ({e})") from None
