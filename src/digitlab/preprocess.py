@@ -60,6 +60,7 @@ DARK_PAPER = 0.1  # paper darker than this is black paper: its rounding noise mu
 BOX_LEVEL = 0.2  # soft ink at least this strong (fraction of the strokes' level) defines the bounding box
 SPECK_FRACTION = 0.05  # ink groups with less than this fraction of the largest group's ink are specks
 FIT_GRID = 48  # the background is fitted on about this many samples per side
+FIT_ROUNDS = 3  # at most this many fits, each without the samples the last one left far from it
 LABEL_GRID = 32  # specks are found on a grid of about this many cells per side
 MARGIN = 3  # pixels kept around the 20-pixel box when resampling, for the soft edges
 STRIP = 4  # a picture this many times longer than wide is a strip: its short side is a few stroke widths
@@ -331,25 +332,28 @@ def _fit_paper(basis: np.ndarray, sample: np.ndarray,
     return coef, kept.min(axis=0), kept.max(axis=0)
 
 
-def _background(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _background(pixels: np.ndarray, from_edges: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink).
 
     Also returns the flat pixel indices of the samples it took for paper. The paper is found from the image's
     edges, not from the majority of its pixels: in a close crop or under a marker pen most pixels are ink,
-    but the ink only touches the edges here and there, so most of the edge is still paper.
+    but the ink only touches the edges here and there, so most of the edge is still paper. `from_edges=False`
+    takes it from all the samples instead, for a tight crop whose strokes run along its edges (a 5's bar, stem
+    and bowl), where the edges are mostly ink but the picture is mostly paper.
     """
     h, w, c = pixels.shape
     fit = _fit_layout(h, w)
     sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
-    resid = _distance(sample, _paper_level(sample[fit.edge]))  # start from a flat page
-    keep = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255  # ink is far from the surface
-    for i in range(3):
+    edge = fit.edge if from_edges else slice(None)
+    resid = _distance(sample, _paper_level(sample[edge]))  # start from a flat page
+    keep = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
+    for i in range(FIT_ROUNDS):
         coef, low, high = _fit_paper(fit.basis, sample, keep)
-        if i == 2:
+        if i == FIT_ROUNDS - 1:
             break
         # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
         resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
-        refit = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255
+        refit = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255
         if np.array_equal(refit, keep):  # the same samples would give the same fit again
             break
         keep = refit
@@ -371,13 +375,13 @@ def _ink_direction(dev: np.ndarray, paper: np.ndarray) -> np.ndarray:
     return np.linalg.eigh(strong.T @ strong)[1][:, -1]
 
 
-def _ink_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
+def _ink_strength(pixels: np.ndarray, ink: str, from_edges: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
     """Levelled ink strength (H, W): about 0 on the paper, positive on the ink, whatever its polarity.
 
     Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper) and the
-    strength's 3x3 mean, which both polarity and the strokes need.
+    strength's 3x3 mean, which both polarity and the strokes need. `from_edges`: see _background.
     """
-    background, paper = _background(pixels)
+    background, paper = _background(pixels, from_edges)
     grey = pixels.shape[2] == 1
     light = background if grey else background.mean(axis=2, keepdims=True)
     top = max(float(light.max()), DARK_PAPER)
@@ -635,6 +639,28 @@ def _center(small: np.ndarray, inner: tuple[float, float, float, float]) -> np.n
     return _window(small, -dy, CANVAS - dy, -dx, CANVAS - dx)
 
 
+def _read_ink(pixels: np.ndarray, ink: str) -> np.ndarray:
+    """The soft ink (_soft_ink) under the first reading of the paper that finds any; BlankImageError if none does.
+
+    1. the paper at the picture's edges (most pictures: a margin, or a close crop that the ink touches here
+       and there); 2. for a strip, a stroke along it (a thin 1 cut to its ink: no paper anywhere, and its
+       majority is ink); 3. the paper as the picture's majority (a close crop whose strokes run along its
+       edges). A picture that one reading finds ink in is never read by the next, so the later ones change
+       nothing that the first could read.
+    """
+    readings = [lambda: _ink_strength(pixels, ink)]
+    if _is_strip(pixels.shape):
+        readings.append(lambda: _stroke_strength(pixels, ink))
+    readings.append(lambda: _ink_strength(pixels, ink, from_edges=False))
+    for i, reading in enumerate(readings):
+        try:
+            return _soft_ink(*reading())
+        except BlankImageError:
+            if i == len(readings) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     """The whole pipeline on float (H, W, C) pixels in [0, 1]."""
     if ink not in ("auto", "bright", "dark"):
@@ -642,13 +668,7 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     pixels, ink = _resolve_alpha(pixels, ink)
     if pixels.shape[2] == 3 and np.ptp(pixels, axis=2).max() < 2 / 255:  # grey stored as RGB
         pixels = pixels.mean(axis=2, keepdims=True)
-    pixels = _shrink(pixels, WORK_SIDE)
-    try:
-        soft = _soft_ink(*_ink_strength(pixels, ink))
-    except BlankImageError:
-        if not _is_strip(pixels.shape):
-            raise
-        soft = _soft_ink(*_stroke_strength(pixels, ink))  # no paper at the edges: a stroke cut to its ink?
+    soft = _read_ink(_shrink(pixels, WORK_SIDE), ink)
     field = _center(*_scale_to_box(soft))
     return np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
 
