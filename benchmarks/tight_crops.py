@@ -11,6 +11,7 @@ a picture 4x upscaled (bicubic) and, unless said otherwise, dark ink on white:
   thick3, thick5  strokes dilated (grey 3x3 / 5x5 max filter) before cropping tight: a marker pen
   thick3_margin, thick5_margin   the same strokes with the 2 px margin (what the model makes of thick strokes)
   half_ink        tight and upscaled, then dilated until at least half of the picture is ink
+  half_ink_margin the same picture with 2 MNIST px (8 upscaled px) of paper added around it: the same strokes
   tight_light     tight, light ink on dark paper (a whiteboard photo inverted, a screenshot)
   blur_light      tight_blur, light on dark
   slant           sheared by +-0.3 (alternating) before cropping tight: a slanted hand
@@ -18,7 +19,7 @@ a picture 4x upscaled (bicubic) and, unless said otherwise, dark ink on white:
 
 Each picture goes through digitlab.preprocess.to_mnist and the model, as Predictor.predict does; a picture
 to_mnist refuses counts as wrong and is counted in "refused". Prints a markdown table: accuracy, refused, and
-the difference in points to the same strokes with a margin (margin, thickN_margin or slant_margin).
+the difference in points to the same strokes with a margin (margin, thickN_margin, half_ink_margin, slant_margin).
 
     python benchmarks/tight_crops.py                 # shipped model, first 300 test digits
     python benchmarks/tight_crops.py --n 1000 --run runs/<run>
@@ -84,6 +85,11 @@ def half_ink(ink: np.ndarray) -> Image.Image:
     return im
 
 
+def with_margin(im: Image.Image) -> Image.Image:
+    """MARGIN MNIST pixels of paper (black under bright ink) around an upscaled picture: the strokes unchanged."""
+    return Image.fromarray(np.pad(np.asarray(im), MARGIN * SCALE))
+
+
 def dark_on_white(im: Image.Image) -> Image.Image:
     """Bright-ink picture -> dark ink on white paper."""
     return Image.fromarray(255 - np.asarray(im))
@@ -102,12 +108,14 @@ VARIANTS: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "thick3_margin": lambda d, i: dark_on_white(upscale(crop(dilate(d, 3), MARGIN))),
     "thick5_margin": lambda d, i: dark_on_white(upscale(crop(dilate(d, 5), MARGIN))),
     "half_ink": lambda d, i: dark_on_white(half_ink(d)),
+    "half_ink_margin": lambda d, i: dark_on_white(with_margin(half_ink(d))),
     "tight_light": lambda d, i: upscale(crop(d)),
     "blur_light": lambda d, i: blurred(upscale(crop(d))),
     "slant": lambda d, i: dark_on_white(upscale(crop(shear(d, SHEAR if i % 2 else -SHEAR)))),
     "slant_margin": lambda d, i: dark_on_white(upscale(crop(shear(d, SHEAR if i % 2 else -SHEAR), MARGIN))),
 }
-REFERENCE = {"thick3": "thick3_margin", "thick5": "thick5_margin", "slant": "slant_margin"}  # else "margin"
+REFERENCE = {"thick3": "thick3_margin", "thick5": "thick5_margin", "slant": "slant_margin",
+             "half_ink": "half_ink_margin"}  # else "margin"
 
 
 #### Reading them

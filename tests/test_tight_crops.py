@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image, ImageFilter
+
+from digitlab import pen
 from digitlab.data import load_dataset
 from digitlab.errors import ImageError
 from digitlab.predict import Predictor
@@ -25,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 N_DIGITS = 60  # first MNIST test digits; 60 x 8 pictures take about a second to clean
 
 
-def _import_benchmark():
-    """benchmarks/tight_crops.py as a module (benchmarks/ is not a package)."""
-    path = ROOT / "benchmarks" / "tight_crops.py"
-    spec = importlib.util.spec_from_file_location("tight_crops", path)
+def _import_benchmark(name: str = "tight_crops"):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -36,6 +39,11 @@ def _import_benchmark():
 
 
 crops = _import_benchmark()
+style_shift = _import_benchmark("style_shift")
+# Held-out pen digits (benchmark seeds) that are thin upright 1s: cut to their ink and blurred 0.8 px as
+# `benchmarks/style_shift.py --tight-crop --blur 0.8` does, they are 42x7, 44x4 (a faint pencil) and 51x9 (a
+# finger) pixels of nearly all ink, and to_mnist refused all three as blank.
+THIN_ONES = [1_000_001_141, 1_000_001_281, 1_000_001_641]
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +109,26 @@ def test_heavy_digit_touching_every_edge(predictor: Predictor, mnist):
     assert predictor.predict(picture)[0].label == 9
 
 
+@pytest.mark.parametrize("seed", THIN_ONES)
+def test_thin_stroke_cut_to_its_ink_is_read(seed: int, predictor: Predictor):
+    sample = pen.generate_samples(1, seed)[0]
+    picture = style_shift.tight_crop(sample.image, "dark", blur=0.8)
+    assert sample.label == 1 and max(picture.shape) >= 4 * min(picture.shape)  # a strip, as tall as the digit
+    assert predictor.predict(picture)[0].label == 1
+    assert predictor.predict(255 - picture)[0].label == 1  # light on dark too
+    to_mnist(np.ascontiguousarray(picture.T))  # lying down, a dash: read as ink, not refused
+
+
+def test_strokes_along_every_edge_of_a_tight_crop_are_read(predictor: Predictor):
+    """A thin one-stroke 5 cut to its ink (40x19): its bar, stem and bowl run along the edges, so the edges are
+    mostly ink although the picture is mostly paper; to_mnist refused it as blank (1 of 5,000 held-out pen
+    digits with `--tight-crop --blur 0.8`)."""
+    sample = pen.generate_samples(1, 1_000_004_405)[0]
+    picture = style_shift.tight_crop(sample.image, "dark", blur=0.8)
+    assert sample.label == 5 and (picture < 200).mean() < 0.5  # mostly paper
+    assert predictor.predict(picture)[0].label == 5
+
+
 def test_light_and_dark_versions_give_the_same_picture(mnist):
     digits, _ = mnist
     for i, d in enumerate(digits[:20]):
@@ -129,3 +157,29 @@ def blank_pictures() -> dict[str, np.ndarray]:
 def test_blank_picture_is_refused_clearly(name: str):
     with pytest.raises(ImageError, match="no digit found: the image is blank or uniform"):
         to_mnist(blank_pictures()[name])
+
+
+def blank_strips(seed: int) -> dict[str, np.ndarray]:
+    """Strips of paper with nothing on them, as narrow as a thin 1 cut to its ink or narrower, either way up."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for h, w in ((42, 7), (44, 4), (80, 16), (400, 12), (9, 51)):
+        size = f"{h}x{w}"
+        out[f"white {size}"] = np.full((h, w), 255, np.uint8)
+        out[f"black {size}"] = np.zeros((h, w), np.uint8)
+        out[f"grey {size}"] = np.full((h, w), 128, np.uint8)
+        out[f"noisy paper {size}"] = np.clip(rng.normal(0.9, 0.03, (h, w)), 0, 1)
+        noisy = np.clip(rng.normal(0.85, 0.05, (h, w)) * 255, 0, 255).astype(np.uint8)  # a soft photo of it
+        out[f"blurred noisy paper {size}"] = np.asarray(Image.fromarray(noisy).filter(ImageFilter.GaussianBlur(1.5)))
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)  # the strip cut from a page lit 0.4 .. 1.0 from corner to corner
+        out[f"lighting ramp {size}"] = np.clip(0.4 + 0.6 * (x + y) / 2 + rng.normal(0, 0.02, (h, w)), 0, 1)
+        out[f"yellow paper {size}"] = np.clip(np.array([0.95, 0.9, 0.6]) + rng.normal(0, 0.02, (h, w, 3)), 0, 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blank_strip_is_refused_clearly(seed: int):
+    for name, picture in blank_strips(seed).items():
+        with pytest.raises(ImageError, match="no digit found: the image is blank or uniform"):
+            to_mnist(picture)
+            pytest.fail(f"{name}: read as a digit")

@@ -1,32 +1,50 @@
-"""digitlab: train, compare, explain and serve handwritten-digit classifiers."""
-import importlib.metadata
+"""digitlab: train, compare, explain and serve handwritten-digit classifiers.
 
-from digitlab.config import TrainConfig, make_config
-from digitlab.data import Dataset, load_dataset
-from digitlab.errors import DigitlabError
-from digitlab.evaluate import evaluate
-from digitlab.models import create_model, list_models, register_model
-from digitlab.checkpoint import load_run
-from digitlab.predict import Predictor
-from digitlab.presets import PRESETS, preset_config
-from digitlab.train import train
+The names below are imported on first use (PEP 562), not with the package: most of them need PyTorch, whose
+import is about 1.5 s of CPU, and `digitlab predict` with the shipped model runs on ONNX Runtime without it.
+"""
+import importlib
+import importlib.metadata
+import sys
+import types
 
 try:  # pyproject.toml holds the one version number; the installed metadata carries it here
     __version__ = importlib.metadata.version("digitlab")
 except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path that was never pip-installed
     __version__ = "0+unknown"
 
+_WHERE = {"TrainConfig": "config", "make_config": "config", "Dataset": "data", "load_dataset": "data",
+          "DigitlabError": "errors", "evaluate": "evaluate", "create_model": "models", "list_models": "models",
+          "register_model": "models", "PRESETS": "presets", "preset_config": "presets", "load_run": "checkpoint",
+          "train": "train", "Predictor": "predict"}
+__all__ = [*_WHERE, "explain"]
+
 
 def __getattr__(name: str):
-    """digitlab.explain, imported on first use, so `import digitlab` stays as quick as it was. The package is
-    callable: digitlab.explain(images, run=None, method="ig") is digitlab.explain.explain(...)."""
+    """`digitlab.Predictor` and the others: the attribute from its module, imported now. `digitlab.explain` is
+    the explain package, which is callable: digitlab.explain(images, run=None, method="ig")."""
     if name == "explain":
-        import digitlab.explain
+        return importlib.import_module("digitlab.explain")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"digitlab.{_WHERE[name]}"), name)
+    globals()[name] = value  # once found, an ordinary attribute
+    return value
 
-        return digitlab.explain
-    raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE, "explain"])
 
 
-__all__ = ["TrainConfig", "make_config", "Dataset", "load_dataset", "DigitlabError", "evaluate",
-           "create_model", "list_models", "register_model", "PRESETS", "preset_config", "load_run",
-           "train", "Predictor", "explain"]
+class _Package(types.ModuleType):
+    """`digitlab.train` and `digitlab.evaluate` are functions named like the modules that hold them. Importing
+    such a module sets the package attribute to the module; this keeps the function there instead, as the
+    package's eager imports used to, so `from digitlab import train` is the function in whatever order."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if _WHERE.get(name) == name and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

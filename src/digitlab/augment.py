@@ -19,33 +19,12 @@ Pixels that come in from outside the image are background: each image's minimum 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from digitlab.augment_spec import AUGMENTATIONS, AugmentSpec  # noqa: F401 (also imported from here)
 
-@dataclass(frozen=True)
-class AugmentSpec:
-    degrees: float = 0.0  # rotation drawn uniformly in [-degrees, degrees]
-    scale: float = 0.0  # zoom factor drawn uniformly in [1 - scale, 1 + scale]
-    shift: float = 0.0  # translation in pixels, drawn uniformly in [-shift, shift] on each axis
-    elastic: float = 0.0  # typical size in pixels of a smooth random displacement (0: none)
-    flip: bool = False  # mirror left-right with probability 1/2 (clothes, never digits)
-    erase: float = 0.0  # probability of blanking one random rectangle of 2-40% of the image (random erasing)
-    shear: float = 0.0  # slant: x moves by k * y, k drawn uniformly in [-shear, shear]
-    aspect: float = 0.0  # width / height multiplied by exp(u), u drawn uniformly in [-aspect, aspect]
-    stroke: float = 0.0  # stroke width: blend towards a 3x3 dilation (u > 0) or erosion (u < 0), u in +-stroke
-
-
-# name -> what it does; TrainConfig.augment accepts these names.
-AUGMENTATIONS: dict[str, AugmentSpec | None] = {
-    "none": None,
-    "affine": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5),  # digits: small rotate, zoom, shift
-    "affine+elastic": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5, elastic=0.8),  # + stroke wobble
-    "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
-    "flip+shift+erase": AugmentSpec(shift=2.0, flip=True, erase=0.5),  # + random erasing (Zhong et al. 2017)
-}
 ELASTIC_GRID = 4  # the displacement field is drawn on a 4x4 grid and upsampled: smooth over ~9 pixels
 
 

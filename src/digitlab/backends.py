@@ -4,7 +4,8 @@
     OnnxBackend("model.onnx")        # an .onnx file (or its bytes) written by `digitlab export`, in onnxruntime
 
 Both take float32 (N, 1, 28, 28) already normalised (digitlab.normalize, the one place that does it) and return
-float32 logits (N, 10) as a numpy array. Everything else (preprocessing, softmax, top-k, describe) is the
+float32 logits (N, 10) as a numpy array; OnnxBackend also takes the numpy array itself (`takes_numpy`), so a
+Predictor on it never imports PyTorch. Everything else (preprocessing, softmax, top-k, describe) is the
 Predictor's, once, whatever the backend.
 
 The ONNX format's names and metadata live here too, so export.py (which writes .onnx files) and OnnxBackend
@@ -26,13 +27,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from digitlab.device import use_channels_last
+import numpy as np
+
 from digitlab.errors import ModelError, RunError
 from digitlab.extras import require
 from digitlab.normalize import NORMALIZATIONS
+
+if TYPE_CHECKING:
+    import torch
 
 ONNX_FORMAT = "digitlab-onnx-1"  # metadata marker, beside checkpoint.py's "digitlab-checkpoint-1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -134,15 +138,23 @@ WATCHDOG = Watchdog()
 class TorchBackend:
     """Eager PyTorch (or TorchScript): the module in eval mode on `device`, no autograd."""
 
+    takes_numpy = False  # logits() wants a torch tensor
+
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu"):
+        import torch
+
+        from digitlab.device import use_channels_last
+
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.memory_format = use_channels_last(self.model, self.device)  # as in training (device.py)
         self.runtime = f"torch {torch.__version__}"
 
-    @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        return self.model(self.memory_format(x.to(self.device))).float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            return self.model(self.memory_format(x.to(self.device))).float().cpu().numpy()
 
 
 def onnx_session_options(ort, threads: int = 0):
@@ -185,9 +197,12 @@ class OnnxBackend:
         self.deadline_s = deadline_s
         self.runtime = f"onnxruntime {ort.__version__}"
 
-    def logits(self, x: torch.Tensor) -> np.ndarray:
+    takes_numpy = True  # logits() takes a numpy batch as it is, or a tensor
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run the graph under its deadline; a ModelError if it runs past it or onnxruntime fails."""
-        feed = {INPUT_NAME: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
+        x = x if isinstance(x, np.ndarray) else x.numpy()
+        feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
         options = self.ort.RunOptions()
         options.log_severity_level = 4  # fatal only: a stopped or failed run is reported once, as a ModelError
         limit = deadline_for(self.deadline_s, x.shape[0])

@@ -7,12 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from digitlab.errors import ConfigError, DigitlabError, RunError
 from digitlab.formats import FORMATS_TEXT, image_suffixes, refused_suffixes
+
+if TYPE_CHECKING:  # torch is imported by the commands that use it: `digitlab predict` can run without it
+    import torch
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -34,6 +37,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         for stem, path in info["sources"].items():
             print(f"  {stem:<26}{path}")
         return 0
+    import torch
+
     from digitlab.plots import plot_grid
 
     if args.n < 1:
@@ -290,7 +295,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.test_index is not None and files:
         raise ConfigError("give either --test-index or image files, not both")
     paths = expand_inputs(files)  # every input checked before the model is loaded
-    predictor = Predictor.from_run(run, args.checkpoint)
+    if run is None and args.test_index is None:  # the shipped model, on ONNX Runtime when it can: no torch import
+        predictor = Predictor.from_shipped(threads=1)
+    else:
+        predictor = Predictor.from_run(run, args.checkpoint)
     if args.test_index is not None:
         return predict_test_image(predictor, args)
     return predict_files(predictor, paths, args)
@@ -359,9 +367,12 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
 
     save_dir = prepare_save_dir(args.save_preprocessed, paths) if args.save_preprocessed else None
     # Tiny batches of a small CNN: one intra-op thread is faster than several, which contend with the
-    # preprocessing workers for the same cores (benchmarks/predict_folder.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # preprocessing workers for the same cores (benchmarks/predict_folder.py). ONNX Runtime's model has its own
+    # setting (from_shipped's threads); torch is only here if something already imported it.
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
     try:
         failed, used_names = 0, set()
         for n, result in enumerate(predictor.predict_files(paths, top_k=args.top_k), 1):
@@ -369,7 +380,8 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
             if n % CHUNK == 0:
                 sys.stdout.flush()  # progress shows when the output is piped, too
     finally:
-        torch.set_num_threads(threads)  # process-wide: callers of main() in the same process keep theirs
+        if torch:
+            torch.set_num_threads(threads)  # process-wide: callers of main() in the same process keep theirs
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
-from digitlab.augment import AUGMENTATIONS
+from digitlab.augment_spec import AUGMENTATIONS
 from digitlab.errors import ConfigError
 from digitlab.normalize import NORMALIZATIONS
 

@@ -24,7 +24,9 @@ needs some cleaning before the MNIST steps:
 An image with no ink, one that cannot be read, one in a format outside digitlab.formats.IMAGE_FORMATS (no
 other Pillow decoder ever sees the bytes), or one larger than MAX_IMAGE_SIDE is an ImageError.
 
-numpy and Pillow only; every function is pure (inputs in, outputs out). Try it:
+numpy and Pillow only (tensors are accepted, but PyTorch is not imported for them: a process that never imported
+it cannot hold one, and `digitlab predict` on ONNX Runtime runs without it); every function is pure (inputs in,
+outputs out). Try it:
 
     python -c "from digitlab.preprocess import to_mnist; print(to_mnist('digit.jpg'))"
 """
@@ -34,14 +36,21 @@ import functools
 import io
 import math
 import os
-from typing import BinaryIO, NamedTuple, Union
+import sys
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import ImageError
 from digitlab.formats import FORMATS_TEXT, IMAGE_FORMATS
+
+if TYPE_CHECKING:
+    import torch
+
+
+class BlankImageError(ImageError):
+    """The picture holds no ink: blank, uniform or noise only."""
 
 CANVAS = 28  # side of an MNIST image
 TARGET_BOX = 20  # longer side of the ink's bounding box in an MNIST image
@@ -53,8 +62,11 @@ DARK_PAPER = 0.1  # paper darker than this is black paper: its rounding noise mu
 BOX_LEVEL = 0.2  # soft ink at least this strong (fraction of the strokes' level) defines the bounding box
 SPECK_FRACTION = 0.05  # ink groups with less than this fraction of the largest group's ink are specks
 FIT_GRID = 48  # the background is fitted on about this many samples per side
+FIT_ROUNDS = 3  # at most this many fits, each without the samples the last one left far from it
 LABEL_GRID = 32  # specks are found on a grid of about this many cells per side
 MARGIN = 3  # pixels kept around the 20-pixel box when resampling, for the soft edges
+STRIP = 4  # a picture this many times longer than wide is a strip: its short side is a few stroke widths
+STROKE_SNR = 2  # a strip's cross-section must depart from paper by this many times the pixels' spread about it
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -141,9 +153,15 @@ def _image_pixels(im: Image.Image) -> np.ndarray:
     return _to_unit(np.asarray(im.convert("RGB")))  # CMYK, YCbCr, palette without transparency, ...
 
 
+def _is_tensor(x: object) -> bool:
+    """A torch.Tensor, found without importing torch: unless something imported it, x cannot be one."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _array_pixels(image: np.ndarray | torch.Tensor, max_side: int) -> np.ndarray:
     """Array (H, W) or (H, W, C), or tensor (H, W), (1, H, W), (1, 1, H, W), (C, H, W) -> float (H, W, C)."""
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
         t = image.detach().cpu()
         while t.dim() > 2 and t.shape[0] == 1:
             t = t[0]
@@ -248,7 +266,8 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
 class _FitLayout(NamedTuple):
     """Where the background fit samples an image of one size, and the quadratic basis there."""
 
-    step: int  # every step-th pixel of each axis is a sample
+    row_step: int  # every row_step-th row and col_step-th column is sampled
+    col_step: int
     row0: int  # the first sampled row and column
     col0: int
     basis: np.ndarray  # (n, 6) float32: 1, x, y, x*x, x*y, y*y at each sample
@@ -264,14 +283,18 @@ def _fit_layout(h: int, w: int) -> _FitLayout:
     """The fit's sampling layout for an h x w image, cached: a folder of photos is mostly one size, and building
     the basis costs as much as the fit on a small image. The arrays are read-only, so the cache stays intact."""
     step = max(1, max(h, w) // FIT_GRID)
-    rows, cols = np.arange(_first(h, step), h, step), np.arange(_first(w, step), w, step)
-    y, x = np.meshgrid(_coords(h, step), _coords(w, step), indexing="ij")
+    # a quadratic needs three samples across an axis: a strip under three steps wide is sampled at every pixel
+    # across (a 400x12 strip gave one column, and the fit's slope across it was whatever the ridge left)
+    row_step = step if len(range(_first(h, step), h, step)) >= 3 else 1
+    col_step = step if len(range(_first(w, step), w, step)) >= 3 else 1
+    rows, cols = np.arange(_first(h, row_step), h, row_step), np.arange(_first(w, col_step), w, col_step)
+    y, x = np.meshgrid(_coords(h, row_step), _coords(w, col_step), indexing="ij")
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    layout = _FitLayout(step, int(rows[0]), int(cols[0]), basis, basis.astype(np.float64),
+    layout = _FitLayout(row_step, col_step, int(rows[0]), int(cols[0]), basis, basis.astype(np.float64),
                         _ring((len(rows), len(cols))).ravel(),
                         (rows[:, None] * w + cols[None, :]).ravel(),
                         _coords(h)[:, None, None], _coords(w)[None, :, None])
-    for a in layout[3:]:
+    for a in layout[4:]:
         a.setflags(write=False)
     return layout
 
@@ -312,25 +335,28 @@ def _fit_paper(basis: np.ndarray, sample: np.ndarray,
     return coef, kept.min(axis=0), kept.max(axis=0)
 
 
-def _background(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _background(pixels: np.ndarray, from_edges: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink).
 
     Also returns the flat pixel indices of the samples it took for paper. The paper is found from the image's
     edges, not from the majority of its pixels: in a close crop or under a marker pen most pixels are ink,
-    but the ink only touches the edges here and there, so most of the edge is still paper.
+    but the ink only touches the edges here and there, so most of the edge is still paper. `from_edges=False`
+    takes it from all the samples instead, for a tight crop whose strokes run along its edges (a 5's bar, stem
+    and bowl), where the edges are mostly ink but the picture is mostly paper.
     """
     h, w, c = pixels.shape
     fit = _fit_layout(h, w)
-    sample = pixels[fit.row0::fit.step, fit.col0::fit.step].reshape(-1, c)
-    resid = _distance(sample, _paper_level(sample[fit.edge]))  # start from a flat page
-    keep = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255  # ink is far from the surface
-    for i in range(3):
+    sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
+    edge = fit.edge if from_edges else slice(None)
+    resid = _distance(sample, _paper_level(sample[edge]))  # start from a flat page
+    keep = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
+    for i in range(FIT_ROUNDS):
         coef, low, high = _fit_paper(fit.basis, sample, keep)
-        if i == 2:
+        if i == FIT_ROUNDS - 1:
             break
         # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
         resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
-        refit = resid <= 6 * _percentile(resid[fit.edge], 25) + 2 / 255
+        refit = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255
         if np.array_equal(refit, keep):  # the same samples would give the same fit again
             break
         keep = refit
@@ -352,13 +378,13 @@ def _ink_direction(dev: np.ndarray, paper: np.ndarray) -> np.ndarray:
     return np.linalg.eigh(strong.T @ strong)[1][:, -1]
 
 
-def _ink_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
+def _ink_strength(pixels: np.ndarray, ink: str, from_edges: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
     """Levelled ink strength (H, W): about 0 on the paper, positive on the ink, whatever its polarity.
 
     Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper) and the
-    strength's 3x3 mean, which both polarity and the strokes need.
+    strength's 3x3 mean, which both polarity and the strokes need. `from_edges`: see _background.
     """
-    background, paper = _background(pixels)
+    background, paper = _background(pixels, from_edges)
     grey = pixels.shape[2] == 1
     light = background if grey else background.mean(axis=2, keepdims=True)
     top = max(float(light.max()), DARK_PAPER)
@@ -509,7 +535,7 @@ def _soft_ink(strength: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndar
     soft edges kept, strokes at 1."""
     peak = float(smooth.max())
     if peak < max(MIN_CONTRAST, 4 * noise):
-        raise ImageError(f"no digit found: the image is blank or uniform (ink contrast {max(peak, 0):.3f}, "
+        raise BlankImageError(f"no digit found: the image is blank or uniform (ink contrast {max(peak, 0):.3f}, "
                          f"noise {noise:.3f})")
     floor = max(3 * noise, 1 / 255)
     threshold = _otsu(smooth[smooth > max(floor, 0.05 * peak)])
@@ -521,6 +547,58 @@ def _soft_ink(strength: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndar
     near = _dilate((strength > threshold / 2) & cells, reach)  # thin stroke ends are weak when smoothed
     level = max(float(_percentile(strength[strong], 90)), floor + 1e-3)  # the strokes' typical strength
     return np.clip((strength - floor) / (level - floor), 0, 1) * near
+
+
+#### Strips: a stroke cut to its ink
+
+
+def _is_strip(shape: tuple[int, ...]) -> bool:
+    """At least STRIP times longer than wide: a thin stroke (a 1) cropped to its ink, or a strip of paper."""
+    return max(shape[0], shape[1]) >= STRIP * min(shape[0], shape[1])
+
+
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) along the colour direction the pixels vary most in, oriented so that larger is brighter."""
+    if pixels.shape[2] == 1:
+        return pixels[..., 0]
+    flat = pixels.reshape(-1, pixels.shape[2])
+    centred = flat - flat.mean(axis=0)
+    direction = np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    if direction.sum() < 0:
+        direction = -direction
+    return pixels @ direction.astype(np.float32)
+
+
+def _stroke_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
+    """A strip read as a stroke along it: what _ink_strength returns, or BlankImageError.
+
+    A tight crop of a thin upright 1 is nearly all ink: its edges hold no paper, so the edge-based paper level
+    and noise are the stroke's own rim and the digit looks uniform. Averaged along the strip, though, a stroke
+    leaves a cross-section whose middle departs from its two ends (the rim, nearest the paper), while blank
+    paper, uniform or noisy, averages to a flat or straight one (a lighting ramp across is straight too). The
+    strip is a stroke when that departure is at least MIN_CONTRAST and STROKE_SNR times the pixels' spread
+    about the cross-section, a spread that is the paper's noise however blurred, and an upper bound on it
+    beside a stroke that wobbles.
+    """
+    tall = pixels.shape[0] >= pixels.shape[1]
+    grey = _brightness(pixels if tall else pixels.transpose(1, 0, 2))  # (long, short): the stroke runs down
+    profile = grey.mean(axis=0)
+    ends = np.linspace(profile[0], profile[-1], len(profile), dtype=np.float32)  # the straight line between rims
+    departure = profile - ends
+    if ink == "auto":
+        ink = "bright" if departure.max() >= -departure.min() else "dark"
+    sign = 1 if ink == "bright" else -1
+    contrast = float((sign * departure).max())
+    spread = 1.4826 * float(_median(np.abs(grey - profile).ravel()))
+    if contrast < max(MIN_CONTRAST, STROKE_SNR * spread):
+        raise BlankImageError(f"no digit found: the image is blank or uniform (a strip with no stroke along it: "
+                              f"contrast {max(contrast, 0):.3f}, noise {spread:.3f})")
+    strength = sign * (grey - ends)
+    strength = np.ascontiguousarray(strength if tall else strength.T, dtype=np.float32)
+    # the paper's noise for the ink's floor: pixel to pixel along the stroke, where the stroke itself is smooth
+    along = np.abs(np.diff(strength, axis=0 if tall else 1)).ravel()
+    noise = 1.4826 * float(_median(along)) / math.sqrt(2) if along.size else 0.0
+    return strength, noise, _mean3(strength)
 
 
 #### MNIST geometry
@@ -564,6 +642,28 @@ def _center(small: np.ndarray, inner: tuple[float, float, float, float]) -> np.n
     return _window(small, -dy, CANVAS - dy, -dx, CANVAS - dx)
 
 
+def _read_ink(pixels: np.ndarray, ink: str) -> np.ndarray:
+    """The soft ink (_soft_ink) under the first reading of the paper that finds any; BlankImageError if none does.
+
+    1. the paper at the picture's edges (most pictures: a margin, or a close crop that the ink touches here
+       and there); 2. for a strip, a stroke along it (a thin 1 cut to its ink: no paper anywhere, and its
+       majority is ink); 3. the paper as the picture's majority (a close crop whose strokes run along its
+       edges). A picture that one reading finds ink in is never read by the next, so the later ones change
+       nothing that the first could read.
+    """
+    readings = [lambda: _ink_strength(pixels, ink)]
+    if _is_strip(pixels.shape):
+        readings.append(lambda: _stroke_strength(pixels, ink))
+    readings.append(lambda: _ink_strength(pixels, ink, from_edges=False))
+    for i, reading in enumerate(readings):
+        try:
+            return _soft_ink(*reading())
+        except BlankImageError:
+            if i == len(readings) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     """The whole pipeline on float (H, W, C) pixels in [0, 1]."""
     if ink not in ("auto", "bright", "dark"):
@@ -571,7 +671,7 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     pixels, ink = _resolve_alpha(pixels, ink)
     if pixels.shape[2] == 3 and np.ptp(pixels, axis=2).max() < 2 / 255:  # grey stored as RGB
         pixels = pixels.mean(axis=2, keepdims=True)
-    soft = _soft_ink(*_ink_strength(_shrink(pixels, WORK_SIDE), ink))
+    soft = _read_ink(_shrink(pixels, WORK_SIDE), ink)
     field = _center(*_scale_to_box(soft))
     return np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
 
@@ -582,7 +682,7 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
 def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
              max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:  # ink: "auto" (detect), "bright" or "dark"
     """Any digit picture (file, bytes, PIL image, array, tensor) -> the (28, 28) uint8 MNIST would make."""
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, np.ndarray) or _is_tensor(image):
         pixels = _array_pixels(image, max_side)
     else:
         pixels = _image_pixels(load_image(image, max_side))
@@ -592,7 +692,7 @@ def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
 def canvas_to_mnist(pixels: object) -> np.ndarray:
     """Web-canvas pixels (2-D, 0..255, bright ink on black) -> (28, 28) uint8 through the same pipeline."""
     try:
-        a = (pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels))
+        a = (pixels.detach().cpu().numpy() if _is_tensor(pixels) else np.asarray(pixels))
         a = a.astype(np.float32)
     except (TypeError, ValueError) as e:
         raise ImageError(f"canvas pixels must be a 2-D array of numbers ({e})") from None
