@@ -1,0 +1,156 @@
+"""A serving worker process: loads the model once, then runs jobs (serve/jobs.py) in micro-batches until told to
+stop or its parent goes away. Started by serve/pool.py's ProcessPool; nothing here runs in the serving process.
+
+Protocol, over two one-way pipes (multiprocessing Connections, pickled plain data only):
+    parent -> worker   (job_id, kind, payload) ... None (stop)
+    worker -> parent   ("ready", {"pid", "model", "memory_cap"}) or ("failed", message), once at start; then
+                       ("done", [(job_id, "ok", json_bytes) | (job_id, "error", JobError) | (job_id, "crash", name)],
+                        [items per model call])
+
+Batching happens here, in the worker: it blocks for one job, prepares it (decode + preprocess, the costly part),
+then takes whatever else has arrived, waiting at most `batch_wait_s` for more, up to `max_batch`, preparing each
+as it comes, and runs the model once on all of them. Preparation overlaps the wait, so the wait costs nothing
+under load; a lone request waits at most `batch_wait_s`.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from digitlab.errors import DigitlabError
+from digitlab.serve.jobs import JobError, WorkerContext, job_kind
+from digitlab.serve.limits import Limits
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker loads: a run folder or .safetensors file (None: the shipped model), never a model object."""
+
+    run: str | None = None
+    checkpoint: str = "best"
+    runtime: str = "onnx"
+    threads: int = 1  # CPU threads per model call, in each worker
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_batch: int = 16  # jobs run through the model in one call
+    batch_wait_s: float = 0.002  # how long a batch waits for more jobs once one is prepared
+    memory_mb: int = 1024  # address space a worker may add after loading its model (RLIMIT_AS); 0: no cap
+
+
+def load_context(spec: ModelSpec, limits: Limits) -> WorkerContext:
+    """The predictor, loaded here from its file, with `spec.threads` CPU threads, warmed up by one call."""
+    import torch
+
+    from digitlab.predict import Predictor
+
+    torch.set_num_threads(max(1, spec.threads))
+    predictor = Predictor.from_run(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads)
+    predictor.probabilities(np.zeros((1, 28, 28), np.uint8))  # the first call builds lazily made parts
+    return WorkerContext(predictor, limits, predictor.describe())
+
+
+def vm_size() -> int:
+    """This process's address space in bytes (VmSize)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmSize in /proc/self/status")
+
+
+def limit_memory(extra_mb: int) -> int | None:
+    """Cap the address space at what the loaded model takes plus `extra_mb`: a backstop, should a decode or the
+    cleaning ever need more than the pixel budget allows, that turns into a MemoryError (413), not a swapping
+    machine. Returns the cap in bytes (None: no cap, or no /proc to measure from)."""
+    if extra_mb <= 0:
+        return None
+    try:
+        cap = vm_size() + extra_mb * 2**20
+    except OSError:
+        return None
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
+
+
+def worker_main(spec: ModelSpec, settings: WorkerSettings, limits: Limits, jobs: Connection,
+                results: Connection) -> None:
+    """The worker process's entry point."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the parent stops us
+    try:
+        ctx = load_context(spec, limits)
+    except Exception as e:  # reported to the parent, which turns it into a one-line error
+        results.send(("failed", str(e) if isinstance(e, DigitlabError) else f"{type(e).__name__}: {e}"))
+        return
+    cap = limit_memory(settings.memory_mb)
+    results.send(("ready", {"pid": os.getpid(), "model": ctx.model_info, "memory_cap": cap}))
+    try:
+        serve(ctx, jobs, results, settings)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent went away: nothing is left to answer
+
+
+def serve(ctx: WorkerContext, jobs: Connection, results: Connection, settings: WorkerSettings) -> None:
+    """Answer batches of jobs until a None arrives or the pipe closes."""
+    while True:
+        message = jobs.recv()
+        if message is None:
+            return
+        done: list[tuple] = []
+        ready: list[tuple] = []
+        prepare(ctx, message, ready, done)
+        until = time.monotonic() + settings.batch_wait_s
+        stop = False
+        while len(ready) + len(done) < settings.max_batch and jobs.poll(max(0.0, until - time.monotonic())):
+            message = jobs.recv()
+            if message is None:
+                stop = True
+                break
+            prepare(ctx, message, ready, done)
+        calls = run(ctx, ready, done)
+        results.send(("done", done, calls))
+        if stop:
+            return
+
+
+def prepare(ctx: WorkerContext, message: tuple, ready: list[tuple], done: list[tuple]) -> None:
+    """Prepare one job: onto `ready` as (job_id, kind, item), or its refusal onto `done`."""
+    job_id, kind, payload = message
+    try:
+        ready.append((job_id, kind, job_kind(kind).prepare(ctx, payload)))
+    except JobError as e:
+        done.append((job_id, "error", e))
+    except MemoryError:
+        done.append((job_id, "error", JobError(413, "the request needs more memory than a worker may use")))
+    except Exception as e:  # a bug: logged here with its traceback, answered 500 without one
+        traceback.print_exc(file=sys.stderr)
+        done.append((job_id, "crash", type(e).__name__))
+
+
+def run(ctx: WorkerContext, ready: list[tuple], done: list[tuple]) -> list[int]:
+    """One `run` call per job kind in the batch; returns how many items each call took."""
+    calls = []
+    for kind in dict.fromkeys(k for _, k, _ in ready):
+        part = [(job_id, item) for job_id, k, item in ready if k == kind]
+        try:
+            answers = job_kind(kind).run(ctx, [item for _, item in part])
+            done.extend((job_id, "ok", answer) for (job_id, _), answer in zip(part, answers))
+        except JobError as e:
+            done.extend((job_id, "error", e) for job_id, _ in part)
+        except MemoryError:
+            error = JobError(413, "the request needs more memory than a worker may use")
+            done.extend((job_id, "error", error) for job_id, _ in part)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            done.extend((job_id, "crash", type(e).__name__) for job_id, _ in part)
+        calls.append(len(part))
+    return calls
