@@ -16,12 +16,16 @@ import io
 import math
 import warnings
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from digitlab.errors import ImageError
 from digitlab.preprocess import ALPHA_MODES, WORK_SIDE
 from digitlab.serve.limits import UPLOAD_FORMATS
 
+
+EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the turn that undoes it (as ImageOps uses)
 
 
 class PixelBudgetError(ImageError):
@@ -56,7 +60,8 @@ def _reducible(im: Image.Image) -> Image.Image | None:
 
 def decode_upload(data: bytes, max_side: int, max_pixels: int, work_side: int = WORK_SIDE) -> Image.Image:
     """Upload bytes -> its first frame, EXIF-upright, at most about `work_side` pixels a side where the mode
-    allows it; PixelBudgetError (413) from the header, ImageError (400) for anything unreadable."""
+    allows it; PixelBudgetError (413) from the header, ImageError (400) for anything unreadable. The full-size
+    decode is reduced before anything else copies it (the EXIF turn is done on the reduced image)."""
     if not data:
         raise ImageError("no image data (zero bytes)")
     try:
@@ -69,7 +74,10 @@ def decode_upload(data: bytes, max_side: int, max_pixels: int, work_side: int = 
                 if factor > 1 and im.format == "JPEG":  # the DCT decodes at 1/2, 1/4 or 1/8 scale directly
                     im.draft(im.mode, (math.ceil(im.width / factor), math.ceil(im.height / factor)))
                 im.load()
-                image = ImageOps.exif_transpose(im)  # a copy, turned the way the camera was held
+                turn = _exif_turn(im)
+                small = shrink(im, work_side)
+                small = small.copy() if small is im else small  # pixels that outlive the file
+        return small.transpose(turn) if turn is not None else small
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -78,7 +86,15 @@ def decode_upload(data: bytes, max_side: int, max_pixels: int, work_side: int = 
         raise PixelBudgetError("the uploaded image needs more memory than a worker may use") from None
     except Exception as e:  # Pillow's decoders raise many types on corrupt data; all mean "bad image"
         raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from None
-    return shrink(image, work_side)
+
+
+def _exif_turn(im: Image.Image) -> Image.Transpose | None:
+    """The transpose that makes `im` upright by its EXIF orientation (as ImageOps.exif_transpose), or None."""
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # an EXIF block Pillow cannot parse: the picture as stored
+        return None
+    return EXIF_TURNS.get(orientation)
 
 
 def shrink(image: Image.Image, work_side: int = WORK_SIDE) -> Image.Image:

@@ -14,10 +14,11 @@ ProcessPool bounds every resource a request can take:
   (worker.limit_memory) and runs its jobs one batch at a time with `threads` CPU threads.
 - Waiting: at most `queue_size` jobs wait in this process for a worker; one more is refused at once with 503
   "server busy" (counted in stats.rejected) instead of queueing behind work that cannot finish in time.
-- Time: every job has a deadline (Limits.inference_timeout_s from submission, queueing included). A job still
-  queued at its deadline is dropped; one already on a worker gets its 503 and that worker is killed (SIGKILL),
-  so nothing computes on after the answer and the process's memory goes back to the system. The other jobs it
-  held are queued again (at most MAX_ATTEMPTS times each) and a fresh worker replaces it.
+- Time: every job has a deadline (Limits.inference_timeout_s from submission, queueing included), and gets its
+  503 then. A job still queued, or handed to a worker that has not started it, is dropped (the worker skips it:
+  serve/worker.py says how that is race-free); if the worker has started it, that worker is killed (SIGKILL), so
+  nothing computes on after the answer and the process's memory goes back to the system. The other jobs it held
+  are queued again (at most MAX_ATTEMPTS times each) and a fresh worker replaces it.
 - The event loop only moves bytes: a job is handed to a per-worker sender thread (a pipe write can block while
   the worker computes), and answers are read with loop.add_reader when the worker's pipe is readable, so
   /healthz and the other routes never wait on the pool.
@@ -127,6 +128,8 @@ class _Job:
     timer: asyncio.TimerHandle | None = None
     worker: "_Worker | None" = None
     attempts: int = 0
+    started: bool = False  # the worker has said "start": killing it is the only way to stop the job
+    deadline: float = 0.0  # on time.monotonic(), which every process of the machine shares
 
 
 _STOP = object()
@@ -146,11 +149,14 @@ class _Worker:
         self.sender.start()
 
     def _send_loop(self) -> None:
-        while (message := self.outbox.get()) is not _STOP:
-            try:
+        """Write jobs into the worker's pipe (this thread owns that end, and closes it)."""
+        try:
+            while (message := self.outbox.get()) is not _STOP:
                 self.jobs.send(message)
-            except (OSError, ValueError):  # the worker is gone; the pool notices on its results pipe
-                return
+        except OSError:  # the worker is gone; the pool notices on its results pipe
+            pass
+        finally:
+            self.jobs.close()
 
 
 class ProcessPool:
@@ -162,7 +168,7 @@ class ProcessPool:
             raise ValueError("ProcessPool needs at least one worker; use InlinePool for none")
         self.stats = PoolStats()
         self.model_info: dict = {}
-        self.capacity = self.settings.max_batch + 1  # jobs on one worker: a batch, and one more ready behind it
+        self.capacity = self.settings.max_batch  # jobs handed to one worker and not yet answered
         self._context = _mp_context()
         self._workers: list[_Worker | None] = [None] * self.settings.workers
         self._pending: deque[_Job] = deque()
@@ -261,7 +267,8 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         self.attach(loop)
         job = _Job(next(self._ids), kind, payload, loop.create_future())
-        job.timer = loop.call_later(self.limits.inference_timeout_s, self._expire, job)
+        job.timer = loop.call_at(loop.time() + self.limits.inference_timeout_s, self._expire, job)
+        job.deadline = time.monotonic() + self.limits.inference_timeout_s
         self._pending.append(job)
         self.stats.submitted += 1
         self._dispatch()
@@ -286,7 +293,7 @@ class ProcessPool:
             job.worker = worker
             job.attempts += 1
             worker.in_flight[job.id] = job
-            worker.outbox.put((job.id, job.kind, job.payload))
+            worker.outbox.put((job.id, job.kind, job.payload, job.deadline))
 
     # ---- answers, deadlines, deaths
 
@@ -298,7 +305,11 @@ class ProcessPool:
             self._lost(worker)
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
-        if message[0] == "ready":
+        if message[0] == "start":
+            job = worker.in_flight.get(message[1])
+            if job is not None:
+                job.started = True
+        elif message[0] == "ready":
             self._on_ready(worker, message[1])
             self._dispatch()
         elif message[0] == "failed":
@@ -326,6 +337,9 @@ class ProcessPool:
                 continue
             if status == "ok":
                 job.future.set_result(value)
+            elif status == "expired":  # the worker saw the deadline pass just before our timer did
+                self.stats.timeouts += 1
+                job.future.set_exception(PoolTimeout(self.limits.inference_timeout_s))
             elif status == "error":
                 job.future.set_exception(value)
             else:
@@ -333,21 +347,26 @@ class ProcessPool:
         self._dispatch()
 
     def _expire(self, job: _Job) -> None:
-        """A job's deadline: 503 for it; if a worker is computing it, that worker is killed."""
+        """A job's deadline: 503 for it; if a worker has started it, that worker is killed."""
         worker = job.worker
+        if worker is not None:
+            self._on_readable(worker)  # a "start" already written must be seen before deciding
+            if job.worker is worker and job.id not in worker.in_flight:
+                return  # answered meanwhile
+            worker = job.worker  # None if that worker died meanwhile and the job was queued again
         if worker is None:
             self._drop_pending(job)
-        elif job.id not in worker.in_flight:
-            return  # answered meanwhile
-        else:
-            del worker.in_flight[job.id]
         self.stats.timeouts += 1
         self._fail(job, PoolTimeout(self.limits.inference_timeout_s))
-        if worker is not None and not worker.dead:
-            log.warning("digitlab: killed serving worker %d: a request passed its %g s deadline", worker.pid,
-                        self.limits.inference_timeout_s)
-            self._retire(worker, kill=True)
-            self._respawn(worker.slot)
+        if worker is None or worker.dead:
+            return
+        if not job.started:  # the worker will skip it; it stays counted on the worker until skipped
+            return
+        del worker.in_flight[job.id]
+        log.warning("digitlab: killed serving worker %d: a request passed its %g s deadline", worker.pid,
+                    self.limits.inference_timeout_s)
+        self._retire(worker, kill=True)
+        self._respawn(worker.slot)
 
     def _lost(self, worker: _Worker) -> None:
         """The worker's pipe closed without our asking: it died (a crash, the OOM killer, a signal)."""
@@ -417,8 +436,8 @@ class ProcessPool:
             loop.remove_reader(worker.results.fileno())
 
     def _release(self, worker: _Worker) -> None:
-        for conn in (worker.jobs, worker.results):
-            conn.close()
+        worker.outbox.put(_STOP)  # the sender thread closes the jobs pipe
+        worker.results.close()
         try:
             worker.process.close()
         except ValueError:  # still running: close() kills and joins it first

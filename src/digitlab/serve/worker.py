@@ -2,18 +2,27 @@
 stop or its parent goes away. Started by serve/pool.py's ProcessPool; nothing here runs in the serving process.
 
 Protocol, over two one-way pipes (multiprocessing Connections, pickled plain data only):
-    parent -> worker   (job_id, kind, payload) ... None (stop)
+    parent -> worker   (job_id, kind, payload, deadline) ... None (stop)
     worker -> parent   ("ready", {"pid", "model", "memory_cap"}) or ("failed", message), once at start; then
-                       ("done", [(job_id, "ok", json_bytes) | (job_id, "error", JobError) | (job_id, "crash", name)],
-                        [items per model call])
+                       ("start", job_id) before touching a job, and per batch
+                       ("done", [(job_id, "ok", json_bytes) | (job_id, "error", JobError) | (job_id, "crash", name)
+                                 | (job_id, "expired", None)], [items per model call])
+
+`deadline` is on time.monotonic(), one clock for every process of the machine. The worker says "start" and only
+then checks the deadline, skipping a job that has passed it: so when the parent, at a job's deadline, has not
+seen its "start", the job will never run (no kill needed); when it has, the worker is (or may be) computing it
+and is killed.
 
 Batching happens here, in the worker: it blocks for one job, prepares it (decode + preprocess, the costly part),
-then takes whatever else has arrived, waiting at most `batch_wait_s` for more, up to `max_batch`, preparing each
-as it comes, and runs the model once on all of them. Preparation overlaps the wait, so the wait costs nothing
-under load; a lone request waits at most `batch_wait_s`.
+then takes more jobs, preparing each, until it holds `max_batch` or `batch_wait_s` has passed since the batch
+began (preparation included: a slow upload closes its batch instead of holding others back), and runs the model
+once on all of them. Under load the jobs are already waiting in the pipe, so the wait costs nothing; a lone
+request waits at most `batch_wait_s`.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import resource
 import signal
@@ -28,6 +37,8 @@ import numpy as np
 from digitlab.errors import DigitlabError
 from digitlab.serve.jobs import JobError, WorkerContext, job_kind
 from digitlab.serve.limits import Limits
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,18 @@ def load_context(spec: ModelSpec, limits: Limits) -> WorkerContext:
     predictor = Predictor.from_run(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads)
     predictor.probabilities(np.zeros((1, 28, 28), np.uint8))  # the first call builds lazily made parts
     return WorkerContext(predictor, limits, predictor.describe())
+
+
+def tune_allocator() -> None:
+    """Give memory back after a large image: glibc serves allocations of 1 MiB and more from mmap (returned to the
+    system on free; by default its threshold grows to 32 MiB, keeping freed image buffers in the heap), and the
+    garbage of loading the model is trimmed. No-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def vm_size() -> int:
@@ -91,6 +114,8 @@ def worker_main(spec: ModelSpec, settings: WorkerSettings, limits: Limits, jobs:
     except Exception as e:  # reported to the parent, which turns it into a one-line error
         results.send(("failed", str(e) if isinstance(e, DigitlabError) else f"{type(e).__name__}: {e}"))
         return
+    gc.collect()
+    tune_allocator()
     cap = limit_memory(settings.memory_mb)
     results.send(("ready", {"pid": os.getpid(), "model": ctx.model_info, "memory_cap": cap}))
     try:
@@ -107,24 +132,31 @@ def serve(ctx: WorkerContext, jobs: Connection, results: Connection, settings: W
             return
         done: list[tuple] = []
         ready: list[tuple] = []
-        prepare(ctx, message, ready, done)
         until = time.monotonic() + settings.batch_wait_s
+        prepare(ctx, message, ready, done, results)
         stop = False
-        while len(ready) + len(done) < settings.max_batch and jobs.poll(max(0.0, until - time.monotonic())):
+        while len(ready) + len(done) < settings.max_batch:
+            left = until - time.monotonic()
+            if left <= 0 or not jobs.poll(left):
+                break
             message = jobs.recv()
             if message is None:
                 stop = True
                 break
-            prepare(ctx, message, ready, done)
+            prepare(ctx, message, ready, done, results)
         calls = run(ctx, ready, done)
         results.send(("done", done, calls))
         if stop:
             return
 
 
-def prepare(ctx: WorkerContext, message: tuple, ready: list[tuple], done: list[tuple]) -> None:
+def prepare(ctx: WorkerContext, message: tuple, ready: list[tuple], done: list[tuple], results: Connection) -> None:
     """Prepare one job: onto `ready` as (job_id, kind, item), or its refusal onto `done`."""
-    job_id, kind, payload = message
+    job_id, kind, payload, deadline = message
+    results.send(("start", job_id))  # first: see the module's docstring
+    if time.monotonic() >= deadline:
+        done.append((job_id, "expired", None))
+        return
     try:
         ready.append((job_id, kind, job_kind(kind).prepare(ctx, payload)))
     except JobError as e:
