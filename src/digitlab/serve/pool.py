@@ -38,7 +38,10 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import os
+import pickle
 import queue
+import struct
 import threading
 import time
 from collections import deque
@@ -135,11 +138,52 @@ class _Job:
 _STOP = object()
 
 
+class FrameReader:
+    """Messages from a non-blocking pipe written by multiprocessing's Connection.send: a 4-byte big-endian
+    length (-1: an 8-byte one follows), then the pickle. The event loop reads what is there and keeps partial
+    frames: Connection.recv would block on one (or fail, where uvloop made the pipe non-blocking)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = bytearray()
+        os.set_blocking(fd, False)
+
+    def read(self) -> tuple[list, bool]:
+        """Every complete message available now, and whether the writer has closed its end."""
+        closed = False
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                closed = True
+                break
+            self.buffer += chunk
+        return list(self._frames()), closed
+
+    def _frames(self):
+        while len(self.buffer) >= 4:
+            (size,) = struct.unpack("!i", self.buffer[:4])
+            start = 4
+            if size == -1:
+                if len(self.buffer) < 12:
+                    return
+                (size,) = struct.unpack("!Q", self.buffer[4:12])
+                start = 12
+            if len(self.buffer) < start + size:
+                return
+            payload = bytes(self.buffer[start:start + size])
+            del self.buffer[:start + size]
+            yield pickle.loads(payload)
+
+
 class _Worker:
     """One worker process, its two pipes, and the thread that writes jobs into its pipe."""
 
     def __init__(self, slot: int, process, jobs, results):
         self.slot, self.process, self.jobs, self.results = slot, process, jobs, results
+        self.reader: FrameReader | None = None  # once attached to the event loop
         self.pid: int = process.pid
         self.in_flight: dict[int, _Job] = {}
         self.ready = False
@@ -212,7 +256,7 @@ class ProcessPool:
         self._loop = loop
         for worker in self._workers:
             if worker is not None and not worker.dead:
-                loop.add_reader(worker.results.fileno(), self._on_readable, worker)
+                self._listen(worker)
 
     def close(self) -> None:
         """Stop every worker (let it finish its batch for up to STOP_TIMEOUT_S, then kill it) and reap it;
@@ -297,12 +341,23 @@ class ProcessPool:
 
     # ---- answers, deadlines, deaths
 
+    def _listen(self, worker: _Worker) -> None:
+        worker.reader = FrameReader(worker.results.fileno())
+        self._loop.add_reader(worker.results.fileno(), self._on_readable, worker)
+
     def _on_readable(self, worker: _Worker) -> None:
+        if worker.dead or worker.reader is None:
+            return
         try:
-            while not worker.dead and worker.results.poll():
-                self._on_message(worker, worker.results.recv())
-        except (EOFError, OSError):
-            self._lost(worker)
+            messages, closed = worker.reader.read()
+        except OSError as e:
+            messages, closed = [], e
+        for message in messages:
+            if worker.dead:
+                return
+            self._on_message(worker, message)
+        if closed:
+            self._lost(worker, closed if isinstance(closed, OSError) else EOFError("its pipe closed"))
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "start":
@@ -368,13 +423,15 @@ class ProcessPool:
         self._retire(worker, kill=True)
         self._respawn(worker.slot)
 
-    def _lost(self, worker: _Worker) -> None:
-        """The worker's pipe closed without our asking: it died (a crash, the OOM killer, a signal)."""
+    def _lost(self, worker: _Worker, error: BaseException) -> None:
+        """The worker's pipe closed without our asking: it died (a crash, the OOM killer, a signal), or what it
+        wrote cannot be read; either way it is killed (if still there) and replaced."""
         if worker.dead or self._closed:
             return
         self.stats.crashes += 1
-        log.error("digitlab: serving worker %d died; starting another", worker.pid)
-        self._retire(worker)
+        log.error("digitlab: serving worker %d stopped answering (%s); starting another", worker.pid,
+                  f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+        self._retire(worker, kill=True)
         self._respawn(worker.slot)
 
     def _retire(self, worker: _Worker, kill: bool = False) -> None:
@@ -414,7 +471,7 @@ class ProcessPool:
             return
         self._workers[slot] = worker
         self.stats.restarts += 1
-        self._loop.add_reader(worker.results.fileno(), self._on_readable, worker)
+        self._listen(worker)
         self._dispatch()
 
     # ---- processes
