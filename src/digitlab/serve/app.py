@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from digitlab.errors import DigitlabError
 from digitlab.serve.jobs import JobError
 from digitlab.serve.limits import BodySizeLimit, Limits
-from digitlab.serve.pool import InlinePool
+from digitlab.serve.pool import InlinePool, PoolBusy, PoolTimeout
 from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
 
 STATIC = Path(__file__).parent / "static"
@@ -84,6 +84,7 @@ def create_app(predictor=None, limits: Limits = Limits(), *, pool=None) -> FastA
                   version=_version(), docs_url=None, redoc_url=None,  # FastAPI's /docs loads Swagger UI from a CDN
                   lifespan=lifespan)
     app.state.pool = pool
+    app.state.queue_depth, app.state.inference_in_flight = pool.queue_depth, pool.in_flight  # for /metrics
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -169,7 +170,10 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": describe_errors(errors), "errors": errors}, status_code=422)
 
     @app.exception_handler(JobError)
-    async def refused(_request: Request, exc: JobError) -> JSONResponse:  # from the pool: a 4xx, or 503
+    async def refused(request: Request, exc: JobError) -> JSONResponse:  # from the pool: a 4xx, or 503
+        reason = {PoolBusy: "queue_full", PoolTimeout: "deadline"}.get(type(exc))
+        if reason:
+            request.state.reject_reason = reason  # what /metrics counts the refusal as
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(DigitlabError)

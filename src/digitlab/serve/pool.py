@@ -212,7 +212,9 @@ class ProcessPool:
             raise ValueError("ProcessPool needs at least one worker; use InlinePool for none")
         self.stats = PoolStats()
         self.model_info: dict = {}
-        self.capacity = self.settings.max_batch  # jobs handed to one worker and not yet answered
+        # jobs handed to one worker and not yet answered: a batch, and one more waiting in its pipe, so that it never
+        # idles for a round trip through this process (a job still waiting at its deadline is skipped, not killed)
+        self.capacity = self.settings.max_batch + 1
         self._context = _mp_context()
         self._workers: list[_Worker | None] = [None] * self.settings.workers
         self._pending: deque[_Job] = deque()
