@@ -206,9 +206,10 @@ def test_request_past_its_deadline_kills_its_worker(serve, huge_png, digit_png):
 
 def test_4096_rgba_png_flood_stays_bounded(serve, huge_png):
     """8 clients x 2 uploads of the 4096x4096 RGBA PNG: the server's process tree stays under 1.5 GB (RSS summed,
-    which counts pages the workers share with the forkserver once per process; PSS is also checked), at most
-    workers + forkserver + resource tracker + one replacement processes, a bounded thread count, /healthz fast
-    throughout; afterwards every process is idle again (no work outlives the answers)."""
+    which counts pages the workers share with the forkserver once per process; PSS is printed beside it), at most
+    workers + forkserver + resource tracker + replacements processes, a bounded thread count, /healthz fast
+    throughout; afterwards every process is idle again (no work outlives the answers). 2 uploads per client, not
+    the issue's 8, to keep the test short (the full 8 x 8 is measured in docs/benchmarks.md)."""
     server = serve("--workers", "2", "--deadline", "8")
     pid = server.process.pid
     peak = {"VmRSS": 0, "Pss": 0, "Threads": 0, "processes": 0}
@@ -250,7 +251,8 @@ def test_4096_rgba_png_flood_stays_bounded(serve, huge_png):
           f"{peak['Threads']} threads, {peak['processes']} processes; /healthz p99 {p99:.1f} ms over "
           f"{len(latencies)} probes; load {os.getloadavg()[0]:.1f}")
     assert rss_mb < 1500, peak
-    assert peak["processes"] <= 1 + 2 + 2 + 1, peak  # server, resource tracker, forkserver, 2 workers, 1 replacement
+    assert peak["processes"] <= 1 + 2 + 2 * 2, peak  # server, resource tracker, forkserver, per worker slot a killed
+    # worker not yet reaped and its replacement
     assert peak["Threads"] <= 40, peak
     assert p99 < 100, f"/healthz p99 {p99:.1f} ms during the flood"
     tree = process_tree(pid)
