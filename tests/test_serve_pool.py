@@ -405,3 +405,13 @@ def test_reduced_decoding_reads_the_same_digit(predictor, mnist, fmt):
     assert np.corrcoef(reduced.ravel(), full.ravel())[0, 1] > 0.8
     labels = [p.label for p in predictor.predict([reduced, full], preprocess=False)]
     assert labels == [int(mnist.test_labels[0])] * 2, labels
+
+
+@pytest.mark.parametrize("option, value", [("--workers", "-1"), ("--max-batch", "0"), ("--queue-size", "0"),
+                                           ("--batch-wait-ms", "nan"), ("--deadline", "inf")])
+def test_bad_pool_options_are_one_line_errors(option, value):
+    from helpers import run_cli
+
+    r = run_cli("serve", option, value, "--port", str(free_port()), timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert option in r.stderr and "Traceback" not in r.stderr + r.stdout, r.stderr

@@ -467,7 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    if not args.deadline > 0:
+    if not 0 < args.deadline < float("inf"):
         raise ConfigError(f"--deadline must be a positive number of seconds, got {args.deadline}")
     for module in ("fastapi", "uvicorn", "fastapi_offline"):  # fastapi_offline: Swagger UI's files for /docs
         require("web", module, "digitlab serve")

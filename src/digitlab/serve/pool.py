@@ -86,8 +86,8 @@ class PoolSettings:
         for name, value, low in (("workers", self.workers, 0), ("max_batch", self.max_batch, 1),
                                  ("batch_wait_ms", self.batch_wait_ms, 0), ("queue_size", self.queue_size, 1),
                                  ("memory_mb", self.memory_mb, 0)):
-            if value < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+            if not value >= low or value == float("inf"):  # NaN and infinity too
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number of at least {low}, got {value}")
 
     def worker_settings(self) -> WorkerSettings:
         return WorkerSettings(self.max_batch, self.batch_wait_ms / 1000, self.memory_mb)
