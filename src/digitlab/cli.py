@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "default: the --host address, localhost, 127.0.0.1 and [::1]")
     serve.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                        help="let pages of this origin (e.g. https://a.org) call the API (repeatable); default: none")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes that decode, preprocess and predict (default: min(2, CPUs)); 0: "
+                            "threads in the server process, where a request past its deadline cannot be stopped")
+    serve.add_argument("--max-batch", type=int, default=16,
+                       help="requests a worker gathers into one model call; 1: no batching")
+    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
+                       help="how long a worker waits for more requests to fill a batch")
+    serve.add_argument("--queue-size", type=int, default=64,
+                       help="requests waiting for a worker; beyond it the server answers 503 at once")
+    serve.add_argument("--deadline", type=float, default=10.0,
+                       help="seconds a request may take from arrival to answer; later is 503 and its worker is "
+                            "killed and replaced")
+    serve.add_argument("--worker-memory-mb", type=int, default=1024,
+                       help="address space a worker may use beyond its loaded model (0: no cap)")
     return parser
 
 

@@ -3,11 +3,14 @@
     from digitlab.predict import Predictor
     from digitlab.serve import create_app, run_server
     app = create_app(Predictor.from_run("runs/<run>"))       # any ASGI server, or:
-    run_server(Predictor.from_run(), port=8000)               # uvicorn on http://127.0.0.1:8000
-    run_server(Predictor.from_run(runtime="onnx"))            # the same model in ONNX Runtime
+    run_server(Predictor.from_run(), port=8000)               # uvicorn on http://127.0.0.1:8000, threads here
+    run_server(ModelSpec("runs/<run>"), pool_settings=PoolSettings(workers=2))  # worker processes load it
 """
 from digitlab.serve.app import create_app
 from digitlab.serve.limits import Limits
-from digitlab.serve.server import check_can_listen, run_server
+from digitlab.serve.pool import InlinePool, PoolSettings, ProcessPool
+from digitlab.serve.server import check_can_listen, run_server, start_pool
+from digitlab.serve.worker import ModelSpec
 
-__all__ = ["create_app", "Limits", "run_server", "check_can_listen"]
+__all__ = ["create_app", "Limits", "run_server", "start_pool", "check_can_listen", "ModelSpec", "PoolSettings",
+           "ProcessPool", "InlinePool"]

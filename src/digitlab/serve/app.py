@@ -10,36 +10,39 @@
     GET  /docs         OpenAPI docs: Swagger UI from fastapi-offline's copy, served here (no CDN, works offline)
     GET  /metrics      counters in the Prometheus text format (serve/metrics.py; not in the OpenAPI schema)
 
-The routes hold no ML code: pixels go through digitlab.preprocess (the functions training data and the CLI use),
-then through the Predictor, which is loaded once, outside, and shared. Preprocessing and inference run in worker
-threads under a time limit, the model under a lock. Every refusal is a 4xx JSON error {"detail": "..."}.
+The routes hold no ML code and parse nothing but the multipart envelope: a request's raw bytes (the JSON body, or
+the uploaded file) go to a pool (serve/pool.py) as a "predict" job (serve/jobs.py), where JSON validation, the
+image header and pixel budget, decoding, digitlab.preprocess and the model run, and the finished JSON answer
+comes back as bytes. `digitlab serve` uses a ProcessPool (worker processes, a bounded queue, deadlines that kill
+the worker); create_app(predictor) alone uses an InlinePool (threads in this process) for tests and embedding.
+Every refusal is a 4xx JSON error {"detail": "..."}; a full queue or a passed deadline is a 503.
 Host checks, cross-origin refusals, CORS, the in-flight limit and the page headers are middleware
-(serve/http_policy.py), registered here with the metrics.
+(serve/http_policy.py), registered here with the metrics (serve/metrics.py).
 """
 from __future__ import annotations
 
-import threading
-from functools import partial
+import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import fastapi_offline  # the web extra's copy of Swagger UI; imported here so a missing one names the extra
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from digitlab.errors import DigitlabError, ImageError, ModelError
-from digitlab.predict import Predictor
-from digitlab.preprocess import canvas_to_mnist, load_image, to_mnist
+from digitlab.errors import DigitlabError, ModelError
 from digitlab.serve.http_policy import HttpPolicy, add_http_policy
-from digitlab.serve.limits import BodySizeLimit, Limits, check_image_header
+from digitlab.serve.jobs import JobError
+from digitlab.serve.limits import BodySizeLimit, Limits
 from digitlab.serve.metrics import Metrics, MetricsMiddleware
+from digitlab.serve.pool import InlinePool, PoolBusy, PoolTimeout
+from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
 
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
@@ -49,16 +52,6 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
 }
 
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")  # what static/docs.html loads
-
-Pixel = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: "7" and true are refused
-Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
-
-
-class PixelsRequest(BaseModel):
-    """A 28x28 grid, bright ink (255) on black (0), e.g. a drawing canvas scaled down to 28x28."""
-
-    model_config = ConfigDict(extra="forbid")
-    pixels: Annotated[list[Row], Field(min_length=28, max_length=28, description="28 rows of 28 numbers in 0..255")]
 
 
 class PredictResponse(BaseModel):
@@ -116,10 +109,29 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def create_app(predictor: Predictor, limits: Limits = Limits(), policy: HttpPolicy = HttpPolicy()) -> FastAPI:
-    """The web app around one loaded predictor; `policy` says which Host headers and origins it answers."""
+def create_app(predictor=None, limits: Limits = Limits(), policy: HttpPolicy = HttpPolicy(), *,
+               pool=None) -> FastAPI:
+    """The web app around a pool that runs the jobs (serve/pool.py: ProcessPool or InlinePool), or around one
+    loaded predictor, run in this process's threads (an InlinePool). The app attaches the pool to its event loop
+    at startup and closes it at shutdown. `policy` says which Host headers and origins it answers."""
+    if pool is None:
+        if predictor is None:
+            raise TypeError("create_app needs a predictor or a pool")
+        pool = InlinePool(predictor, limits)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        pool.attach(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            pool.close()
+
     app = FastAPI(title="digitlab", summary="Handwritten-digit classifier: draw a digit or upload an image.",
-                  version=_version(), docs_url=None, redoc_url=None)  # FastAPI's /docs loads Swagger UI from a CDN
+                  version=_version(), docs_url=None, redoc_url=None,  # FastAPI's /docs loads Swagger UI from a CDN
+                  lifespan=lifespan)
+    app.state.pool = pool
+    app.state.queue_depth, app.state.inference_in_flight = pool.queue_depth, pool.in_flight  # for /metrics
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     add_http_policy(app, policy, PAGE_HEADERS)
     metrics = app.state.metrics = Metrics(app)
@@ -128,17 +140,6 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), policy: HttpPoli
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_docs(app)
     page = (STATIC / "index.html").read_text()
-    model_info = predictor.describe()
-    model_lock = threading.Lock()  # one inference at a time on the shared model
-    limiter = anyio.CapacityLimiter(limits.workers)
-
-    def infer(prepare: Callable[[], np.ndarray]) -> dict:
-        image = prepare()
-        with model_lock:
-            probs = predictor.probabilities(image[None])[0]
-        pred = predictor.describe_probs(probs)
-        return {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
-                "probabilities": pred.probabilities, "preprocessed": image.tolist(), "model": model_info}
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -158,65 +159,32 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), policy: HttpPoli
         return Response(content, headers={"content-type": content_type})
 
     @app.get("/api/model")
-    def model() -> dict:
+    async def model() -> dict:
         """The loaded model: name, builder options, normalisation, dataset, class names, test accuracy."""
-        return model_info
+        return pool.model_info
 
     @app.post("/api/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY, responses={
         400: {"description": "empty or unreadable file"}, 408: {"description": "body sent too slowly"},
         413: {"description": "body or image too large"}, 415: {"description": "not an image, or wrong body type"},
         422: {"description": "pixels of the wrong shape or range, or no digit"},
-        503: {"description": "took too long"}})
-    async def predict(request: Request) -> dict:
+        503: {"description": "server busy (queue full), or the request passed its deadline"}})
+    async def predict(request: Request) -> Response:
         """Predict one digit: an uploaded image (multipart field `file`) or 28x28 canvas pixels as JSON."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in ("multipart/form-data", "application/json"):
             raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
                                      f"application/json, not {kind[:80] or 'a body without Content-Type'}")
         body = await read_body(request, limits.read_timeout_s)
-        if kind == "application/json":
-            prepare = partial(prepare_pixels, parse_pixels(body))
-        else:
-            data = await read_upload(request)
-            check_image_header(data, limits.max_image_side)
-            prepare = partial(prepare_upload, data, limits.max_image_side)
-        try:
-            with anyio.fail_after(limits.inference_timeout_s):
-                return await anyio.to_thread.run_sync(infer, prepare, limiter=limiter, abandon_on_cancel=True)
-        except TimeoutError:
-            raise HTTPException(503, f"the prediction took longer than {limits.inference_timeout_s:g} s") from None
+        payload = ("pixels", body) if kind == "application/json" else ("upload", await read_upload(request))
+        return Response(await pool.submit("predict", payload), media_type="application/json")
 
-    add_explain_route(app, predictor, limits, model_lock, limiter)
+    add_explain_route(app, pool, limits)
     return app
 
 
-def add_explain_route(app: FastAPI, predictor: Predictor, limits: Limits, model_lock: threading.Lock,
-                      limiter: anyio.CapacityLimiter) -> None:
-    """POST /api/explain: /api/predict's inputs and limits; the work is digitlab.explain.explain_image. The
-    PyTorch model it needs is made on the first request (the explain extra stays optional for serving)."""
-    model_info = predictor.describe()
-    made: list = []  # the Explainer, once made
-
-    def explainer():
-        from digitlab.explain import Explainer
-
-        if not made:
-            made.append(Explainer.for_predictor(predictor))
-        return made[0]
-
-    def work(prepare: Callable[[], np.ndarray], method: str, target: int | None, layers: bool) -> dict:
-        from digitlab.explain import ExplainError, explain_image
-        from digitlab.extras import MissingExtraError
-
-        image = prepare()
-        try:
-            with model_lock:
-                result = explain_image(explainer(), image, method, target, layers)
-        except MissingExtraError as e:
-            raise HTTPException(501, str(e)) from None
-        except ExplainError as e:
-            raise HTTPException(422, str(e)) from None
-        return {**result, "preprocessed": image.tolist(), "model": model_info}
+def add_explain_route(app: FastAPI, pool, limits: Limits) -> None:
+    """POST /api/explain: /api/predict's inputs and limits, run through the same pool as an "explain" job
+    (serve/jobs.py: digitlab.explain.explain_image in the worker, under the same queue and deadline)."""
 
     @app.post("/api/explain", response_model=ExplainResponse, response_model_exclude_none=True,
               openapi_extra=PREDICT_BODY, responses={
@@ -226,8 +194,8 @@ def add_explain_route(app: FastAPI, predictor: Predictor, limits: Limits, model_
                   422: {"description": "pixels of the wrong shape or range, no digit, a bad method or target, "
                                        "or gradcam on a model without convolutions"},
                   501: {"description": "the explain extra is not installed"},
-                  503: {"description": "took too long"}})
-    async def explain(request: Request, method: Method = "ig", target: Target = None, layers: Layers = False) -> dict:
+                  503: {"description": "server busy, or took too long"}})
+    async def explain(request: Request, method: Method = "ig", target: Target = None, layers: Layers = False):
         """Why the model says what it says: the prediction and 28x28 attribution maps for one digit, sent as
         for /api/predict (multipart field `file`, or JSON pixels)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -235,18 +203,9 @@ def add_explain_route(app: FastAPI, predictor: Predictor, limits: Limits, model_
             raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
                                      f"application/json, not {kind[:80] or 'a body without Content-Type'}")
         body = await read_body(request, limits.read_timeout_s)
-        if kind == "application/json":
-            prepare = partial(prepare_pixels, parse_pixels(body))
-        else:
-            data = await read_upload(request)
-            check_image_header(data, limits.max_image_side)
-            prepare = partial(prepare_upload, data, limits.max_image_side)
-        try:
-            with anyio.fail_after(limits.inference_timeout_s):
-                return await anyio.to_thread.run_sync(work, prepare, method, target, layers, limiter=limiter,
-                                                      abandon_on_cancel=True)
-        except TimeoutError:
-            raise HTTPException(503, f"the explanation took longer than {limits.inference_timeout_s:g} s") from None
+        image = ("pixels", body) if kind == "application/json" else ("upload", await read_upload(request))
+        answer = await pool.submit("explain", (image, method, target, layers))
+        return Response(answer, media_type="application/json")
 
 
 def add_docs(app: FastAPI) -> None:
@@ -288,52 +247,20 @@ async def read_upload(request: Request) -> bytes:
         await form.close()
 
 
-def parse_pixels(body: bytes) -> np.ndarray:
-    """JSON {"pixels": 28x28} -> float32 array, or a 422 naming the first problem."""
-    try:
-        return np.asarray(PixelsRequest.model_validate_json(body).pixels, dtype=np.float32)
-    except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False, include_context=False, include_input=False))
-
-
-def prepare_pixels(pixels: np.ndarray) -> np.ndarray:
-    try:
-        return canvas_to_mnist(pixels)
-    except ImageError as e:
-        raise HTTPException(422, str(e)) from None
-
-
-def prepare_upload(data: bytes, max_side: int) -> np.ndarray:
-    try:
-        image = load_image(data, max_side)
-    except ImageError as e:
-        raise HTTPException(400, str(e)) from None
-    try:
-        return to_mnist(image, max_side=max_side)
-    except ImageError as e:
-        raise HTTPException(422, str(e)) from None
-
-
-def describe_errors(errors: list[dict]) -> str:
-    """Pydantic errors as one line: 'pixels[0][3]: Input should be a finite number'."""
-    def where(loc) -> str:
-        parts = [p for p in loc if p != "body"]
-        return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
-
-    errors = sorted(errors, key=lambda e: e.get("type") != "missing")  # "pixels: Field required" says the most
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where(first.get('loc', ())) or 'body'}: {first.get('msg', 'invalid')}{more}"
-
-
 def add_error_handlers(app: FastAPI) -> None:
     """One JSON shape for every error, {"detail": "..."}, and never a traceback in a response."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
+        errors = plain_errors(exc.errors())
         return JSONResponse({"detail": describe_errors(errors), "errors": errors}, status_code=422)
+
+    @app.exception_handler(JobError)
+    async def refused(request: Request, exc: JobError) -> JSONResponse:  # from the pool: a 4xx, or 503
+        reason = {PoolBusy: "queue_full", PoolTimeout: "deadline"}.get(type(exc))
+        if reason:
+            request.state.reject_reason = reason  # what /metrics counts the refusal as
+        return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(DigitlabError)
     async def user_error(_request: Request, exc: DigitlabError) -> JSONResponse:

@@ -25,9 +25,10 @@ UPLOAD_FORMATS = IMAGE_FORMATS  # the CLI's and the Python API's list too (digit
 class Limits:
     max_body_bytes: int = 2 * 1024 * 1024  # whole request body; larger is refused with 413 before it is read
     max_image_side: int = 4096  # width or height of an uploaded image; larger is 413 (before decoding)
+    max_image_pixels: int = 4096 * 4096  # width x height of an uploaded image; more is 413 (before decoding)
     read_timeout_s: float = 10.0  # time a client has to send its request body; slower is 408
-    inference_timeout_s: float = 10.0  # decoding + preprocessing + model per request; slower is 503
-    workers: int = 2  # requests preprocessed and predicted at once (the model itself runs one at a time)
+    inference_timeout_s: float = 10.0  # queueing + decoding + preprocessing + model per request; slower is 503
+    workers: int = 2  # in-process serving (create_app(predictor)): requests run at once in threads
 
 
 class BodyTooLarge(HTTPException):

@@ -1,4 +1,5 @@
-"""Run the app under uvicorn: `digitlab serve [RUN]` calls run_server(predictor, host, port).
+"""Run the app under uvicorn: `digitlab serve [RUN]` starts a pool of worker processes (start_pool), then
+run_server(pool=pool, host=..., port=...). The server listens only once every worker has loaded the model.
 
 The connection layer is uvicorn's httptools protocol with a header deadline, a header size cap and a cap on
 open connections (serve/protocol.py), so idle or half-sent connections are closed, not counted against requests.
@@ -18,6 +19,8 @@ from digitlab.predict import Predictor
 from digitlab.serve.app import create_app
 from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
 from digitlab.serve.limits import Limits
+from digitlab.serve.pool import InlinePool, PoolSettings, ProcessPool
+from digitlab.serve.worker import ModelSpec
 
 if TYPE_CHECKING:
     import uvicorn
@@ -38,33 +41,57 @@ def check_can_listen(host: str, port: int) -> None:
             raise DigitlabError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def run_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
-               limits: Limits = Limits(), log_level: str = "info", policy: HttpPolicy | None = None,
-               connections: ConnectionLimits | None = None) -> None:
-    """Serve `predictor` until interrupted; torch uses `threads` CPU threads per inference (an ONNX Runtime
-    predictor was given its own when created: Predictor.from_run(..., runtime="onnx", threads=...)).
-    `policy` defaults to answering only Host headers naming `host` or this machine's loopback names."""
+def start_pool(model: Predictor | ModelSpec | None = None, limits: Limits = Limits(),
+               settings: PoolSettings | None = None) -> ProcessPool | InlinePool:
+    """The pool that will run the requests, started: worker processes that each load `model` (a ModelSpec; None:
+    the shipped model), or, for a Predictor already loaded here or `settings.workers == 0`, threads in this
+    process. Blocks until every worker is ready; a model that cannot be loaded is a DigitlabError."""
+    settings = settings or PoolSettings()
+    settings.check()
+    if isinstance(model, Predictor):
+        return InlinePool(model, limits, settings.queue_size)
+    spec = model or ModelSpec()
+    if settings.workers == 0:
+        predictor = Predictor.from_run(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads)
+        return InlinePool(predictor, limits, settings.queue_size)
+    return ProcessPool(spec, settings, limits).start()
+
+
+def run_server(model: Predictor | ModelSpec | None = None, host: str = "127.0.0.1", port: int = 8000,
+               threads: int = 1, limits: Limits = Limits(), log_level: str = "info", *,
+               pool: ProcessPool | InlinePool | None = None, pool_settings: PoolSettings | None = None,
+               policy: HttpPolicy | None = None, connections: ConnectionLimits | None = None) -> None:
+    """Serve until interrupted: `pool` if given (started; it is closed when the server stops), else one started
+    here from `model` (see start_pool). torch uses `threads` CPU threads per inference in this process (an
+    InlinePool's predictor); worker processes take theirs from their ModelSpec. `policy` defaults to answering
+    only Host headers naming `host` or this machine's loopback names."""
     torch.set_num_threads(max(1, threads))
-    server = make_server(predictor, host, port, limits, log_level, policy, connections)
+    pool = pool or start_pool(model, limits, pool_settings)
     try:
-        server.run()
-    except KeyboardInterrupt:  # as uvicorn.run: Ctrl+C during start-up or shutdown is a normal stop
-        pass
-    if not server.started:
-        raise DigitlabError(f"the server did not start on {host}:{port} (its log above says why)")
+        server = make_server(None, host, port, limits, log_level, policy, connections, pool=pool)
+        try:
+            server.run()
+        except KeyboardInterrupt:  # as uvicorn.run: Ctrl+C during start-up or shutdown is a normal stop
+            pass
+        if not server.started:
+            raise DigitlabError(f"the server did not start on {host}:{port} (its log above says why)")
+    finally:
+        pool.close()
 
 
-def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-                log_level: str = "info", policy: HttpPolicy | None = None,
-                connections: ConnectionLimits | None = None) -> uvicorn.Server:
-    """The uvicorn server run_server runs (call .run(), or set .should_exit to stop it from another thread)."""
+def make_server(predictor: Predictor | None = None, host: str = "127.0.0.1", port: int = 8000,
+                limits: Limits = Limits(), log_level: str = "info", policy: HttpPolicy | None = None,
+                connections: ConnectionLimits | None = None, *,
+                pool: ProcessPool | InlinePool | None = None) -> uvicorn.Server:
+    """The uvicorn server run_server runs (call .run(), or set .should_exit to stop it from another thread),
+    around `pool`, or around `predictor` in this process's threads."""
     import uvicorn
 
     from digitlab.serve.protocol import ConnectionLimits, default_max_connections, guarded_protocol  # httptools
 
     policy = policy or HttpPolicy(allowed_hosts=default_allowed_hosts(host))
     connections = connections or ConnectionLimits(max_connections=default_max_connections())
-    app = create_app(predictor, limits, policy)
+    app = create_app(predictor, limits, policy, pool=pool)
     protocol = guarded_protocol(connections, on_close=app.state.metrics.reject)
     return uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP, limit_concurrency=None,

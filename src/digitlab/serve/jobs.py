@@ -1,0 +1,183 @@
+"""What a serving worker does with a request: a small registry of named job kinds, run inside the worker.
+
+    JOBS["predict"].prepare(ctx, ("upload", png_bytes))   # per request: parse, decode, preprocess -> 28x28 uint8
+    JOBS["predict"].run(ctx, [image, image, ...])          # per batch: one model call -> one JSON body per image
+
+A job kind is two functions. `prepare` takes the request's raw payload (plain bytes, never a pickled object from
+a client) and does all the parsing and decoding there is: JSON validation, the image header check, the pixel
+budget, decoding at reduced size, digitlab.preprocess. `run` takes the prepared items of several requests and
+answers each with its finished JSON body (bytes), so the serving process only copies bytes to the socket.
+Adding a kind (e.g. "explain") is one register_job call with its two functions; the pools (serve/pool.py) run
+every kind the same way, under the same queue, deadline and memory limit.
+
+A refusal is a JobError(status, detail): it crosses the process boundary by pickling and becomes the usual
+{"detail": ...} JSON answer with that status.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from digitlab.errors import ImageError
+from digitlab.preprocess import canvas_to_mnist, to_mnist
+from digitlab.serve.decode import PixelBudgetError, decode_upload
+from digitlab.serve.limits import Limits
+from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
+
+
+class JobError(Exception):
+    """A request refused with an HTTP status and a one-line detail; `extra` adds fields to the JSON answer."""
+
+    def __init__(self, status: int, detail: str, extra: dict | None = None):
+        super().__init__(status, detail, extra)
+        self.status, self.detail, self.extra = status, detail, extra or {}
+
+    def body(self) -> dict:
+        return {"detail": self.detail, **self.extra}
+
+
+@dataclass
+class WorkerContext:
+    """What every job function may use: the loaded predictor, the limits, and what is loaded, as plain data."""
+
+    predictor: Any  # digitlab.predict.Predictor (or a test double with the same methods)
+    limits: Limits
+    model_info: dict
+    made: dict = field(default_factory=dict)  # what a job kind builds once per worker (the explain job's Explainer)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    prepare: Callable[[WorkerContext, Any], Any]  # per request, may raise JobError
+    run: Callable[[WorkerContext, list[Any]], list[bytes]]  # per batch: one answer per prepared item, in order
+
+
+JOBS: dict[str, JobKind] = {}
+
+
+def register_job(name: str, prepare: Callable[[WorkerContext, Any], Any],
+                 run: Callable[[WorkerContext, list[Any]], list[bytes]]) -> None:
+    JOBS[name] = JobKind(prepare, run)
+
+
+def job_kind(name: str) -> JobKind:
+    try:
+        return JOBS[name]
+    except KeyError:
+        raise JobError(500, f"no job kind {name!r}") from None
+
+
+def json_bytes(content: Any) -> bytes:
+    """JSON as FastAPI's JSONResponse writes it; NaN or infinity is an error, never invalid JSON."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+#### predict: ("pixels", JSON body) or ("upload", image bytes) -> label, probabilities, the 28x28 the model saw
+
+
+def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> np.ndarray:
+    """A request's payload -> the (28, 28) uint8 image the model will see."""
+    kind, data = payload
+    if kind == "pixels":
+        return prepare_pixels(data)
+    if kind == "upload":
+        return prepare_upload(data, ctx.limits)
+    raise JobError(500, f"unknown payload {kind!r}")
+
+
+def prepare_pixels(body: bytes) -> np.ndarray:
+    """JSON {"pixels": 28x28} -> MNIST pixels, or a 422 naming the first problem (as FastAPI's validation would)."""
+    try:
+        pixels = np.asarray(PixelsRequest.model_validate_json(body).pixels, dtype=np.float32)
+    except ValidationError as e:
+        errors = plain_errors(e.errors(include_url=False, include_context=False, include_input=False))
+        raise JobError(422, describe_errors(errors), {"errors": errors}) from None
+    try:
+        return canvas_to_mnist(pixels)
+    except ImageError as e:
+        raise JobError(422, str(e)) from None
+
+
+def prepare_upload(data: bytes, limits: Limits) -> np.ndarray:
+    """Image bytes -> MNIST pixels: the format allowlist and size from the header (415, 413), the pixel budget
+    (413), a reduced-size decode (400 if unreadable), then preprocessing (422: no digit)."""
+    from fastapi import HTTPException  # the header check answers as the app would
+
+    from digitlab.serve.limits import check_image_header
+
+    try:
+        check_image_header(data, limits.max_image_side)
+    except HTTPException as e:
+        raise JobError(e.status_code, str(e.detail)) from None
+    try:
+        image = decode_upload(data, limits.max_image_side, limits.max_image_pixels)
+    except PixelBudgetError as e:
+        raise JobError(413, str(e)) from None
+    except ImageError as e:
+        raise JobError(400, f"the uploaded image is unreadable: {e}") from None
+    try:
+        return to_mnist(image, max_side=limits.max_image_side)
+    except ImageError as e:
+        raise JobError(422, str(e)) from None
+    except MemoryError:
+        raise JobError(413, "the uploaded image needs more memory than a worker may use") from None
+
+
+def run_predict(ctx: WorkerContext, images: list[np.ndarray]) -> list[bytes]:
+    """One model call for the batch; each image's answer as the JSON body of POST /api/predict."""
+    probs = ctx.predictor.probabilities(np.stack(images))
+    out = []
+    for image, p in zip(images, probs):
+        pred = ctx.predictor.describe_probs(p)
+        out.append(json_bytes({"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
+                               "probabilities": pred.probabilities, "preprocessed": image.tolist(),
+                               "model": ctx.model_info}))
+    return out
+
+
+register_job("predict", prepare_image, run_predict)
+
+
+#### explain: ((predict's payload), method, target, layers) -> the prediction and heat maps (digitlab.explain)
+
+
+def prepare_explain(ctx: WorkerContext, payload: tuple) -> tuple:
+    image, method, target, layers = payload
+    return prepare_image(ctx, image), method, target, layers
+
+
+def run_explain(ctx: WorkerContext, items: list[tuple]) -> list[bytes]:
+    """Each item's explanation as the JSON body of POST /api/explain. The PyTorch model it needs is made on the
+    worker's first explain job (the explain extra stays optional for serving); a refusal answers that item only."""
+    return [_explain_one(ctx, *item) for item in items]
+
+
+def _explain_one(ctx: WorkerContext, image: np.ndarray, method: str, target: int | None, layers: bool) -> bytes:
+    from digitlab.extras import MissingExtraError
+
+    try:
+        from digitlab.explain import ExplainError, Explainer, explain_image
+    except MissingExtraError as e:
+        return _refusal(501, str(e))
+    try:
+        if "explainer" not in ctx.made:
+            ctx.made["explainer"] = Explainer.for_predictor(ctx.predictor)
+        result = explain_image(ctx.made["explainer"], image, method, target, layers)
+    except MissingExtraError as e:
+        return _refusal(501, str(e))
+    except ExplainError as e:
+        return _refusal(422, str(e))
+    return json_bytes({**result, "preprocessed": image.tolist(), "model": ctx.model_info})
+
+
+def _refusal(status: int, detail: str) -> JobError:
+    """A per-item refusal, returned in place of an answer: run functions answer each item of a batch."""
+    return JobError(status, detail)
+
+
+register_job("explain", prepare_explain, run_explain)

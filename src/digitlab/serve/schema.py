@@ -1,0 +1,35 @@
+"""The JSON request body of POST /api/predict and how its validation errors read: pydantic only, no FastAPI, so a
+serving worker process parses and checks pixels without the web framework (the event loop never parses them).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Pixel = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: "7" and true are refused
+Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+
+
+class PixelsRequest(BaseModel):
+    """A 28x28 grid, bright ink (255) on black (0), e.g. a drawing canvas scaled down to 28x28."""
+
+    model_config = ConfigDict(extra="forbid")
+    pixels: Annotated[list[Row], Field(min_length=28, max_length=28, description="28 rows of 28 numbers in 0..255")]
+
+
+def plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's error dicts reduced to loc (a list), msg and type: plain JSON, picklable across processes."""
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+
+
+def describe_errors(errors: list[dict]) -> str:
+    """Pydantic errors as one line: 'pixels[0][3]: Input should be a finite number'."""
+    def where(loc) -> str:
+        parts = [p for p in loc if p != "body"]
+        return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
+
+    errors = sorted(errors, key=lambda e: e.get("type") != "missing")  # "pixels: Field required" says the most
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where(first.get('loc', ())) or 'body'}: {first.get('msg', 'invalid')}{more}"
