@@ -7,6 +7,8 @@ over several seeds against digitlab's `fast`, a fixed schedule, over ten seeds, 
     python benchmarks/time_to_accuracy.py --skip-reference     # re-measure digitlab only (no ratio)
     python benchmarks/time_to_accuracy.py --quick              # smoke run: 2 seeds x 20 steps, 1 short reference epoch
     python benchmarks/time_to_accuracy.py --json out.json      # also write every figure as JSON
+    python benchmarks/time_to_accuracy.py --reference-from ref.json  # the reference runs of an earlier --json
+    python benchmarks/time_to_accuracy.py --reference-from ref.json --digitlab-from dig.json  # combine two runs
     python benchmarks/time_to_accuracy.py -- --batch-size 256  # extra flags for `digitlab train`
 
 The reference: the example evaluates the test set after every epoch; a seed's time to 99% is from spawning its
@@ -185,6 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-digitlab", action="store_true", help="measure the reference only")
     parser.add_argument("--echo", action="store_true", help="show every line the children print")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument("--reference-from", default=None, metavar="JSON",
+                        help="take the reference's runs from an earlier --json file instead of running them (the "
+                             "table says so, with that run's load): on a busy machine the reference takes an hour")
+    parser.add_argument("--digitlab-from", default=None, metavar="JSON",
+                        help="likewise, digitlab's runs from an earlier --json file (to combine two runs' halves)")
     parser.add_argument("digitlab_args", nargs="*", help="extra `digitlab train` flags, after --")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.reference_seeds < 1 or args.parallel < 1:
@@ -209,7 +216,8 @@ def pct(x: float | None) -> str:
 
 
 def markdown_table(info: dict, loads: tuple[str, str], refs: list[dict], digs: list[dict], ref_sum: dict | None,
-                   dig_sum: dict | None, ratio: float | None, args: argparse.Namespace) -> str:
+                   dig_sum: dict | None, ratio: float | None, args: argparse.Namespace,
+                   earlier: dict | None = None, earlier_digitlab: dict | None = None) -> str:
     """The whole result as one markdown table: the setting rows, then one row per seed, then the summary."""
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
     mode = (f"{args.parallel} processes at a time" if args.parallel > 1 else "one process at a time") + \
@@ -220,6 +228,14 @@ def markdown_table(info: dict, loads: tuple[str, str], refs: list[dict], digs: l
              f"| setting | | device {args.device}; {mode}" + ("; --quick (smoke run, not a measurement)"
                                                               if args.quick else "") + " | |",
              f"| load average (1/5/15 min) | | before {loads[0]}; after {loads[1]} | |"]
+    if earlier:
+        lines.append(f"| reference from an earlier run | | {args.reference_from}: load before "
+                     f"{earlier['load_before']}; after {earlier['load_after']}; {earlier['parallel']} at a time, "
+                     f"{earlier['threads']} thread(s) each | |")
+    if earlier_digitlab:
+        e = earlier_digitlab
+        lines.append(f"| digitlab from an earlier run | | {args.digitlab_from}: load before {e['load_before']}; after "
+                     f"{e['load_after']}; {e['parallel']} at a time, {e['threads']} thread(s) each | |")
     for r in refs:
         curve = ", ".join(f"{a:.2%}" for a in r["epoch_accuracies"])
         reached = f"{r['target_s']:.1f} s to {args.target:.0%}" if r["target_s"] is not None else "not reached"
@@ -247,8 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device)
     load_before = load_average()
     say(f"machine: {info}; load average {load_before}; parallel {args.parallel}, threads {args.threads or 'default'}")
-    refs = [] if args.skip_reference else run_seeds(measure_reference, list(range(1, args.reference_seeds + 1)), args)
-    digs = [] if args.skip_digitlab else run_seeds(measure_digitlab, list(range(args.seeds)), args)
+    earlier = json.loads(Path(args.reference_from).read_text()) if args.reference_from else None
+    if earlier:
+        refs = earlier["reference"]
+        say(f"reference: {len(refs)} runs taken from {args.reference_from} (load {earlier['load_before']} -> "
+            f"{earlier['load_after']}, {earlier['parallel']} at a time, {earlier['threads']} thread(s) each)")
+    else:
+        refs = [] if args.skip_reference else run_seeds(measure_reference,
+                                                        list(range(1, args.reference_seeds + 1)), args)
+    earlier_digitlab = json.loads(Path(args.digitlab_from).read_text()) if args.digitlab_from else None
+    if earlier_digitlab:
+        digs = earlier_digitlab["digitlab"]
+        say(f"digitlab: {len(digs)} runs taken from {args.digitlab_from} (load {earlier_digitlab['load_before']} -> "
+            f"{earlier_digitlab['load_after']}, {earlier_digitlab['parallel']} at a time, "
+            f"{earlier_digitlab['threads']} thread(s) each)")
+    else:
+        digs = [] if args.skip_digitlab else run_seeds(measure_digitlab, list(range(args.seeds)), args)
     load_after = load_average()
     ref_sum = summarise_reference(refs) if refs else None
     dig_sum = summarise_digitlab(digs, args.target) if digs else None
@@ -256,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if ref_sum and dig_sum and ref_sum["mean_target_s"] and dig_sum["mean_accuracy"] is not None:
         ratio = dig_sum["mean_exit_s"] / ref_sum["mean_target_s"]
     print()
-    print(markdown_table(info, (load_before, load_after), refs, digs, ref_sum, dig_sum, ratio, args))
+    print(markdown_table(info, (load_before, load_after), refs, digs, ref_sum, dig_sum, ratio, args, earlier,
+                         earlier_digitlab))
     if dig_sum and not args.quick and not dig_sum["mean_reached"]:
         print(f"\nNOTE: digitlab's mean accuracy is below the target {args.target:.1%}: the ratio does not count")
     if args.json:
@@ -264,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             {"machine": info, "device": args.device, "parallel": args.parallel, "threads": args.threads,
              "quick": args.quick, "load_before": load_before, "load_after": load_after, "reference": refs,
              "reference_summary": ref_sum, "digitlab": digs, "digitlab_summary": dig_sum, "ratio": ratio,
-             "preset": args.preset, "digitlab_args": args.digitlab_args}, indent=2))
+             "preset": args.preset, "digitlab_args": args.digitlab_args, "reference_from": args.reference_from},
+            indent=2))
     crashed = any(r["code"] != 0 for r in refs + digs)
     missed = not args.quick and ref_sum is not None and not ref_sum["all_reached"]  # no time to compare with
     return 1 if crashed or missed else 0
