@@ -59,3 +59,12 @@ def test_cache_can_be_turned_off(mnist_copy, monkeypatch):
     monkeypatch.setenv("DIGITLAB_DECODED_CACHE", "0")
     data.load_dataset("mnist", mnist_copy)
     assert not (data.cache_dir() / "decoded").exists()
+
+
+def test_one_copy_per_file_is_kept(mnist_copy, monkeypatch, tmp_path):
+    data.load_dataset("mnist", mnist_copy)
+    other = tmp_path / "other" / "mnist"
+    shutil.copytree(mnist_copy, other, copy_function=shutil.copy)  # new modification times: a different stamp
+    monkeypatch.setattr(data, "_CACHE", {})
+    data.load_dataset("mnist", other)
+    assert len(list((data.cache_dir() / "decoded" / "mnist").glob("*.npy"))) == 4

@@ -11,10 +11,11 @@ for in this order, and the first folder that has a file wins for that file:
 5. otherwise the file is downloaded from the public mirrors into the user cache
 
 Every file is checked against the MD5 of its uncompressed content before use. A verified file is also kept
-decoded, as a .npy under ``~/.cache/digitlab/decoded/<name>/`` named by that MD5 and by the source file's path,
-size and modification time: later loads of the same unchanged file read it back (about 50 ms for MNIST's 55 MB)
+decoded, as a .npy under ``~/.cache/digitlab/decoded/<name>/`` named by that MD5 and by the source file's size
+and modification time: later loads of the same unchanged file read it back (about 50 ms for MNIST's 55 MB)
 instead of unzipping and hashing it again (most of a second, a large share of `fast`'s few seconds); a file
-that changed in any of those misses the copy and is verified again. ``DIGITLAB_DECODED_CACHE=0`` turns it off.
+that changed in either misses the copy and is verified again. One copy per file is kept (the newest), so the
+cache never grows past one decoded dataset. ``DIGITLAB_DECODED_CACHE=0`` turns it off.
 """
 from __future__ import annotations
 
@@ -228,9 +229,9 @@ def read_verified(path: Path, expected_md5: str) -> np.ndarray:
 
 def decoded_path(name: str, stem: str, md5: str, source: Path) -> Path:
     """Where the decoded copy of a verified file lives: named by the MD5 of its content and by the source file
-    as it is now (path, size, mtime), so a replaced or damaged source never reads a copy of the good one."""
+    as it is now (size, mtime), so a rewritten or damaged source never reads a copy of the good one."""
     st = source.stat()
-    stamp = hashlib.sha1(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stamp = hashlib.sha1(f"{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     return cache_dir() / "decoded" / name / f"{stem}.{md5}.{stamp}.npy"
 
 
@@ -262,6 +263,12 @@ def write_decoded(path: Path, array: np.ndarray) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        return
+    stem = path.name.split(".", 1)[0]
+    for older in path.parent.glob(f"{stem}.*.npy"):  # one copy per file: copies of the data elsewhere (a test's
+        if older != path:  # temporary folder, another checkout) replace it instead of piling up
+            with contextlib.suppress(OSError):
+                older.unlink()
 
 
 def read_verified_cached(name: str, stem: str, path: Path, expected_md5: str) -> np.ndarray:
