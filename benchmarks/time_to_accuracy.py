@@ -222,6 +222,8 @@ def markdown_table(info: dict, loads: tuple[str, str], refs: list[dict], digs: l
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
     mode = (f"{args.parallel} processes at a time" if args.parallel > 1 else "one process at a time") + \
         f", {args.threads or 'torch default'} thread(s) each"
+    if earlier and earlier_digitlab:
+        mode = "nothing run here: both sides combined from the earlier runs named below"
     lines = ["| | seed | test accuracy | time |", "|---|---|---:|---:|",
              f"| machine | | {info['cpu']}, {info['cores']} cores{gpu}; torch {info['torch']}, "
              f"native bf16 {'yes' if info['native_bf16'] else 'no'} | |",
