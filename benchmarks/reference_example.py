@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-accuracy", type=float, default=0.99, help="stop at the first epoch reaching it")
     parser.add_argument("--no-accel", action="store_true", help="train on the CPU even if CUDA is there")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="cut every epoch after this many batches (smoke tests only; 0: whole epochs)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adadelta(model.parameters(), lr=args.lr)
     scheduler = StepLR(optimizer, step_size=1, gamma=args.gamma)
     for epoch in range(1, args.max_epochs + 1):
-        train_epoch(model, device, train_loader, optimizer, epoch)
+        train_epoch(model, device, train_loader, optimizer, epoch, max_steps=args.max_steps)
         loss, acc = test(model, device, test_loader)
         scheduler.step()
         # time_to_accuracy.py reads this line; the elapsed time counts from this script's first line.

@@ -60,17 +60,19 @@ def test_cli_trains_the_preset_with_the_overrides(name, monkeypatch):
 
 
 def test_fast_is_a_fixed_schedule_that_ends_where_its_one_cycle_does(monkeypatch):
-    """fast runs 328 steps (0.7 of a 60,000-image epoch, where it was first tuned) and evaluates once, at the end:
-    the one-cycle learning rate peaks at 1e-2 a fifth of the way in and reaches zero on its last step."""
+    """fast runs 380 steps (0.884 of its 55,000-image epoch; issue 13: bf16 with 16% more steps than the old 328) and
+    evaluates once, at the end: the one-cycle learning rate peaks at 1e-2 a fifth of the way in and reaches zero on
+    its last step. It trains in bf16 where the CPU has it and draws no curves.png."""
     cfg = config_from_cli(monkeypatch, "--preset", "fast")
     optimizer = build_optimizer(create_model(cfg.model, **cfg.model_args), cfg)
     assert type(optimizer) is torch.optim.AdamW
     assert optimizer.defaults["lr"] == 1e-2 and optimizer.defaults["weight_decay"] == 5e-4
     assert cfg.val_size == 5000 and steps_per_epoch(cfg) == 430
     lrs = schedule(cfg)[:cfg.max_steps]
-    assert cfg.max_steps == 328 and lrs[0] == pytest.approx(4e-4)  # warm-up from lr/25
-    assert max(lrs) == pytest.approx(1e-2, rel=0.01) and lrs.index(max(lrs)) in (65, 66)
-    assert lrs[-1] == pytest.approx(1e-2 / 328 / 0.8)  # the last step of the linear decay to zero
+    assert cfg.max_steps == 380 and lrs[0] == pytest.approx(4e-4)  # warm-up from lr/25
+    assert max(lrs) == pytest.approx(1e-2, rel=0.01) and lrs.index(max(lrs)) in (75, 76)
+    assert lrs[-1] == pytest.approx(1e-2 / 380 / 0.8)  # the last step of the linear decay to zero
+    assert cfg.cpu_amp and not cfg.plot
     assert lr_at(cfg.max_steps, cfg, steps_per_epoch(cfg)) == 0  # where the schedule ends
     assert cfg.target_accuracy == 0 and cfg.eval_every == 0  # never looks at the test set before its end
 

@@ -62,6 +62,7 @@ class TrainConfig:
     cpu_amp: bool = False  # bf16 autocast on CPUs with bf16 in hardware (AMX, AVX512-BF16): 1.1-2.5x for conv nets
     channels_last: bool = True  # channels_last memory format: conv nets on CUDA, DigitNet everywhere (device.py)
     compile: bool = False  # torch.compile the model (worth it for long CUDA runs)
+    plot: bool = True  # redraw curves.png after every epoch (matplotlib: ~0.7 s of `fast`'s few seconds, so off there)
     out: str | None = None  # run folder; default runs/<time>-<name>
 
     def validate(self) -> "TrainConfig":

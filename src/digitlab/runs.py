@@ -46,7 +46,7 @@ RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors
 # not what each step learns. Anything else (model, optimiser, lr, data, augmentation...) would continue the
 # checkpoint as another recipe than the one its config.json and metrics.csv describe.
 RESUMABLE = ("epochs", "max_steps", "target_accuracy", "eval_every", "log_every", "eval_batch_size", "threads",
-             "device", "compile", "data_dir", "out")
+             "device", "compile", "data_dir", "out", "plot")
 
 
 def new_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:

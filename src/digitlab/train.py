@@ -384,7 +384,7 @@ def evaluate_and_record(run: RunState, epoch_position: float, tally: EpochTally)
 
 
 def save_epoch_checkpoint(run: RunState, row: dict) -> None:
-    """Write the `last` checkpoint (weights, optimiser, RNGs, progress) and refresh curves.png (rank 0).
+    """Write the `last` checkpoint (weights, optimiser, RNGs, progress) and, with cfg.plot, refresh curves.png (rank 0).
     A Ctrl-C during the write waits for it to finish, so the checkpoint reported afterwards is the one on disk."""
     if not run.ctx.is_main:
         return
@@ -397,7 +397,8 @@ def save_epoch_checkpoint(run: RunState, row: dict) -> None:
     with interrupts_deferred():
         save_checkpoint(run.run_dir, "last", run.scored, {**run.meta, "step": progress.step, "metrics": row}, state)
         run.checkpoint = (progress.epoch, progress.step)
-    plot_curves_quietly(run.run_dir, progress.history)
+    if run.cfg.plot:  # `digitlab plot RUN` draws it later from metrics.csv
+        plot_curves_quietly(run.run_dir, progress.history)
 
 
 @contextlib.contextmanager
