@@ -7,7 +7,8 @@ Prints markdown tables:
 - latency: one explanation as the page asks for it (one image; maps for the predicted class and the runner-up,
   in one batched call), median and p90 of --repeats calls after a warm-up, per method and torch thread count;
   and the same through POST /api/explain in process (FastAPI's TestClient, JSON pixels, the prediction served
-  by ONNX Runtime as `digitlab serve` does), which adds preprocessing, JSON and the server around it;
+  by ONNX Runtime as `digitlab serve` does), which adds preprocessing, JSON and the server around it; with
+  --url, through a running `digitlab serve` instead (its worker processes, as users meet it);
 - model randomisation (Adebayo et al. 2018): Spearman rank correlation between the trained model's maps and
   those of the same model with every layer re-initialised, signed, absolute, and absolute over the ink pixels
   (mean over --images test digits; near 0 passes, near 1 fails); with --cascade, re-initialising the top 1, 2,
@@ -60,11 +61,11 @@ def methods_for(explainer: Explainer) -> list[str]:
 
 
 def latency(explainer: Explainer, digits: np.ndarray, methods: list[str], threads: list[int], repeats: int,
-            run: str | None) -> None:
+            run: str | None, url: str | None = None) -> None:
     print(f"\n### Latency: one explanation, predicted class + runner-up ({load()})\n")
     print("| method | torch threads | in process p50 / p90 (ms) | POST /api/explain p50 / p90 (ms) |")
     print("|---|---|---|---|")
-    client = api_client(run)
+    client = api_client(run, url)
     for n in threads:
         torch.set_num_threads(n)
         for method in methods:
@@ -79,7 +80,13 @@ def latency(explainer: Explainer, digits: np.ndarray, methods: list[str], thread
             print(f"| {method} | {n} | {direct[0]:.1f} / {direct[1]:.1f} | {api[0]:.1f} / {api[1]:.1f} |")
 
 
-def api_client(run: str | None):
+def api_client(run: str | None, url: str | None = None):
+    """FastAPI's TestClient around the app in this process, or, with `url`, an HTTP client of a running
+    `digitlab serve` (its worker processes, as users meet it)."""
+    if url:
+        import httpx
+
+        return httpx.Client(base_url=url, timeout=30)
     from fastapi.testclient import TestClient
 
     from digitlab.predict import Predictor
@@ -137,6 +144,9 @@ def main() -> None:
     parser.add_argument("--figures", default=None, metavar="DIR", help="write randomisation.png, deletion.png")
     parser.add_argument("--cascade", action="store_true", help="also the cascading randomisation test")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--url", default=None, help="time POST /api/explain on this running `digitlab serve` "
+                                                    "(e.g. http://127.0.0.1:8000) instead of in process")
+    parser.add_argument("--skip-sanity", action="store_true")
     args = parser.parse_args()
     explainer = Explainer.from_run(args.run)
     ds = load_dataset(explainer.dataset, progress=False)
@@ -144,7 +154,9 @@ def main() -> None:
     methods = methods_for(explainer)
     print(f"model {explainer.name} ({args.run or 'shipped'}), {os.cpu_count()} CPUs, torch {torch.__version__}")
     if not args.skip_latency:
-        latency(explainer, digits, methods, args.threads, args.repeats, args.run)
+        latency(explainer, digits, methods, args.threads, args.repeats, args.run, args.url)
+    if args.skip_sanity:
+        return
     torch.set_num_threads(min(args.threads))
     sanity(explainer, digits, methods, args.figures)
     if args.cascade:
