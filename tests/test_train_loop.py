@@ -113,7 +113,14 @@ def start_training(run: Path, *args: str, subset: int = 2000) -> subprocess.Pope
     with its stdout and stderr piped, as they are when a run is logged to a file."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIGITLAB_TEST_TRAIN_SUBSET": str(subset)}
     command = [sys.executable, str(WRAPPER), "train", "--threads", "1", "--out", str(run), *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                            preexec_fn=take_ctrl_c)
+
+
+def take_ctrl_c() -> None:
+    """SIGINT handled as in a terminal's foreground job, whatever disposition the test runner was started with:
+    a child started with SIGINT ignored (a shell's background job) never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str) -> None:
