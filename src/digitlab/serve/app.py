@@ -170,12 +170,7 @@ def create_app(predictor=None, limits: Limits = Limits(), policy: HttpPolicy = H
         503: {"description": "server busy (queue full), or the request passed its deadline"}})
     async def predict(request: Request) -> Response:
         """Predict one digit: an uploaded image (multipart field `file`) or 28x28 canvas pixels as JSON."""
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind not in ("multipart/form-data", "application/json"):
-            raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
-                                     f"application/json, not {kind[:80] or 'a body without Content-Type'}")
-        body = await read_body(request, limits.read_timeout_s)
-        payload = ("pixels", body) if kind == "application/json" else ("upload", await read_upload(request))
+        payload = await read_image_payload(request, limits)
         return Response(await pool.submit("predict", payload), media_type="application/json")
 
     add_explain_route(app, pool, limits)
@@ -198,12 +193,7 @@ def add_explain_route(app: FastAPI, pool, limits: Limits) -> None:
     async def explain(request: Request, method: Method = "ig", target: Target = None, layers: Layers = False):
         """Why the model says what it says: the prediction and 28x28 attribution maps for one digit, sent as
         for /api/predict (multipart field `file`, or JSON pixels)."""
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind not in ("multipart/form-data", "application/json"):
-            raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
-                                     f"application/json, not {kind[:80] or 'a body without Content-Type'}")
-        body = await read_body(request, limits.read_timeout_s)
-        image = ("pixels", body) if kind == "application/json" else ("upload", await read_upload(request))
+        image = await read_image_payload(request, limits)
         answer = await pool.submit("explain", (image, method, target, layers))
         return Response(answer, media_type="application/json")
 
@@ -220,6 +210,17 @@ def add_docs(app: FastAPI) -> None:
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_HEADERS)
+
+
+async def read_image_payload(request: Request, limits: Limits) -> tuple[str, bytes]:
+    """What /api/predict and /api/explain send the pool: ("pixels", the JSON body) or ("upload", the file's
+    bytes). Only the Content-Type and the multipart envelope are looked at here; the worker parses the rest."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("multipart/form-data", "application/json"):
+        raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "
+                                 f"application/json, not {kind[:80] or 'a body without Content-Type'}")
+    body = await read_body(request, limits.read_timeout_s)
+    return ("pixels", body) if kind == "application/json" else ("upload", await read_upload(request))
 
 
 async def read_body(request: Request, timeout_s: float) -> bytes:
