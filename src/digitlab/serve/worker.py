@@ -15,9 +15,10 @@ and is killed.
 
 Batching happens here, in the worker: it blocks for one job, prepares it (decode + preprocess, the costly part),
 then takes more jobs, preparing each: those already waiting in its pipe at once, new arrivals until `batch_wait_s`
-after the batch began; it stops at `max_batch` jobs or once the batch has spent PREPARE_BUDGET_S preparing (a
-slow upload closes its batch instead of holding the others back; CPU time, so a busy machine does not close
-batches early), and runs the model once on all of them. Under
+after the batch began; it stops at `max_batch` jobs or once the batch has spent PREPARE_BUDGET_S preparing, or
+`batch_wait_s` if that is longer (a slow upload closes its batch instead of holding the others back longer than
+the wait the operator chose; CPU time, so a busy machine does not close batches early), and runs the model once
+on all of them. Under
 load the jobs are already waiting, so the wait costs nothing; a lone request waits at most `batch_wait_s`.
 """
 from __future__ import annotations
@@ -138,7 +139,8 @@ def serve(ctx: WorkerContext, jobs: Connection, results: Connection, settings: W
         prepare(ctx, message, ready, done, results)
         preparing = time.process_time() - cpu  # CPU time: on a busy machine, wall time would close batches early
         stop = False
-        while len(ready) + len(done) < settings.max_batch and preparing < PREPARE_BUDGET_S:
+        budget = max(PREPARE_BUDGET_S, settings.batch_wait_s)  # never closes a batch sooner than its wait would
+        while len(ready) + len(done) < settings.max_batch and preparing < budget:
             if not jobs.poll(max(0.0, began + settings.batch_wait_s - time.monotonic())):  # waiting: taken at once
                 break
             message = jobs.recv()
