@@ -305,11 +305,13 @@ def test_uploads_slow_to_parse_do_not_slow_healthz(serve, digit_png, mnist):
 
 
 def test_full_queue_is_an_immediate_503_and_waiting_requests_are_batched(serve, mnist):
-    """One worker gathering up to 8 requests for 3 s, a queue of 2: of 12 requests at once, 9 are on the worker
+    """One worker gathering up to 8 requests for 15 s, a queue of 2: of 12 requests at once, 9 are on the worker
     (its batch of 8 and one waiting behind it), 2 wait here, and the last is refused at once with 503 "busy"
     JSON. The 11 accepted ones are answered, correctly, in 2 model calls (8 + 3), which the server reports when
-    it stops."""
-    server = serve("--workers", "1", "--max-batch", "8", "--batch-wait-ms", "3000", "--queue-size", "2",
+    it stops. The long wait makes the first batch fill however slowly the 12 clients start on a busy machine
+    (with 3 s, a full suite's run once saw them trickle in over more than one batch); the second batch of 3
+    waits it out."""
+    server = serve("--workers", "1", "--max-batch", "8", "--batch-wait-ms", "15000", "--queue-size", "2",
                    "--deadline", "60")
     images, labels = mnist.test_images[:12], mnist.test_labels[:12]
 
