@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,19 +36,10 @@ from digitlab.predict import ModelInfo, Predictor
 from digitlab.preprocess import to_mnist
 from digitlab.checkpoint import LoadedModel
 
+from machine import cpu_name
+
 BATCH = 1000
 HEAVY = {"alexnet": 10}  # model -> divisor of the number of runs, for models that take ~100 ms an image
-
-
-def cpu_name() -> str:
-    """`lscpu`'s model name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def untrained(name: str) -> LoadedModel:

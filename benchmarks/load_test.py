@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -44,19 +43,14 @@ from PIL import Image
 
 from digitlab.data import load_dataset
 
+from machine import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 WARMUP = 20
 
 
 #### The server
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -244,7 +238,7 @@ def main() -> None:
         parser.error("--requests, --concurrency and --seconds must be positive")
 
     requests = make_requests(min(args.requests, 2000), args.seed)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, shared by the "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, shared by the "
           f"server and this load generator; load average (1 min) before: {os.getloadavg()[0]:.2f}")
     print(f"model: {args.run or 'shipped'}; {args.requests:,} requests or {args.seconds:g} s per row, "
           f"concurrency {', '.join(map(str, args.concurrency))}, server --threads {args.threads}; half JSON pixels, "

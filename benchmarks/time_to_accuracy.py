@@ -44,6 +44,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "reference_example.py"
 REF_LINE = re.compile(r"^Test set: epoch (\d+), .*Accuracy: ([\d.]+)%")
@@ -142,23 +144,12 @@ def summarise_reference(runs: list[dict]) -> dict:
             "epochs": [r["epoch"] for r in runs]}
 
 
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (lscpu's), else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: str) -> dict:
     import torch
 
     from digitlab.device import cpu_has_native_bf16
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "native_bf16": cpu_has_native_bf16(), "python": platform.python_version()}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
