@@ -1,0 +1,166 @@
+"""`digitlab train`, and the commands that look at runs afterwards: `eval`, `plot`, `compare`."""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+from digitlab.errors import ConfigError, RunError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digitlab.config import field_types, make_config
+    from digitlab.presets import preset_config
+    from digitlab.resume import resume_config
+    from digitlab.train import TrainingInterrupted, train
+
+    overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
+    if args.resume:
+        if args.preset:
+            raise ConfigError("--resume continues a run with its own recipe; drop --preset")
+        if args.force:
+            raise ConfigError("--force is for a new run in a folder that holds files; --resume never replaces a run")
+        cfg = resume_config(args.resume, **overrides)
+    else:
+        preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
+        cfg = make_config(preset_config(preset) if preset else {}, **overrides)
+    try:  # progress bars only on a terminal: in a log file they would be thousands of carriage returns
+        result = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty(),
+                       force=args.force)
+    except TrainingInterrupted as e:
+        print(f"digitlab: {e}", file=sys.stderr)
+        return 130
+    from digitlab.distributed import context_from_env
+
+    if not context_from_env().is_main:
+        return 0  # under torchrun, rank 0 reports for all ranks
+    final, best = result.final, result.best_row
+    print(f"run: {result.run_dir}")
+    print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
+          f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s")
+    print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
+          f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
+    return 0
+
+
+def trained_with_tta(run_dir: Path) -> bool:
+    """Whether the run's own evaluations used test-time augmentation, so `eval` reproduces its figures;
+    False for a checkpoint outside a run folder."""
+    from digitlab.runs import read_config
+
+    return (run_dir / "config.json").is_file() and read_config(run_dir).tta
+
+
+def figures_folder(args: argparse.Namespace, run_is_folder: bool, run_dir: Path) -> Path:
+    """Where eval's figures go: --figures, else the run folder, else (a lone .safetensors file, which may be the
+    weights shipped inside the package) the current folder. Created and checked before any work is done."""
+    folder = Path(args.figures) if args.figures else (run_dir if run_is_folder else Path("."))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise RunError(f"cannot write figures to {folder} ({e.strerror or e}); "
+                       "choose a writable folder with --figures DIR") from None
+    return folder
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from digitlab.data import load_dataset
+    from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
+    from digitlab.plots import plot_confusion, plot_grid
+    from digitlab.checkpoint import load_run
+
+    loaded = load_run(args.run, args.checkpoint)
+    run_dir = loaded.source.parent
+    figures = figures_folder(args, Path(args.run).is_dir(), run_dir)
+    name = loaded.source.stem  # "best" or "last" for a run; the file's name for a lone .safetensors file
+    tta = args.tta if args.tta is not None else trained_with_tta(run_dir)
+    ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
+    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta)
+    metrics = metrics_from_logits(logits, ds.test_labels)
+    mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
+    titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
+    try:
+        confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), figures / f"confusion-{name}.png",
+                                       title=f"{run_dir.name} ({name})")
+        mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
+                                 figures / f"misclassified-{name}.png",
+                                 title="most confident mistakes (true -> predicted)")
+    except OSError as e:
+        raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
+                       "choose a writable folder with --figures DIR") from None
+    report = {"run": str(run_dir), "checkpoint": name, "model": loaded.model_name,
+              "dataset": ds.name, "tta": tta, **metrics, "misclassified": mistakes,
+              "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{run_dir} [{name}] {loaded.model_name} on {ds.name}: test accuracy "
+          f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
+          f"{', test-time augmentation' if tta else ''})")
+    print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
+    for i, class_name in enumerate(ds.classes):
+        errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
+        print(f"{i} {class_name:<14}{metrics['per_class_accuracy'][i]:>9.2%}{errors:>8}")
+    print(f"wrote {confusion_png} and {mistakes_png}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from digitlab.plots import plot_curves
+    from digitlab.runs import read_metrics
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise RunError(f"{run} is not a run folder")
+    history = read_metrics(run)
+    if not history:
+        raise RunError(f"{run}/metrics.csv has no rows yet")
+    out = plot_curves(history, Path(args.output) if args.output else run / "curves.png", title=run.name, x=args.x)
+    print(f"wrote {out} ({len(history)} evaluations)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from digitlab.compare import IncompleteRun, recipe_spread, run_summary
+    from digitlab.plots import plot_compare
+
+    runs, summaries, skipped = [], [], []
+    for run in map(Path, args.runs):  # `compare runs/*` goes on past a run that never got to its first evaluation
+        try:
+            summaries.append(run_summary(run))
+            runs.append(run)
+        except IncompleteRun as e:
+            skipped.append(str(e))
+    if not runs:
+        raise RunError(f"no run to compare: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"digitlab: warning: skipping {reason}", file=sys.stderr)
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # same folder name under different parents: use the paths
+        names = [str(run) for run in runs]
+    out = plot_compare({name: history for name, (_, history) in zip(names, summaries)}, Path(args.output),
+                       datasets={name: row["dataset"] for name, (row, _) in zip(names, summaries)})
+    rows = [row for row, _ in summaries]
+    spread = recipe_spread(rows)
+    if args.json:
+        print(json.dumps({"runs": rows, "recipes": spread, "figure": str(out)}, indent=2))
+        return 0
+    width = max(len(n) for n in names) + 2
+    print(f"{'run':<{width}}{'preset/model':<22}{'dataset':<15}{'epochs':>7}{'final':>9}{'best':>9}{'s/epoch':>9}")
+    for name, row in zip(names, rows):
+        recipe = f"{row['preset'] or '-'}/{row['model']}"
+        per_epoch = f"{row['seconds_per_epoch']:.1f}" if row["seconds_per_epoch"] is not None else "-"
+        print(f"{name:<{width}}{recipe:<22}{row['dataset']:<15}{row['epochs']:>7g}{row['final_accuracy']:>9.2%}"
+              f"{row['best_accuracy']:>9.2%}{per_epoch:>9}")
+    for group in spread:
+        members = ", ".join(Path(r).name for r in group["runs"])
+        print(f"{len(group['runs'])} runs of one recipe ({members}): final accuracy mean {group['mean_accuracy']:.2%},"
+              f" sd {100 * group['sd_accuracy']:.2f} points, range {group['min_accuracy']:.2%}"
+              f" to {group['max_accuracy']:.2%}")
+    print(f"wrote {out} (test accuracy of {len(rows)} runs)")
+    return 0
