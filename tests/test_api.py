@@ -37,8 +37,8 @@ def zeros(rows: int = 28, cols: int = 28) -> list[list[float]]:
     return [[0] * cols for _ in range(rows)]
 
 
-def upload(client, data: bytes, name: str = "digit.png", content_type: str = "image/png"):
-    return client.post(PREDICT, files={"file": (name, data, content_type)})
+def upload(client, data: bytes, name: str = "digit.png", content_type: str = "image/png", url: str = PREDICT):
+    return client.post(url, files={"file": (name, data, content_type)})
 
 
 def assert_error(response, status: int, *words: str) -> None:
@@ -121,7 +121,7 @@ def test_dark_ink_photo_style_upload(client, mnist_test):
 def test_json_pixels_of_a_test_digit(client, predictor, mnist_test):
     images, labels = mnist_test
     index = 3  # a 0
-    r = client.post(PREDICT, json=pixels_body(images[index].tolist()))
+    r = client.post(PREDICT + "?preprocessed=true", json=pixels_body(images[index].tolist()))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["label"] == int(labels[index])
@@ -131,6 +131,23 @@ def test_json_pixels_of_a_test_digit(client, predictor, mnist_test):
     # the API answers exactly what the library says for the same preprocessed image
     direct = predictor.probabilities(torch.tensor(pre, dtype=torch.uint8)[None])[0]
     assert np.allclose(body["probabilities"], direct, atol=1e-5)
+
+
+def test_preprocessed_is_echoed_only_when_asked_for(client, mnist_test):
+    """The 28x28 the model saw is 784 numbers, most of an answer's bytes and JSON time: sent with
+    ?preprocessed=true (as the drawing page asks), for JSON pixels and uploads alike, and never by default."""
+    images, labels = mnist_test
+    png = io.BytesIO()
+    Image.fromarray(images[0].numpy()).save(png, format="PNG")
+    for send in (lambda url: client.post(url, json=pixels_body(images[0].tolist())),
+                 lambda url: upload(client, png.getvalue(), "seven.png", "image/png", url=url)):
+        plain, echoed, off = send(PREDICT).json(), send(PREDICT + "?preprocessed=true").json(), \
+            send(PREDICT + "?preprocessed=false").json()
+        assert "preprocessed" not in plain and "preprocessed" not in off
+        assert np.array(echoed.pop("preprocessed")).shape == (28, 28)
+        assert plain == echoed == off and plain["label"] == int(labels[0])
+    refused = client.post(PREDICT + "?preprocessed=maybe", json=pixels_body(images[0].tolist()))
+    assert refused.status_code == 422 and "preprocessed" in refused.json()["detail"]
 
 
 def test_float_pixels_are_accepted(client, mnist_test):

@@ -216,7 +216,7 @@ def check(h: Hostile, response) -> None:
 
 
 def post(client, h: Hostile, data: bytes):
-    return client.post(PREDICT, files={"file": ("upload", data, h.content_type)})
+    return client.post(PREDICT + "?preprocessed=true", files={"file": ("upload", data, h.content_type)})
 
 
 #### The files are what they claim

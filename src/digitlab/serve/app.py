@@ -2,7 +2,8 @@
 
     GET  /             the drawing page (static/index.html, with style.css and app.js under /static)
     POST /api/predict  an image file (multipart field `file`), or JSON {"pixels": 28 rows of 28 numbers 0..255,
-                       bright ink on black}; answers label, ten probabilities and the 28x28 image the model saw
+                       bright ink on black}; answers label and ten probabilities (query: preprocessed=true adds
+                       the 28x28 image the model saw, as the drawing page asks for its preview)
     POST /api/explain  the same inputs; answers the prediction and heat maps of which pixels made it (query:
                        method=ig|saliency|occlusion|gradcam, target=CLASS, layers=true for each layer's output)
     GET  /api/model    what is loaded
@@ -59,7 +60,8 @@ class PredictResponse(BaseModel):
     class_name: str
     probability: float = Field(description="probability of `label`")
     probabilities: list[float] = Field(description="one probability per class, summing to 1")
-    preprocessed: list[list[int]] = Field(description="the 28x28 uint8 image the model saw")
+    preprocessed: list[list[int]] | None = Field(None, description="the 28x28 uint8 image the model saw, with "
+                                                                   "preprocessed=true")
     model: dict[str, Any] = Field(description="what is loaded, as GET /api/model")
 
 
@@ -101,6 +103,8 @@ Method = Annotated[Literal["ig", "saliency", "occlusion", "gradcam"], Query(
 Target = Annotated[int | None, Query(ge=0, description="explain this class, from 0 to the number of classes - 1 "
                                                        "(default: the predicted class and the runner-up)")]
 Layers = Annotated[bool, Query(description="add each layer's activations, downsampled and quantised")]
+Echo = Annotated[bool, Query(description="add `preprocessed`, the 28x28 image the model saw (784 numbers, "
+                                         "most of the answer: off unless asked for)")]
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -163,15 +167,16 @@ def create_app(predictor=None, limits: Limits = Limits(), policy: HttpPolicy = H
         """The loaded model: name, builder options, normalisation, dataset, class names, test accuracy."""
         return pool.model_info
 
-    @app.post("/api/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY, responses={
+    @app.post("/api/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              openapi_extra=PREDICT_BODY, responses={
         400: {"description": "empty or unreadable file"}, 408: {"description": "body sent too slowly"},
         413: {"description": "body or image too large"}, 415: {"description": "not an image, or wrong body type"},
         422: {"description": "pixels of the wrong shape or range, or no digit"},
         503: {"description": "server busy (queue full), or the request passed its deadline"}})
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request, preprocessed: Echo = False) -> Response:
         """Predict one digit: an uploaded image (multipart field `file`) or 28x28 canvas pixels as JSON."""
-        payload = await read_image_payload(request, limits)
-        return Response(await pool.submit("predict", payload), media_type="application/json")
+        kind, data = await read_image_payload(request, limits)
+        return Response(await pool.submit("predict", (kind, data, preprocessed)), media_type="application/json")
 
     add_explain_route(app, pool, limits)
     return app

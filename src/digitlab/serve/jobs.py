@@ -1,7 +1,7 @@
 """What a serving worker does with a request: a small registry of named job kinds, run inside the worker.
 
-    JOBS["predict"].prepare(ctx, ("upload", png_bytes))   # per request: parse, decode, preprocess -> 28x28 uint8
-    JOBS["predict"].run(ctx, [image, image, ...])          # per batch: one model call -> one JSON body per image
+    JOBS["predict"].prepare(ctx, ("upload", png_bytes, False))  # per request: parse, decode, preprocess -> 28x28
+    JOBS["predict"].run(ctx, [(image, False), ...])              # per batch: one model call -> one JSON body each
 
 A job kind is two functions. `prepare` takes the request's raw payload (plain bytes, never a pickled object from
 a client) and does all the parsing and decoding there is: JSON validation, the image header check, the pixel
@@ -77,7 +77,8 @@ def json_bytes(content: Any) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-#### predict: ("pixels", JSON body) or ("upload", image bytes) -> label, probabilities, the 28x28 the model saw
+#### predict: ("pixels", JSON body, echo) or ("upload", image bytes, echo) -> label, probabilities, and with echo
+#### (?preprocessed=true) the 28x28 the model saw: 784 numbers that were most of the answer's bytes and JSON time
 
 
 def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> np.ndarray:
@@ -128,19 +129,27 @@ def prepare_upload(data: bytes, limits: Limits) -> np.ndarray:
         raise JobError(413, "the uploaded image needs more memory than a worker may use") from None
 
 
-def run_predict(ctx: WorkerContext, images: list[np.ndarray]) -> list[bytes]:
+def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tuple[np.ndarray, bool]:
+    """The 28x28 image, and whether its answer echoes it."""
+    kind, data, echo = payload
+    return prepare_image(ctx, (kind, data)), echo
+
+
+def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, bool]]) -> list[bytes]:
     """One model call for the batch; each image's answer as the JSON body of POST /api/predict."""
-    probs = ctx.predictor.probabilities(np.stack(images))
+    probs = ctx.predictor.probabilities(np.stack([image for image, _ in items]))
     out = []
-    for image, p in zip(images, probs):
+    for (image, echo), p in zip(items, probs):
         pred = ctx.predictor.describe_probs(p)
-        out.append(json_bytes({"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
-                               "probabilities": pred.probabilities, "preprocessed": image.tolist(),
-                               "model": ctx.model_info}))
+        answer = {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
+                  "probabilities": pred.probabilities}
+        if echo:
+            answer["preprocessed"] = image.tolist()
+        out.append(json_bytes({**answer, "model": ctx.model_info}))
     return out
 
 
-register_job("predict", prepare_image, run_predict)
+register_job("predict", prepare_predict, run_predict)
 
 
 #### explain: ((predict's payload), method, target, layers) -> the prediction and heat maps (digitlab.explain)

@@ -133,7 +133,7 @@ async function requestPrediction() {
   const final = !drawing;   // sent after the pen was lifted: nothing newer is drawn yet
   const pixels = canvasPixels();
   try {
-    const response = await fetch("/api/predict", {
+    const response = await fetch("/api/predict?preprocessed=true", {  // the preview draws what the model saw
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ pixels }),
