@@ -344,7 +344,7 @@ def test_process_pool_batches_concurrent_jobs(trained_run, mnist):
     labels = [int(x) for x in mnist.test_labels[:8]]
 
     async def run(pool: ProcessPool) -> list[int]:
-        answers = await asyncio.gather(*(pool.submit("predict", ("pixels", b)) for b in bodies))
+        answers = await asyncio.gather(*(pool.submit("predict", ("pixels", b, False)) for b in bodies))
         return [json.loads(a)["label"] for a in answers]
 
     for max_batch, calls in ((8, 1), (1, 8)):
