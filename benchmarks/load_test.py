@@ -1,7 +1,7 @@
 """A bounded load test of a real `digitlab serve`: many clients at once, real MNIST test digits, and several
 serving configurations compared in one run.
 
-    python benchmarks/load_test.py          # shipped model, ONNX Runtime; 4 configurations x concurrency 16 and 64
+    python benchmarks/load_test.py          # shipped model, ONNX Runtime; 5 configurations x concurrency 16 and 64
     python benchmarks/load_test.py --configs "--workers 1 --max-batch 1" "" --concurrency 16 --requests 1000
     python benchmarks/load_test.py --runtimes onnx torch --run runs/<run>
 
@@ -343,7 +343,7 @@ def per_request(cpu_s: float, outcomes: list[Outcome]) -> str:
     return f"{1000 * cpu_s / len(outcomes):.2f}" if outcomes else "-"
 
 
-DEFAULT_CONFIGS = ["--workers 0", "--workers 1 --max-batch 1", "--workers 2 --max-batch 1", ""]
+DEFAULT_CONFIGS = ["--workers 0", "--workers 1 --max-batch 1", "--workers 2 --max-batch 1", "--max-batch 4", ""]
 
 
 def describe_config(config: str) -> str:
