@@ -218,8 +218,8 @@ def add_docs(app: FastAPI) -> None:
 
 
 async def read_image_payload(request: Request, limits: Limits) -> tuple[str, bytes]:
-    """What /api/predict and /api/explain send the pool: ("pixels", the JSON body) or ("upload", the file's
-    bytes). Only the Content-Type and the multipart envelope are looked at here; the worker parses the rest."""
+    """The image in what /api/predict and /api/explain send the pool: ("pixels", the JSON body) or ("upload", the
+    file's bytes). Only the Content-Type and the multipart envelope are looked at here; the worker parses the rest."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("multipart/form-data", "application/json"):
         raise HTTPException(415, "send an image as multipart/form-data (field 'file') or pixels as "

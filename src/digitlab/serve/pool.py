@@ -1,7 +1,7 @@
 """Where the server's requests are computed: a pool of worker processes with a bounded queue and real deadlines.
 
     pool = ProcessPool(ModelSpec("runs/<run>"), PoolSettings(workers=2), Limits()).start()  # blocks until ready
-    body = await pool.submit("predict", ("upload", png_bytes))    # JSON bytes, or raises JobError (4xx/503)
+    body = await pool.submit("predict", ("upload", png_bytes, False))  # JSON bytes, or JobError (4xx/503)
     pool.queue_depth(), pool.in_flight(), pool.stats               # for /metrics and tests
     pool.close()                                                   # every worker stopped and reaped
 
