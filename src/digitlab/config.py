@@ -14,7 +14,7 @@ from digitlab.augment_spec import AUGMENTATIONS
 from digitlab.errors import ConfigError
 from digitlab.normalize import NORMALIZATIONS
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamw-lean", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 
 
@@ -28,7 +28,7 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)  # builder options, e.g. {"hidden_size": 128}
     normalization: str = "standard"  # none | unit ([0,1]) | standard (MNIST mean/std) | symmetric ([-1,1])
     # --- optimisation
-    optimizer: str = "adamw"  # sgd | adam | adamw | adadelta | rmsprop
+    optimizer: str = "adamw"  # sgd | adam | adamw | adamw-lean (AdamW without torch.optim's import) | adadelta | rmsprop
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.0  # SGD/RMSprop momentum; 0.9 is the usual alternative
     nesterov: bool = False  # Nesterov momentum (SGD only)
@@ -52,6 +52,7 @@ class TrainConfig:
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
     eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
     tta: bool = False  # test-time augmentation at evaluation (average over small shifts)
+    eval_amp: bool = False  # evaluate under the training autocast too (bf16 where amp/cpu_amp has it on): ~2x cheaper
     target_accuracy: float = 0.0  # stop as soon as validation (without val_size: test) accuracy reaches this; 0: never
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); smoke tests, and `fast`'s fixed length
     # --- machine

@@ -40,7 +40,8 @@ def cpu_has_native_bf16() -> bool:
 
 def training_autocast(device: torch.device, cuda_amp: bool, cpu_amp: bool) -> torch.autocast:
     """bf16 autocast for the forward pass where it pays: CUDA when `cuda_amp`, a CPU with native bf16
-    when `cpu_amp`. Weights, optimizer state and the loss stay fp32; evaluation never uses it."""
+    when `cpu_amp`. Weights, optimizer state and the loss stay fp32; the run's evaluation uses it only with
+    TrainConfig.eval_amp (`fast`), and `digitlab evaluate` never does."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda_amp)
     return torch.autocast("cpu", dtype=torch.bfloat16,

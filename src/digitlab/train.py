@@ -47,6 +47,9 @@ from digitlab.runs import write_metrics
 from digitlab.split import stratified_split
 
 
+INIT_IMAGES = 5000  # what a data-dependent first layer is computed from: 3.9M 3x3 patches, a few ms
+
+
 class TrainingError(DigitlabError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
@@ -184,6 +187,8 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
         train_x, train_y = with_pen_digits(train_x, train_y, cfg.pen_digits)  # pen digits only train, never validate
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
     model = create_model(cfg.model, **cfg.model_args).to(device)
+    if not resume:  # a resumed run has its data-dependent layers in the checkpoint
+        init_from_data(model, train_x, cfg.normalization, device)
     memory_format = channels_last_for(model, cfg, device)
     optimizer = build_optimizer(model, cfg)
     progress = restore(run_dir, model, optimizer, cfg, ctx, log) if resume else Progress()
@@ -202,6 +207,13 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     if not resume:  # a resumed run said it when it started; its epoch lines still name the selection split
         log(selection_note(run, ds.train_images.shape[0]))
     return run
+
+
+def init_from_data(model: torch.nn.Module, train_x: torch.Tensor, normalization: str, device: torch.device) -> None:
+    """Give a model with data-dependent layers (an `init_from_data` method: DigitNet's whitening conv) its first
+    INIT_IMAGES training images, normalised as it will see them; the validation hold-out is never among them."""
+    if callable(getattr(model, "init_from_data", None)):
+        model.init_from_data(normalize(train_x[:INIT_IMAGES], normalization).to(device))
 
 
 def set_threads(cfg: TrainConfig, ctx: dist.DistContext, device: torch.device) -> None:
@@ -359,8 +371,9 @@ def evaluate_and_record(run: RunState, epoch_position: float, tally: EpochTally)
     the best checkpoint by the selection accuracy, and rewrite metrics.csv (rank 0)."""
     progress = run.progress
     sums = dist.all_reduce_sum(tally.sums.clone())
-    scores = {name: sharded_eval(run.scored, x, y, run.cfg, run.ctx, run.device)
-              for name, (x, y) in run.eval_sets.items()}
+    with run.autocast if run.cfg.eval_amp else contextlib.nullcontext():  # bf16 scoring only when asked
+        scores = {name: sharded_eval(run.scored, x, y, run.cfg, run.ctx, run.device)
+                  for name, (x, y) in run.eval_sets.items()}
     val_loss, val_accuracy = scores.get("val", (None, None))
     row = {"step": progress.step, "epoch": round(epoch_position, 4),
            "train_loss": (sums[0] / sums[2].clamp(min=1)).item(),
