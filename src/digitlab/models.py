@@ -244,11 +244,17 @@ class DigitNet(nn.Module):
 
     channels_last_on_cpu = True
 
-    def __init__(self, width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False):
+    def __init__(self, width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
+                 stem: str = "conv"):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = 1
         for c_out in (width, 2 * width, 4 * width):  # 28 -> 14 -> 7 -> 3
+            if stem == "stride2" and c_in == 1:  # 4x4 stride 2: the 3x3 conv + 2x2 pool's field, a quarter the work
+                blocks.append(nn.Sequential(nn.Conv2d(1, c_out, 4, stride=2, padding=1, bias=False),
+                                            nn.BatchNorm2d(c_out), nn.ReLU()))
+                c_in = c_out
+                continue
             ins = [c_in] + [c_out] * (depth - 1)
             blocks += [conv_bn(c, c_out, pool=pool_first and i == depth - 1) for i, c in enumerate(ins)]
             if not pool_first:
@@ -285,13 +291,16 @@ class DigitNet(nn.Module):
 
 
 @register_model
-def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False) -> nn.Module:
+def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
+             stem: str = "conv") -> nn.Module:
     """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
     for key, value in (("pool_first", pool_first), ("whiten", whiten)):
         if not isinstance(value, bool):
             raise ConfigError(f"digitnet: {key} must be true or false, got {value!r}")
+    if whiten and stem != "conv":
+        raise ConfigError("digitnet: whiten whitens 3x3 patches, so it needs stem 'conv', not a 4x4 stride-2 stem")
     return DigitNet(positive_int("digitnet", "width", width), positive_int("digitnet", "depth", depth),
-                    pool_first, whiten)
+                    pool_first, whiten, choice("digitnet", "stem", stem, ("conv", "stride2")))
 
 
 # ---------------------------------------------------------------------------------------------
