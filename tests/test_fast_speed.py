@@ -161,3 +161,24 @@ def test_eval_amp_scores_under_the_training_autocast(mnist, tmp_path, monkeypatc
                           out=str(tmp_path / f"run{eval_amp}"))
         train(cfg, dataset=mnist_slice(mnist, 256, 100), progress=False, log=lambda *_: None)
     assert seen == [False, False, True, True]  # val and test, each run
+
+
+def test_a_lean_whitened_run_resumes_where_it_would_have_been(mnist, tmp_path):
+    """1 epoch + resume ends where 2 uninterrupted epochs do with adamw-lean and the whitening conv: the
+    optimiser's moments and step counts come back from the checkpoint, and the fixed first conv is the saved one."""
+    from digitlab.checkpoint import load_run
+    from digitlab.resume import resume_config
+
+    small = mnist_slice(mnist, 512, 300)
+    base = {"model": "digitnet", "model_args": {"width": 4, "depth": 1, "pool_first": True, "whiten": True},
+            "optimizer": "adamw-lean", "batch_size": 128, "epochs": 2, "schedule": "onecycle", "lr": 1e-2,
+            "weight_decay": 5e-4, "threads": 1, "device": "cpu", "plot": False}
+    quiet = {"progress": False, "log": lambda *_: None}
+    whole = train(make_config(base, out=str(tmp_path / "whole")), small, **quiet)
+    train(make_config(base, out=str(tmp_path / "split"), max_steps=4), small, **quiet)  # stops after epoch 1
+    split = train(resume_config(tmp_path / "split", max_steps=0), small, resume=True, **quiet)
+    assert [r["test_accuracy"] for r in split.history] == [r["test_accuracy"] for r in whole.history]
+    a, b = load_run(whole.run_dir, "last").model, load_run(split.run_dir, "last").model
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+    assert whole.final["test_accuracy"] > 0.3

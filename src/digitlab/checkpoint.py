@@ -182,7 +182,7 @@ def load_model_state(model: torch.nn.Module, weights: dict, source: Path) -> Non
         raise RunError(f"{source}: the saved weights do not fit the model ({detail})") from None
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, source: Path) -> None:
+def load_optimizer_state(optimizer, saved: dict, source: Path) -> None:  # torch.optim or optim.LeanAdamW
     """Load an optimiser state, refusing one whose per-parameter tensors do not have their parameter's shape:
     torch accepts those and fails (or silently broadcasts) only at the next step."""
     try:

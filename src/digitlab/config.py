@@ -28,7 +28,7 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)  # builder options, e.g. {"hidden_size": 128}
     normalization: str = "standard"  # none | unit ([0,1]) | standard (MNIST mean/std) | symmetric ([-1,1])
     # --- optimisation
-    optimizer: str = "adamw"  # sgd | adam | adamw | adamw-lean (AdamW without torch.optim's import) | adadelta | rmsprop
+    optimizer: str = "adamw"  # sgd | adam | adamw | adamw-lean (AdamW, no torch.optim import) | adadelta | rmsprop
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.0  # SGD/RMSprop momentum; 0.9 is the usual alternative
     nesterov: bool = False  # Nesterov momentum (SGD only)

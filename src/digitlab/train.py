@@ -41,7 +41,7 @@ from digitlab.errors import DigitlabError
 from digitlab.evaluate import predict_logits
 from digitlab.models import create_model
 from digitlab.normalize import normalize
-from digitlab.optim import build_optimizer, lr_at, set_lr
+from digitlab.optim import LeanAdamW, build_optimizer, lr_at, set_lr
 from digitlab.resume import Progress, prepare_run_dir, restore
 from digitlab.runs import write_metrics
 from digitlab.split import stratified_split
@@ -155,7 +155,7 @@ class RunState:
     net: torch.nn.Module  # what the training forward pass calls: model, wrapped by DDP and/or torch.compile
     scored: torch.nn.Module  # what is evaluated and saved: the EMA average with ema > 0, else model
     ema: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | LeanAdamW  # LeanAdamW: `adamw-lean`, torch.optim's interface without it
     autocast: torch.autocast
     memory_format: Callable[[torch.Tensor], torch.Tensor]  # applied to every input batch (channels_last_for)
     train_x: torch.Tensor  # uint8 training images on the device, the validation hold-out removed
