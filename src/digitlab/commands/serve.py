@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             require("onnx", module, "serving with --runtime onnx (the default; --runtime torch needs no extra)")
     from digitlab.serve import Limits, ModelSpec, PoolSettings, check_can_listen, run_server, start_pool
     from digitlab.serve.http_policy import HttpPolicy, check_host, check_origin, default_allowed_hosts
-    from digitlab.serve.pool import default_workers
+    from digitlab.serve.pool_settings import default_workers
 
     hosts = tuple(check_host(h) for h in args.allowed_host) if args.allowed_host else default_allowed_hosts(args.host)
     policy = HttpPolicy(allowed_hosts=hosts, cors_origins=tuple(check_origin(o) for o in args.cors_origin or ()))

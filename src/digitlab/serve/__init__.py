@@ -8,7 +8,9 @@
 """
 from digitlab.serve.app import create_app
 from digitlab.serve.limits import Limits
-from digitlab.serve.pool import InlinePool, PoolSettings, ProcessPool
+from digitlab.serve.inline_pool import InlinePool
+from digitlab.serve.pool import ProcessPool
+from digitlab.serve.pool_settings import PoolSettings
 from digitlab.serve.server import check_can_listen, run_server, start_pool
 from digitlab.serve.worker import ModelSpec
 

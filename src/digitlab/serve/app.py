@@ -42,7 +42,8 @@ from digitlab.serve.http_policy import HttpPolicy, add_http_policy
 from digitlab.serve.jobs import JobError
 from digitlab.serve.limits import BodySizeLimit, Limits
 from digitlab.serve.metrics import Metrics, MetricsMiddleware
-from digitlab.serve.pool import InlinePool, PoolBusy, PoolTimeout
+from digitlab.serve.inline_pool import InlinePool
+from digitlab.serve.pool_settings import PoolBusy, PoolTimeout
 from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
 
 STATIC = Path(__file__).parent / "static"
@@ -115,7 +116,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 
 def create_app(predictor=None, limits: Limits = Limits(), policy: HttpPolicy = HttpPolicy(), *,
                pool=None) -> FastAPI:
-    """The web app around a pool that runs the jobs (serve/pool.py: ProcessPool or InlinePool), or around one
+    """The web app around a pool that runs the jobs (serve/pool.py or inline_pool.py), or around one
     loaded predictor, run in this process's threads (an InlinePool). The app attaches the pool to its event loop
     at startup and closes it at shutdown. `policy` says which Host headers and origins it answers."""
     if pool is None:

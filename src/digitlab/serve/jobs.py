@@ -7,8 +7,8 @@ A job kind is two functions. `prepare` takes the request's raw payload (plain by
 a client) and does all the parsing and decoding there is: JSON validation, the image header check, the pixel
 budget, decoding at reduced size, digitlab.preprocess. `run` takes the prepared items of several requests and
 answers each with its finished JSON body (bytes), so the serving process only copies bytes to the socket.
-Adding a kind (e.g. "explain") is one register_job call with its two functions; the pools (serve/pool.py) run
-every kind the same way, under the same queue, deadline and memory limit.
+Adding a kind (e.g. "explain") is one register_job call with its two functions; the pools (serve/pool.py,
+serve/inline_pool.py) run every kind the same way, under the same queue, deadline and memory limit.
 
 A refusal is a JobError(status, detail): it crosses the process boundary by pickling and becomes the usual
 {"detail": ...} JSON answer with that status.

@@ -5,7 +5,7 @@
     pool.queue_depth(), pool.in_flight(), pool.stats               # for /metrics and tests
     pool.close()                                                   # every worker stopped and reaped
 
-    InlinePool(predictor, limits)    # the same interface in this process, in threads: create_app(predictor)
+    InlinePool(predictor, limits)    # serve/inline_pool.py: the same interface in threads: create_app(predictor)
 
 ProcessPool bounds every resource a request can take:
 - CPU and memory: all parsing, decoding, preprocessing and inference run in `workers` processes (forkserver:
@@ -38,88 +38,25 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import os
-import pickle
 import queue
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from digitlab.errors import DigitlabError
-from digitlab.serve.jobs import JobError, WorkerContext, job_kind
+from digitlab.serve.jobs import job_kind
 from digitlab.serve.limits import Limits
-from digitlab.serve.worker import ModelSpec, WorkerSettings, worker_main
+from digitlab.serve.pipe_frames import FrameReader
+from digitlab.serve.pool_settings import PoolBusy, PoolSettings, PoolStats, PoolTimeout, WorkerCrash
+from digitlab.serve.worker import ModelSpec, worker_main
 
 log = logging.getLogger("digitlab.serve")
 
 MAX_ATTEMPTS = 2  # a job whose worker died under it is tried once more, never more (a crashing input stops there)
 STOP_TIMEOUT_S = 5.0  # how long close() lets workers finish their batch before killing them
 PRELOAD = ["digitlab.serve.worker", "onnxruntime", "onnx", "digitlab.export"]  # imported once, in the forkserver
-
-
-def default_workers() -> int:
-    """Two worker processes where there are two CPUs or more (one on a single CPU): the serving process itself
-    needs a core for HTTP, so more workers than CPUs only queue on the CPU instead of here."""
-    from digitlab.predict import cpu_count
-
-    return min(2, cpu_count())
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    workers: int = field(default_factory=default_workers)  # processes; 0: InlinePool (threads in this process)
-    max_batch: int = 16  # jobs per model call; 1: no batching
-    batch_wait_ms: float = 2.0  # how long a worker waits for more jobs to fill a batch
-    queue_size: int = 64  # jobs waiting for a worker; more are refused with 503
-    memory_mb: int = 1024  # address space a worker may add after loading its model; 0: no cap
-    start_timeout_s: float = 300.0  # loading the model in every worker, at start
-
-    def check(self) -> None:
-        """A ConfigError naming the first setting out of range."""
-        from digitlab.errors import ConfigError
-
-        for name, value, low in (("workers", self.workers, 0), ("max_batch", self.max_batch, 1),
-                                 ("batch_wait_ms", self.batch_wait_ms, 0), ("queue_size", self.queue_size, 1),
-                                 ("memory_mb", self.memory_mb, 0)):
-            if not value >= low or value == float("inf"):  # NaN and infinity too
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number of at least {low}, got {value}")
-
-    def worker_settings(self) -> WorkerSettings:
-        return WorkerSettings(self.max_batch, self.batch_wait_ms / 1000, self.memory_mb)
-
-
-@dataclass
-class PoolStats:
-    """Counters since start, read by /metrics and the tests; only the event loop's thread writes them."""
-
-    submitted: int = 0
-    completed: int = 0  # answered by a worker, refusals (4xx) included
-    rejected: int = 0  # refused at once: queue full ("server busy")
-    timeouts: int = 0  # past the deadline, queued or running
-    restarts: int = 0  # workers started to replace one that was killed or died
-    crashes: int = 0  # workers that died on their own (not killed for a deadline)
-    model_calls: int = 0  # calls of a job kind's `run` (one model call per batch and kind)
-    batched: int = 0  # jobs those calls took together
-    largest_batch: int = 0
-
-
-class PoolBusy(JobError):
-    def __init__(self, detail: str = "server busy: too many requests are waiting; try again shortly"):
-        super().__init__(503, detail)
-
-
-class PoolTimeout(JobError):
-    def __init__(self, deadline_s: float):
-        super().__init__(503, f"the prediction took longer than {deadline_s:g} s")
-
-
-class WorkerCrash(RuntimeError):
-    """A job raised an unexpected exception in its worker (logged there): the app answers 500."""
 
 
 @dataclass(eq=False)
@@ -136,46 +73,6 @@ class _Job:
 
 
 _STOP = object()
-
-
-class FrameReader:
-    """Messages from a non-blocking pipe written by multiprocessing's Connection.send: a 4-byte big-endian
-    length (-1: an 8-byte one follows), then the pickle. The event loop reads what is there and keeps partial
-    frames: Connection.recv would block on one (or fail, where uvloop made the pipe non-blocking)."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buffer = bytearray()
-        os.set_blocking(fd, False)
-
-    def read(self) -> tuple[list, bool]:
-        """Every complete message available now, and whether the writer has closed its end."""
-        closed = False
-        while True:
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                closed = True
-                break
-            self.buffer += chunk
-        return list(self._frames()), closed
-
-    def _frames(self):
-        while len(self.buffer) >= 4:
-            (size,) = struct.unpack("!i", self.buffer[:4])
-            start = 4
-            if size == -1:
-                if len(self.buffer) < 12:
-                    return
-                (size,) = struct.unpack("!Q", self.buffer[4:12])
-                start = 12
-            if len(self.buffer) < start + size:
-                return
-            payload = bytes(self.buffer[start:start + size])
-            del self.buffer[:start + size]
-            yield pickle.loads(payload)
 
 
 class _Worker:
@@ -514,70 +411,6 @@ class ProcessPool:
     def _fail(job: _Job, error: Exception) -> None:
         if not job.future.done():
             job.future.set_exception(error)
-
-
-class InlinePool:
-    """The pool's interface in this process: jobs run in threads, `limits.workers` at a time, the model under a
-    lock, no batching. For tests and embedding (create_app(predictor)); a job past its deadline is answered 503
-    but its thread cannot be stopped, so `digitlab serve` uses ProcessPool."""
-
-    def __init__(self, predictor, limits: Limits = Limits(), queue_size: int = PoolSettings.queue_size):
-        self.limits, self.queue_size = limits, queue_size
-        self.model_info = predictor.describe()
-        self.stats = PoolStats()
-        self._context = WorkerContext(predictor, limits, self.model_info)
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(max(1, limits.workers))
-        self._waiting = 0
-        self._running = 0
-
-    def start(self) -> "InlinePool":
-        return self
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def queue_depth(self) -> int:
-        return self._waiting
-
-    def in_flight(self) -> int:
-        return self._running
-
-    async def submit(self, kind: str, payload: Any) -> bytes:
-        job = job_kind(kind)
-        if self._waiting >= self.queue_size:
-            self.stats.rejected += 1
-            raise PoolBusy()
-        self.stats.submitted += 1
-        self._waiting += 1
-        try:
-            with anyio.fail_after(self.limits.inference_timeout_s):
-                return await anyio.to_thread.run_sync(self._run, job, payload, limiter=self._limiter,
-                                                      abandon_on_cancel=True)
-        except TimeoutError:
-            self.stats.timeouts += 1
-            raise PoolTimeout(self.limits.inference_timeout_s) from None
-        finally:
-            self._waiting -= 1
-
-    def _run(self, job, payload: Any) -> bytes:
-        self._running += 1  # counters from threads: approximate, for reading only
-        try:
-            item = job.prepare(self._context, payload)
-            with self._lock:
-                answer = job.run(self._context, [item])[0]
-            self.stats.model_calls += 1
-            self.stats.batched += 1
-            self.stats.largest_batch = 1
-            if isinstance(answer, JobError):  # a run function refused this item (serve/jobs.py)
-                raise answer
-            return answer
-        finally:
-            self._running -= 1
-            self.stats.completed += 1
 
 
 def _mp_context():

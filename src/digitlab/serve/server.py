@@ -19,7 +19,9 @@ from digitlab.predict import Predictor
 from digitlab.serve.app import create_app
 from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
 from digitlab.serve.limits import Limits
-from digitlab.serve.pool import InlinePool, PoolSettings, ProcessPool
+from digitlab.serve.inline_pool import InlinePool
+from digitlab.serve.pool import ProcessPool
+from digitlab.serve.pool_settings import PoolSettings
 from digitlab.serve.worker import ModelSpec
 
 if TYPE_CHECKING:
