@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -305,30 +305,36 @@ def test_uploads_slow_to_parse_do_not_slow_healthz(serve, digit_png, mnist):
 
 
 def test_full_queue_is_an_immediate_503_and_waiting_requests_are_batched(serve, mnist):
-    """One worker gathering up to 8 requests for 15 s, a queue of 2: of 12 requests at once, 9 are on the worker
-    (its batch of 8 and one waiting behind it), 2 wait here, and the last is refused at once with 503 "busy"
-    JSON. The 11 accepted ones are answered, correctly, in 2 model calls (8 + 3), which the server reports when
-    it stops. The long wait makes the first batch fill however slowly the 12 clients start on a busy machine
-    (with 3 s, a full suite's run once saw them trickle in over more than one batch); the second batch of 3
-    waits it out."""
-    server = serve("--workers", "1", "--max-batch", "8", "--batch-wait-ms", "15000", "--queue-size", "2",
+    """One worker gathering up to 8 requests, a queue of 2: of 12 requests at once, 9 are on the worker (its
+    batch of 8 and one waiting behind it), 2 wait here, and the last is refused at once with 503 "busy" JSON.
+    The 11 accepted ones are answered, correctly, in 2 model calls (8 + 3), which the server reports when it
+    stops. The worker is stopped (SIGSTOP) while the 12 arrive and continued once the refusal is in, so the
+    queue is full whatever the order and speed of the clients: with a running worker, a client starting after
+    the first batch was done found room (a full suite's run saw all 12 answered)."""
+    server = serve("--workers", "1", "--max-batch", "8", "--batch-wait-ms", "2000", "--queue-size", "2",
                    "--deadline", "60")
+    [worker] = worker_pids(server.process.pid)
     images, labels = mnist.test_images[:12], mnist.test_labels[:12]
 
-    def ask(i: int) -> tuple[int, dict, float, int]:
+    def ask(i: int) -> tuple[int, dict, int]:
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            t = time.perf_counter()
             r = http.post(PREDICT, json={"pixels": images[i].tolist()})
-            return r.status_code, r.json(), time.perf_counter() - t, int(labels[i])
+            return r.status_code, r.json(), int(labels[i])
 
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(ask, range(12), timeout=120))
-    busy = [a for a in answers if a[0] == 503]
-    served = [a for a in answers if a[0] == 200]
-    assert len(busy) == 1 and len(served) == 11, [(a[0], a[1].get("detail")) for a in answers]
-    assert all("busy" in body["detail"] for _, body, _, _ in busy)
-    assert max(t for _, _, t, _ in busy) < min(t for _, _, t, _ in served), "a refusal waited for the batch"
-    assert sum(body["label"] == label for _, body, _, label in served) >= 10
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(ask, i) for i in range(12)]
+            done, waiting = wait(futures, timeout=60, return_when=FIRST_COMPLETED)
+            first = [f.result() for f in done]
+            assert len(done) == 1 and first[0][0] == 503, first
+            assert "busy" in first[0][1]["detail"]
+            os.kill(worker, signal.SIGCONT)
+            served = [f.result(timeout=120) for f in waiting]
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert [status for status, _, _ in served] == [200] * 11, served
+    assert sum(body["label"] == label for _, body, label in served) >= 10
     server.process.send_signal(signal.SIGINT)
     server.process.wait(30)
     assert "served 11 requests in 2 model calls (largest batch 8); 1 refused as busy" in server.output(), \
