@@ -67,6 +67,11 @@ LABEL_GRID = 32  # specks are found on a grid of about this many cells per side
 MARGIN = 3  # pixels kept around the 20-pixel box when resampling, for the soft edges
 STRIP = 4  # a picture this many times longer than wide is a strip: its short side is a few stroke widths
 STROKE_SNR = 2  # a strip's cross-section must depart from paper by this many times the pixels' spread about it
+MIXED_EDGE = 0.25  # this fraction of the edge looking like ink (far from the edges' paper level): check it
+INK_LIKE = 0.25  # departing from a paper level by this fraction of the picture's largest departure looks like ink
+PIECE_FRACTION = 0.01  # a group of paper or ink this large (fraction of the picture) counts as a piece
+DEPTH_RATIO = 1.5  # where paper and ink are one piece each, the paper is this many times thicker than the ink
+LEVEL_SLACK = 0.15  # the edges' paper level stands within this fraction of the ink's contrast of the paper's own
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -335,7 +340,76 @@ def _fit_paper(basis: np.ndarray, sample: np.ndarray,
     return coef, kept.min(axis=0), kept.max(axis=0)
 
 
-def _background(pixels: np.ndarray, from_edges: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _grey(sample: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, float]:
+    """Samples (n, c) and a colour as one brightness each, along the colour direction the samples vary most in."""
+    if sample.shape[1] == 1:
+        return sample[:, 0], float(level[0])
+    direction = _bright_direction(sample).astype(np.float32)
+    return sample @ direction, float(level @ direction)
+
+
+def _pieces(mask: np.ndarray) -> int:
+    """How many 8-connected groups of the mask hold at least PIECE_FRACTION of the grid."""
+    labels, count = _components(mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[:count]
+    return int((sizes >= PIECE_FRACTION * mask.size).sum())
+
+
+def _depth(mask: np.ndarray) -> int:
+    """How many 3x3 erosions the mask survives: half its thickest part (beyond the picture counts as the mask)."""
+    depth = 0
+    while mask.any() and depth < max(mask.shape):
+        mask = mask & ~_grow1(~mask)
+        depth += 1
+    return depth
+
+
+def _paper_is_bright(bright: np.ndarray) -> bool | None:
+    """Which side of a two-level (rows, cols) grid is the paper, from the shapes alone; None if they cannot tell.
+
+    In a crop cut to a connected digit the ink is one piece that reaches the edges, so it splits the paper into
+    several (the paper beside a 1's stem, a 0's hole and corners): the side in more pieces is the paper. Where
+    both are one piece (a 7 whose stem ends in a corner), the paper is the side with the thickest open part.
+    """
+    pieces = _pieces(bright), _pieces(~bright)
+    if pieces[0] != pieces[1]:
+        return pieces[0] > pieces[1]
+    depths = _depth(bright), _depth(~bright)
+    if max(depths) < DEPTH_RATIO * min(depths):  # a thick stroke or a narrow gap: too close to tell
+        return None
+    return depths[0] > depths[1]
+
+
+def _paper_class(sample: np.ndarray, shape: tuple[int, int], edge: np.ndarray, level: np.ndarray,
+                 ink: str) -> np.ndarray | None:
+    """The samples that are paper, where the edges' paper `level` is unreliable; None where it stands.
+
+    Called when much of the edge is far from that level: ink covers much of the crop's edges (a marker pen cut
+    to its ink), so the edges' densest level can be the ink itself, or the grey rim of thick strokes. The
+    samples split into two levels (Otsu); the paper is the side opposite the ink the caller named, or else the
+    one the shapes say (_paper_is_bright). The edges' level stands when it is already that side's own level.
+    """
+    grey, paper_grey = _grey(sample, level)
+    if float(grey.max() - grey.min()) < MIN_CONTRAST:
+        return None
+    cut = _otsu(grey)
+    bright = grey > cut
+    if bright.all() or not bright.any():
+        return None
+    paper_bright = ink == "dark" if ink != "auto" else _paper_is_bright(bright.reshape(shape))
+    if paper_bright is None:
+        return None
+    paper = bright if paper_bright else ~bright
+    own, other = float(_median(grey[paper])), float(_median(grey[~paper]))
+    # at the paper's median or beyond it, away from the ink: the paper's plateau (its median, with the grey rims
+    # of the strokes beside it, is nearer the ink); short of it: the rim or the ink itself
+    if (paper_grey - own) * np.sign(own - other) >= -LEVEL_SLACK * abs(own - other):
+        return None
+    return paper
+
+
+def _background(pixels: np.ndarray, from_edges: bool = True,
+                ink: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """The paper under the ink: a quadratic surface per channel, refitted without outliers (the ink).
 
     Also returns the flat pixel indices of the samples it took for paper. The paper is found from the image's
@@ -348,8 +422,15 @@ def _background(pixels: np.ndarray, from_edges: bool = True) -> tuple[np.ndarray
     fit = _fit_layout(h, w)
     sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
     edge = fit.edge if from_edges else slice(None)
-    resid = _distance(sample, _paper_level(sample[edge]))  # start from a flat page
+    level = _paper_level(sample[edge])
+    resid = _distance(sample, level)  # start from a flat page
     keep = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
+    if from_edges and (resid[fit.edge] > INK_LIKE * resid.max()).mean() >= MIXED_EDGE:  # edges not mostly paper
+        paper = _paper_class(sample, (len(range(fit.row0, h, fit.row_step)), -1), fit.edge, level, ink)
+        if paper is not None:
+            edge = paper
+            resid = _distance(sample, _paper_level(sample[paper]))
+            keep = resid <= 6 * _percentile(resid[paper], 25) + 2 / 255
     for i in range(FIT_ROUNDS):
         coef, low, high = _fit_paper(fit.basis, sample, keep)
         if i == FIT_ROUNDS - 1:
@@ -384,7 +465,7 @@ def _ink_strength(pixels: np.ndarray, ink: str, from_edges: bool = True) -> tupl
     Also returns the paper's noise (a robust sigma of the strength on the samples taken for paper) and the
     strength's 3x3 mean, which both polarity and the strokes need. `from_edges`: see _background.
     """
-    background, paper = _background(pixels, from_edges)
+    background, paper = _background(pixels, from_edges, ink)
     grey = pixels.shape[2] == 1
     light = background if grey else background.mean(axis=2, keepdims=True)
     top = max(float(light.max()), DARK_PAPER)
@@ -561,12 +642,14 @@ def _brightness(pixels: np.ndarray) -> np.ndarray:
     """(H, W) along the colour direction the pixels vary most in, oriented so that larger is brighter."""
     if pixels.shape[2] == 1:
         return pixels[..., 0]
-    flat = pixels.reshape(-1, pixels.shape[2])
+    return pixels @ _bright_direction(pixels.reshape(-1, pixels.shape[2])).astype(np.float32)
+
+
+def _bright_direction(flat: np.ndarray) -> np.ndarray:
+    """The colour direction (c,) that pixels (n, c) vary most in, oriented so that larger is brighter."""
     centred = flat - flat.mean(axis=0)
     direction = np.linalg.eigh(centred.T @ centred)[1][:, -1]
-    if direction.sum() < 0:
-        direction = -direction
-    return pixels @ direction.astype(np.float32)
+    return -direction if direction.sum() < 0 else direction
 
 
 def _stroke_strength(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float, np.ndarray]:
