@@ -71,6 +71,7 @@ MIXED_EDGE = 0.25  # this fraction of the edge looking like ink (far from the ed
 INK_LIKE = 0.25  # departing from a paper level by this fraction of the picture's largest departure looks like ink
 PIECE_FRACTION = 0.01  # a group of paper or ink this large (fraction of the picture) counts as a piece
 DEPTH_RATIO = 1.5  # where paper and ink are one piece each, the paper is this many times thicker than the ink
+NARROW = 2  # a crop this many times longer than wide: its ink's thickness says nothing of which side is paper
 LEVEL_SLACK = 0.15  # the edges' paper level stands within this fraction of the ink's contrast of the paper's own
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
@@ -374,10 +375,10 @@ def _paper_is_bright(bright: np.ndarray) -> bool | None:
     pieces = _pieces(bright), _pieces(~bright)
     if pieces[0] != pieces[1]:
         return pieces[0] > pieces[1]
-    depths = _depth(bright), _depth(~bright)
-    if max(depths) < DEPTH_RATIO * min(depths):  # a thick stroke or a narrow gap: too close to tell
+    if max(bright.shape) >= NARROW * min(bright.shape):  # a 1's stroke spans the crop: thicker than the paper
         return None
-    return depths[0] > depths[1]
+    depths = _depth(bright), _depth(~bright)
+    return None if max(depths) < DEPTH_RATIO * min(depths) else depths[0] > depths[1]
 
 
 def _paper_class(sample: np.ndarray, shape: tuple[int, int], edge: np.ndarray, level: np.ndarray,
@@ -403,9 +404,10 @@ def _paper_class(sample: np.ndarray, shape: tuple[int, int], edge: np.ndarray, l
     own, other = float(_median(grey[paper])), float(_median(grey[~paper]))
     # at the paper's median or beyond it, away from the ink: the paper's plateau (its median, with the grey rims
     # of the strokes beside it, is nearer the ink); short of it: the rim or the ink itself
-    if (paper_grey - own) * np.sign(own - other) >= -LEVEL_SLACK * abs(own - other):
+    away = np.sign(own - other)
+    if (paper_grey - own) * away >= -LEVEL_SLACK * abs(own - other):
         return None
-    return paper
+    return paper & ((grey - own) * away >= 0)  # its plateau: the half away from the ink, without the rims
 
 
 def _background(pixels: np.ndarray, from_edges: bool = True,
