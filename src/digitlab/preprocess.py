@@ -381,8 +381,7 @@ def _paper_is_bright(bright: np.ndarray) -> bool | None:
     return None if max(depths) < DEPTH_RATIO * min(depths) else depths[0] > depths[1]
 
 
-def _paper_class(sample: np.ndarray, shape: tuple[int, int], edge: np.ndarray, level: np.ndarray,
-                 ink: str) -> np.ndarray | None:
+def _paper_class(sample: np.ndarray, shape: tuple[int, int], level: np.ndarray, ink: str) -> np.ndarray | None:
     """The samples that are paper, where the edges' paper `level` is unreliable; None where it stands.
 
     Called when much of the edge is far from that level: ink covers much of the crop's edges (a marker pen cut
@@ -418,36 +417,45 @@ def _background(pixels: np.ndarray, from_edges: bool = True,
     edges, not from the majority of its pixels: in a close crop or under a marker pen most pixels are ink,
     but the ink only touches the edges here and there, so most of the edge is still paper. `from_edges=False`
     takes it from all the samples instead, for a tight crop whose strokes run along its edges (a 5's bar, stem
-    and bowl), where the edges are mostly ink but the picture is mostly paper.
+    and bowl), where the edges are mostly ink but the picture is mostly paper. Where the surface found from the
+    edges leaves much of the edge far from it (ink covers much of a close crop's edges), _paper_class checks
+    it against the picture's two levels and the digit's shape, and the fit starts again from the paper there.
     """
     h, w, c = pixels.shape
     fit = _fit_layout(h, w)
     sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
-    edge = fit.edge if from_edges else slice(None)
-    level = _paper_level(sample[edge])
+    level, coef, low, high, keep = _fit_surface(fit, sample, fit.edge if from_edges else slice(None))
+    if from_edges:
+        resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
+        if (resid[fit.edge] > INK_LIKE * resid.max()).mean() >= MIXED_EDGE:  # the ink's share of the edge
+            paper = _paper_class(sample, (len(range(fit.row0, h, fit.row_step)), -1), level, ink)
+            if paper is not None:
+                level, coef, low, high, keep = _fit_surface(fit, sample, paper)
+    coef = coef.astype(np.float32)
+    y, x = fit.y, fit.x
+    # the same six terms, grouped so that only the x*y term is computed at full size
+    surface = (coef[0] + coef[1] * x + coef[3] * x * x) + (coef[2] * y + coef[5] * y * y) + coef[4] * (x * y)
+    return np.clip(surface, low, high), fit.flat[keep]
+
+
+def _fit_surface(fit: _FitLayout, sample: np.ndarray,
+                 seed: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The quadratic through the samples that are paper, starting from the flat level of the `seed` samples:
+    (that level, coefficients, the kept samples' range per channel, which samples it kept)."""
+    level = _paper_level(sample[seed])
     resid = _distance(sample, level)  # start from a flat page
-    keep = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255  # ink is far from the surface
-    if from_edges and (resid[fit.edge] > INK_LIKE * resid.max()).mean() >= MIXED_EDGE:  # edges not mostly paper
-        paper = _paper_class(sample, (len(range(fit.row0, h, fit.row_step)), -1), fit.edge, level, ink)
-        if paper is not None:
-            edge = paper
-            resid = _distance(sample, _paper_level(sample[paper]))
-            keep = resid <= 6 * _percentile(resid[paper], 25) + 2 / 255
+    keep = resid <= 6 * _percentile(resid[seed], 25) + 2 / 255  # ink is far from the surface
     for i in range(FIT_ROUNDS):
         coef, low, high = _fit_paper(fit.basis, sample, keep)
         if i == FIT_ROUNDS - 1:
             break
         # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
         resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
-        refit = resid <= 6 * _percentile(resid[edge], 25) + 2 / 255
+        refit = resid <= 6 * _percentile(resid[seed], 25) + 2 / 255
         if np.array_equal(refit, keep):  # the same samples would give the same fit again
             break
         keep = refit
-    coef = coef.astype(np.float32)
-    y, x = fit.y, fit.x
-    # the same six terms, grouped so that only the x*y term is computed at full size
-    surface = (coef[0] + coef[1] * x + coef[3] * x * x) + (coef[2] * y + coef[5] * y * y) + coef[4] * (x * y)
-    return np.clip(surface, low, high), fit.flat[keep]
+    return level, coef, low, high, keep
 
 
 def _ink_direction(dev: np.ndarray, paper: np.ndarray) -> np.ndarray:
