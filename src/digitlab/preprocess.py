@@ -72,6 +72,7 @@ INK_LIKE = 0.25  # departing from a paper level by this fraction of the picture'
 PIECE_FRACTION = 0.01  # a group of paper or ink this large (fraction of the picture) counts as a piece
 DEPTH_RATIO = 1.5  # where paper and ink are one piece each, the paper is this many times thicker than the ink
 NARROW = 2  # a crop this many times longer than wide: its ink's thickness says nothing of which side is paper
+TWO_LEVELS = 6  # paper and ink: their medians this many times their spread apart (noise cut in two: about 2)
 LEVEL_SLACK = 0.15  # the edges' paper level stands within this fraction of the ink's contrast of the paper's own
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
@@ -381,6 +382,11 @@ def _paper_is_bright(bright: np.ndarray) -> bool | None:
     return None if max(depths) < DEPTH_RATIO * min(depths) else depths[0] > depths[1]
 
 
+def _spread(values: np.ndarray, middle: float) -> float:
+    """A robust sigma of `values` about their median `middle`."""
+    return 1.4826 * float(_median(np.abs(values - middle)))
+
+
 def _paper_class(sample: np.ndarray, shape: tuple[int, int], level: np.ndarray, ink: str) -> np.ndarray | None:
     """The samples that are paper, where the edges' paper `level` is unreliable; None where it stands.
 
@@ -401,6 +407,9 @@ def _paper_class(sample: np.ndarray, shape: tuple[int, int], level: np.ndarray, 
         return None
     paper = bright if paper_bright else ~bright
     own, other = float(_median(grey[paper])), float(_median(grey[~paper]))
+    spread = max(_spread(grey[paper], own), _spread(grey[~paper], other))
+    if abs(own - other) < max(MIN_CONTRAST, TWO_LEVELS * spread):  # noise or a lighting ramp cut in two
+        return None
     # at the paper's median or beyond it, away from the ink: the paper's plateau (its median, with the grey rims
     # of the strokes beside it, is nearer the ink); short of it: the rim or the ink itself
     away = np.sign(own - other)
