@@ -433,13 +433,14 @@ def _background(pixels: np.ndarray, from_edges: bool = True,
     h, w, c = pixels.shape
     fit = _fit_layout(h, w)
     sample = pixels[fit.row0::fit.row_step, fit.col0::fit.col_step].reshape(-1, c)
-    level, coef, low, high, keep = _fit_surface(fit, sample, fit.edge if from_edges else slice(None))
+    level, coef, low, high, keep, resid = _fit_surface(fit, sample, fit.edge if from_edges else slice(None))
     if from_edges:
-        resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
+        if resid is None:
+            resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
         if (resid[fit.edge] > INK_LIKE * resid.max()).mean() >= MIXED_EDGE:  # the ink's share of the edge
             paper = _paper_class(sample, (len(range(fit.row0, h, fit.row_step)), -1), level, ink)
             if paper is not None:
-                level, coef, low, high, keep = _fit_surface(fit, sample, paper)
+                level, coef, low, high, keep, _ = _fit_surface(fit, sample, paper)
     coef = coef.astype(np.float32)
     y, x = fit.y, fit.x
     # the same six terms, grouped so that only the x*y term is computed at full size
@@ -447,24 +448,25 @@ def _background(pixels: np.ndarray, from_edges: bool = True,
     return np.clip(surface, low, high), fit.flat[keep]
 
 
-def _fit_surface(fit: _FitLayout, sample: np.ndarray,
-                 seed: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fit_surface(fit: _FitLayout, sample: np.ndarray, seed: np.ndarray | slice) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The quadratic through the samples that are paper, starting from the flat level of the `seed` samples:
-    (that level, coefficients, the kept samples' range per channel, which samples it kept)."""
+    (that level, coefficients, the kept samples' range per channel, which samples it kept, and each sample's
+    distance from the final surface where the last round computed it, else None)."""
     level = _paper_level(sample[seed])
     resid = _distance(sample, level)  # start from a flat page
     keep = resid <= 6 * _percentile(resid[seed], 25) + 2 / 255  # ink is far from the surface
     for i in range(FIT_ROUNDS):
         coef, low, high = _fit_paper(fit.basis, sample, keep)
         if i == FIT_ROUNDS - 1:
-            break
+            return level, coef, low, high, keep, None
         # between slivers of paper (a thick 1 cropped close) a quadratic can swing far: keep it in the paper's range
         resid = _distance(sample, np.clip(fit.basis64 @ coef, low, high))
         refit = resid <= 6 * _percentile(resid[seed], 25) + 2 / 255
         if np.array_equal(refit, keep):  # the same samples would give the same fit again
-            break
+            return level, coef, low, high, keep, resid
         keep = refit
-    return level, coef, low, high, keep
+    raise AssertionError("unreachable")
 
 
 def _ink_direction(dev: np.ndarray, paper: np.ndarray) -> np.ndarray:
