@@ -123,6 +123,16 @@ def test_ink_over_most_of_the_edges_is_not_taken_for_paper(index: int, predictor
     assert predictor.predict(tight)[0].label == label
 
 
+def test_thick_one_thicker_than_its_paper_keeps_its_polarity(mnist_test):
+    """A 1 under a broad marker cut to its ink (digit 920, thick5): the stroke is wider than the slivers of paper
+    beside it, so which side is thicker must not decide the paper there (it read the paper as the ink)."""
+    digit = mnist_test[0][920]
+    assert int(mnist_test[1][920]) == 1
+    seen = to_mnist(crops.VARIANTS["thick5"](digit, 920)).astype(int)
+    reference = to_mnist(crops.VARIANTS["thick5_margin"](digit, 920)).astype(int)
+    assert np.abs(seen - reference).mean() < 4
+
+
 def test_heavy_digit_touching_every_edge(predictor: Predictor, mnist):
     digits, labels = mnist
     nines = [i for i in np.flatnonzero(labels == 9)]
