@@ -16,7 +16,9 @@ needs some cleaning before the MNIST steps:
 - levelling: a smooth (quadratic) background is fitted per channel while ignoring outliers (the ink) and
   subtracted, so a lighting gradient or a vignette does not become ink. The paper's colour and spread are
   read from the image's edges, which stay mostly paper even in a close crop where the ink touches every
-  edge and covers most of the picture (a marker pen); the image's majority would be ink there;
+  edge and covers most of the picture (a marker pen); the image's majority would be ink there. Where ink covers
+  so much of a crop's edges that the level found there is the ink or its grey rim, the picture's two levels and
+  the digit's shape decide: the ink is one piece that splits the paper into several;
 - polarity: the side with the strongest deviations from that paper is the ink, which is made bright;
 - thresholding: Otsu's threshold on the levelled image finds the strong strokes, specks that are not
   part of the main strokes are dropped, and the soft ink values near the strokes are kept, stretched so
@@ -67,13 +69,13 @@ LABEL_GRID = 32  # specks are found on a grid of about this many cells per side
 MARGIN = 3  # pixels kept around the 20-pixel box when resampling, for the soft edges
 STRIP = 4  # a picture this many times longer than wide is a strip: its short side is a few stroke widths
 STROKE_SNR = 2  # a strip's cross-section must depart from paper by this many times the pixels' spread about it
-MIXED_EDGE = 0.25  # this fraction of the edge looking like ink (far from the edges' paper level): check it
-INK_LIKE = 0.25  # departing from a paper level by this fraction of the picture's largest departure looks like ink
+MIXED_EDGE = 0.25  # this fraction of the edge looking like ink (far from the paper fitted there): check the paper
+INK_LIKE = 0.25  # departing from the paper by this fraction of the picture's largest departure looks like ink
 PIECE_FRACTION = 0.01  # a group of paper or ink this large (fraction of the picture) counts as a piece
 DEPTH_RATIO = 1.5  # where paper and ink are one piece each, the paper is this many times thicker than the ink
 NARROW = 2  # a crop this many times longer than wide: its ink's thickness says nothing of which side is paper
 TWO_LEVELS = 6  # paper and ink: their medians this many times their spread apart (noise cut in two: about 2)
-LEVEL_SLACK = 0.15  # the edges' paper level stands within this fraction of the ink's contrast of the paper's own
+LEVEL_SLACK = 0.15  # the edges' paper level stands within this fraction of the contrast short of the paper's median
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -390,30 +392,29 @@ def _spread(values: np.ndarray, middle: float) -> float:
 def _paper_class(sample: np.ndarray, shape: tuple[int, int], level: np.ndarray, ink: str) -> np.ndarray | None:
     """The samples that are paper, where the edges' paper `level` is unreliable; None where it stands.
 
-    Called when much of the edge is far from that level: ink covers much of the crop's edges (a marker pen cut
-    to its ink), so the edges' densest level can be the ink itself, or the grey rim of thick strokes. The
-    samples split into two levels (Otsu); the paper is the side opposite the ink the caller named, or else the
-    one the shapes say (_paper_is_bright). The edges' level stands when it is already that side's own level.
+    Called when much of the edge is far from the surface fitted there: ink covers much of the crop's edges (a
+    marker pen cut to its ink), so the edges' densest level can be the ink itself, or the grey rim of thick
+    strokes. The samples split into two levels (Otsu), which must stand well apart (noise or a lighting ramp cut
+    in two does not); the paper is the side opposite the ink the caller named, or else the one the digit's shape
+    says (_paper_is_bright). The edges' level stands when it already lies on the paper's plateau.
     """
     grey, paper_grey = _grey(sample, level)
     if float(grey.max() - grey.min()) < MIN_CONTRAST:
         return None
-    cut = _otsu(grey)
-    bright = grey > cut
+    bright = grey > _otsu(grey)
     if bright.all() or not bright.any():
+        return None
+    middles = float(_median(grey[bright])), float(_median(grey[~bright]))
+    spread = max(_spread(grey[bright], middles[0]), _spread(grey[~bright], middles[1]))
+    if middles[0] - middles[1] < max(MIN_CONTRAST, TWO_LEVELS * spread):
         return None
     paper_bright = ink == "dark" if ink != "auto" else _paper_is_bright(bright.reshape(shape))
     if paper_bright is None:
         return None
-    paper = bright if paper_bright else ~bright
-    own, other = float(_median(grey[paper])), float(_median(grey[~paper]))
-    spread = max(_spread(grey[paper], own), _spread(grey[~paper], other))
-    if abs(own - other) < max(MIN_CONTRAST, TWO_LEVELS * spread):  # noise or a lighting ramp cut in two
-        return None
+    paper, own, away = (bright, middles[0], 1) if paper_bright else (~bright, middles[1], -1)
     # at the paper's median or beyond it, away from the ink: the paper's plateau (its median, with the grey rims
     # of the strokes beside it, is nearer the ink); short of it: the rim or the ink itself
-    away = np.sign(own - other)
-    if (paper_grey - own) * away >= -LEVEL_SLACK * abs(own - other):
+    if (paper_grey - own) * away >= -LEVEL_SLACK * (middles[0] - middles[1]):
         return None
     return paper & ((grey - own) * away >= 0)  # its plateau: the half away from the ink, without the rims
 
