@@ -368,19 +368,24 @@ def _depth(mask: np.ndarray) -> int:
     return depth
 
 
-def _paper_is_bright(bright: np.ndarray) -> bool | None:
+def _paper_is_bright(bright: np.ndarray, both: bool) -> bool | None:
     """Which side of a two-level (rows, cols) grid is the paper, from the shapes alone; None if they cannot tell.
 
     In a crop cut to a connected digit the ink is one piece that reaches the edges, so it splits the paper into
     several (the paper beside a 1's stem, a 0's hole and corners): the side in more pieces is the paper. Where
     both are one piece (a 7 whose stem ends in a corner), the paper is the side with the thickest open part.
+    `both`: the side in more pieces must also be the thicker (a 5 whose flag is apart from its body is ink in
+    two pieces, on paper in one; thickness alone then tells nothing).
     """
     pieces = _pieces(bright), _pieces(~bright)
-    if pieces[0] != pieces[1]:
+    if pieces[0] != pieces[1] and not both:
         return pieces[0] > pieces[1]
     if max(bright.shape) >= NARROW * min(bright.shape):  # a 1's stroke spans the crop: thicker than the paper
         return None
     depths = _depth(bright), _depth(~bright)
+    if pieces[0] != pieces[1]:  # `both`: the side in more pieces must be the thicker one too
+        agree = depths[0] != depths[1] and (depths[0] > depths[1]) == (pieces[0] > pieces[1])
+        return pieces[0] > pieces[1] if agree else None
     return None if max(depths) < DEPTH_RATIO * min(depths) else depths[0] > depths[1]
 
 
@@ -408,14 +413,14 @@ def _paper_class(sample: np.ndarray, shape: tuple[int, int], level: np.ndarray, 
     spread = max(_spread(grey[bright], middles[0]), _spread(grey[~bright], middles[1]))
     if middles[0] - middles[1] < max(MIN_CONTRAST, TWO_LEVELS * spread):
         return None
-    paper_bright = ink == "dark" if ink != "auto" else _paper_is_bright(bright.reshape(shape))
-    if paper_bright is None:
+    # a level at a side's median or beyond it, away from the other side, is on that side's plateau (the median,
+    # with the grey rims of the strokes, is nearer the other side); between the two: a rim, never the paper
+    slack = LEVEL_SLACK * (middles[0] - middles[1])
+    plateau = paper_grey >= middles[0] - slack, paper_grey <= middles[1] + slack
+    paper_bright = ink == "dark" if ink != "auto" else _paper_is_bright(bright.reshape(shape), any(plateau))
+    if paper_bright is None or plateau[0 if paper_bright else 1]:  # None, or the edges' level is that paper's
         return None
     paper, own, away = (bright, middles[0], 1) if paper_bright else (~bright, middles[1], -1)
-    # at the paper's median or beyond it, away from the ink: the paper's plateau (its median, with the grey rims
-    # of the strokes beside it, is nearer the ink); short of it: the rim or the ink itself
-    if (paper_grey - own) * away >= -LEVEL_SLACK * (middles[0] - middles[1]):
-        return None
     return paper & ((grey - own) * away >= 0)  # its plateau: the half away from the ink, without the rims
 
 
