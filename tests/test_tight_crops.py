@@ -123,6 +123,17 @@ def test_ink_over_most_of_the_edges_is_not_taken_for_paper(index: int, predictor
     assert predictor.predict(tight)[0].label == label
 
 
+@pytest.mark.parametrize("index", [812, 856])
+def test_digit_in_two_pieces_keeps_paper_found_at_its_edges(index: int, mnist_test):
+    """Half-ink 5s whose flag is apart from the body: the ink is two pieces and the paper one, the opposite of
+    a connected digit, but the edges' level already sits on the paper's plateau; the piece count alone flipped
+    them (the paper read as the ink)."""
+    digit = mnist_test[0][index]
+    seen = to_mnist(crops.VARIANTS["half_ink"](digit, index)).astype(int)
+    reference = to_mnist(crops.VARIANTS["half_ink_margin"](digit, index)).astype(int)
+    assert np.abs(seen - reference).mean() < 2
+
+
 def test_thick_one_thicker_than_its_paper_keeps_its_polarity(mnist_test):
     """A 1 under a broad marker cut to its ink (digit 920, thick5): the stroke is wider than the slivers of paper
     beside it, so which side is thicker must not decide the paper there (it read the paper as the ink)."""
