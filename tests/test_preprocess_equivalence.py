@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from digitlab import preprocess as pp
+from digitlab.preprocess import background, morphology, stats
 
 SIZES = [1, 2, 3, 4, 5, 10, 251, 252, 4096]
 
@@ -31,10 +31,10 @@ def arrays(dtype: type) -> list[np.ndarray]:
 def test_median_is_numpys(dtype: type):
     for a in arrays(dtype):
         expected = np.median(a)
-        got = pp._median(a.copy())
+        got = stats._median(a.copy())
         assert got == expected and np.asarray(got).dtype == np.asarray(expected).dtype, (a.size, got, expected)
         columns = np.stack([a, a[::-1] * 2, a ** 2], axis=1)  # (n, 3): one median per channel
-        assert np.array_equal(pp._median(columns), np.median(columns, axis=0)), a.size
+        assert np.array_equal(stats._median(columns), np.median(columns, axis=0)), a.size
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -42,7 +42,7 @@ def test_median_is_numpys(dtype: type):
 def test_percentile_is_numpys(dtype: type, q: float):
     for a in arrays(dtype):
         expected = np.percentile(a, q)
-        got = pp._percentile(a.copy(), q)
+        got = stats._percentile(a.copy(), q)
         assert got == expected and np.asarray(got).dtype == np.asarray(expected).dtype, (a.size, q, got, expected)
 
 
@@ -56,7 +56,7 @@ def test_histogram_is_numpys():
         cases.append(near[(near >= low) & (near <= high)])
     for a in cases:
         for bins in (128, 7):
-            hist, e = pp._histogram(a, bins)
+            hist, e = stats._histogram(a, bins)
             want_hist, want_e = np.histogram(a, bins=bins)
             assert np.array_equal(hist, want_hist) and np.array_equal(e, want_e), (a.size, bins)
             assert e.dtype == want_e.dtype
@@ -67,9 +67,9 @@ def test_grey_distance_is_the_norm():
     for dtype in (np.float32, np.float64):
         a = (rng.normal(0, 1, (5000, 1)) * 10.0 ** rng.integers(-6, 3, (5000, 1))).astype(dtype)
         b = np.array([0.37], dtype)
-        assert np.array_equal(pp._distance(a, b), np.linalg.norm(a - b, axis=1))
+        assert np.array_equal(background._distance(a, b), np.linalg.norm(a - b, axis=1))
         colour = rng.random((100, 3)).astype(dtype)
-        assert np.array_equal(pp._distance(colour, b), np.linalg.norm(colour - b, axis=1))
+        assert np.array_equal(background._distance(colour, b), np.linalg.norm(colour - b, axis=1))
 
 
 def flood_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -103,16 +103,16 @@ def test_components_match_a_flood_fill():
         for shape in ((32, 32), (14, 14), (3, 32), (32, 2)):
             masks.append(rng.random(shape) < density)
     for mask in masks:
-        labels, count = pp._components(mask)
+        labels, count = morphology._components(mask)
         want, want_count = flood_labels(mask)
         assert count == want_count and np.array_equal(labels, want), (mask.shape, mask.mean())
 
 
 def test_fit_layout_cache_cannot_be_changed():
-    layout = pp._fit_layout(64, 64)
+    layout = background._fit_layout(64, 64)
     with pytest.raises(ValueError):
         layout.basis[0, 0] = 5
-    assert pp._fit_layout(64, 64) is layout
+    assert background._fit_layout(64, 64) is layout
 
 
 def square_dilation(mask: np.ndarray, r: int) -> np.ndarray:
@@ -130,14 +130,15 @@ def test_dilation_is_the_square_window(r: int):
     for shape in ((64, 64), (5, 90), (90, 3), (1, 1)):
         for density in (0.0, 0.002, 0.02, 0.3):
             mask = rng.random(shape) < density
-            assert np.array_equal(pp._dilate(mask, r), square_dilation(mask, r)), (shape, density)
+            assert np.array_equal(morphology._dilate(mask, r), square_dilation(mask, r)), (shape, density)
 
 
 def test_kept_rows_are_boolean_indexing():
     rng = np.random.default_rng(4)
-    layout = pp._fit_layout(64, 64)
+    layout = background._fit_layout(64, 64)
     for a in (layout.basis, rng.random((300, 3)).astype(np.float32), rng.random((50, 1)),
               rng.random((40, 6))[::2]):  # read-only, colour, float64, not contiguous
         for density in (0.0, 0.5, 1.0):
             keep = rng.random(len(a)) < density
-            assert np.array_equal(pp._kept_rows(a, keep), a[keep]) and pp._kept_rows(a, keep).dtype == a.dtype
+            kept = background._kept_rows(a, keep)
+            assert np.array_equal(kept, a[keep]) and kept.dtype == a.dtype

@@ -38,7 +38,7 @@ import numpy as np
 from digitlab.backends import DEADLINE_S, OnnxBackend, TorchBackend
 from digitlab.errors import ConfigError, DigitlabError, ModelError
 from digitlab.normalize import normalize, normalize_array
-from digitlab.preprocess import _is_tensor
+from digitlab.preprocess.reading import _is_tensor
 
 if TYPE_CHECKING:
     import torch

@@ -10,8 +10,9 @@ benchmark's range), and never from fonts (an independent evaluation uses handwri
 Each digit is rendered 64x64 (dark on light) and passed through preprocess.to_mnist, exactly as a picture
 sent to `digitlab predict` is, so training sees what prediction will see. Rendering costs about 5-13 ms a
 digit, so the result is cached under ~/.cache/digitlab/pen/ (DIGITLAB_CACHE overrides the root) in chunks of
-CHUNK consecutive seeds, one .npz each, named by the generator's version: a hash of pen.py and
-preprocess.py, so changing either one never reuses stale digits. Missing chunks render in parallel processes.
+CHUNK consecutive seeds, one .npz each, named by the generator's version: a hash of pen.py and the
+preprocess package's modules, so changing any of them never reuses stale digits. Missing chunks render in
+parallel processes.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def cache_root() -> Path:
 def pen_version() -> str:
     """A hash of the code that makes a training digit (generator and preprocessing): the cache key's version."""
     digest = hashlib.sha256()
-    for module in (pen, preprocess):
-        digest.update(Path(module.__file__).read_bytes())
+    # the preprocess package is several modules: every one of them shapes the digits
+    for path in [Path(pen.__file__), *sorted(Path(preprocess.__file__).parent.glob("*.py"))]:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
