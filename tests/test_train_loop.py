@@ -167,7 +167,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path):
     lines: list[str] = []
     proc = start_training(run, "--model", "cnn", "--epochs", "1", "--batch-size", "64", subset=0)  # a long epoch
 
-    def training_started() -> bool:  # setup() prints the model-selection line just before the first epoch
+    def training_started() -> bool:  # train() prints the model-selection line just before the first epoch
         lines.append(proc.stdout.readline())
         return lines[-1].startswith("model selection:")
 

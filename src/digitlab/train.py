@@ -125,11 +125,18 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
     dist.setup(ctx, device)
     try:
         with contextlib.ExitStack() as held:  # the run folder's lock, released on every way out
-            run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx, device,
-                        held, force)
+            run = None
             try:
+                run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx,
+                            device, held, force)
+                if not resume:  # a resumed run said it when it started; its epoch lines name the selection split
+                    run.log(selection_note(run))
                 result = run_epochs(run)
             except KeyboardInterrupt:
+                if run is None:  # still setting up: no run folder content to speak of
+                    raise
+                # The selection line is logged only once `run` exists, so a Ctrl-C sent on seeing it always
+                # gets the message saying what was saved.
                 raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
         dist.barrier()  # every rank has finished with the group before any tears it down
         return result
@@ -167,6 +174,7 @@ class RunState:
     progress: Progress
     t_start: float  # perf_counter at the run's start, moved back by the elapsed time of a resumed run
     checkpoint: tuple[int, int] | None  # (epoch, step) of the `last` checkpoint on disk, None before the first
+    train_size: int  # the dataset's training images, before the hold-out and any pen digits
 
     @property
     def selected_on(self) -> str:
@@ -203,9 +211,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
                    train_x.to(device), train_y.to(device), eval_sets, local_batch,
                    math.ceil(n // ctx.world_size / local_batch), meta, progress,
                    time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0),
-                   (progress.epoch, progress.step) if progress.epoch else None)
-    if not resume:  # a resumed run said it when it started; its epoch lines still name the selection split
-        log(selection_note(run, ds.train_images.shape[0]))
+                   (progress.epoch, progress.step) if progress.epoch else None, ds.train_images.shape[0])
     return run
 
 
@@ -232,11 +238,11 @@ def split_data(ds: Dataset, val_size: int) -> tuple[torch.Tensor, torch.Tensor, 
             {"val": (ds.train_images[val_idx], ds.train_labels[val_idx]), "test": (ds.test_images, ds.test_labels)})
 
 
-def selection_note(run: RunState, train_size: int) -> str:
+def selection_note(run: RunState) -> str:
     """One line saying what picks the best checkpoint (and stops at target_accuracy)."""
     if run.selected_on == "validation":
         held = run.eval_sets["val"][0].shape[0]
-        return (f"model selection: validation accuracy on {held:,} of the {train_size:,} training images, held out "
+        return (f"model selection: validation accuracy on {held:,} of the {run.train_size:,} training images, held out "
                 "(best checkpoint, target_accuracy); the test set is only reported")
     return ("model selection: no validation split (val_size 0): the best checkpoint and target_accuracy go by "
             "TEST accuracy, so the best epoch's test figure is optimistic")
