@@ -2,6 +2,7 @@
 slices, PNG bytes, and the real-world digit renderer of benchmarks/make_realworld_digits.py."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -9,10 +10,13 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 from PIL import Image
 
@@ -106,3 +110,20 @@ def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+@contextlib.contextmanager
+def server_in_thread(server) -> Iterator[None]:
+    """Run a uvicorn Server (serve.server.make_server) in a thread for the block: entered once it listens (its
+    `started` flag, polled for at most 30 s), stopped and joined on the way out."""
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from digitlab.predict import Predictor
 from digitlab.serve import create_app
-from helpers import REPO, free_port, run_cli
+from helpers import REPO, free_port, run_cli, server_in_thread
 
 TIMEOUT_S = 20
 HEADER_TIMEOUT_S = 5.0  # ConnectionLimits' default, the one `digitlab serve` uses
@@ -230,17 +230,8 @@ def small_server(shipped) -> Iterator[tuple[str, object]]:
     port = free_port()
     server = make_server(shipped, port=port, log_level="warning",
                          connections=ConnectionLimits(max_connections=8, header_timeout_s=60, keep_alive_s=60))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
+    with server_in_thread(server):
         yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_open_connections_are_capped_by_closing_the_longest_idle(small_server):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import threading
 import time
 from typing import Iterator
 
@@ -23,7 +22,7 @@ from digitlab.predict import Predictor
 from digitlab.serve.limits import Limits
 from digitlab.serve.protocol import ConnectionLimits
 from digitlab.serve.server import make_server
-from helpers import free_port
+from helpers import free_port, server_in_thread
 
 READ_TIMEOUT_S = 1.5  # the app's body deadline here (10 s in `digitlab serve`)
 HEADER_TIMEOUT_S = 1.5  # the connection's header deadline here (5 s in `digitlab serve`)
@@ -39,17 +38,8 @@ def server() -> Iterator[int]:
     server = make_server(Predictor.from_run(runtime="onnx"), port=port, log_level="warning",
                          limits=Limits(read_timeout_s=READ_TIMEOUT_S),
                          connections=ConnectionLimits(header_timeout_s=HEADER_TIMEOUT_S, keep_alive_s=HEADER_TIMEOUT_S))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
+    with server_in_thread(server):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def drip(port: int, head: bytes) -> tuple[bytes, float, float | None]:
