@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,20 +46,15 @@ from PIL import Image
 
 from digitlab.data import load_dataset
 
+from server_process import TICK, free_port, proc_stat, process_tree, wait_until_healthy
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 CLIENT_TIMEOUT_S = 30
 HALF_HEADERS = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Slow: "
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 #### The server and its process tree
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run: str | None, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
@@ -71,15 +65,8 @@ def start_server(run: str | None, flags: list[str], log: Path) -> tuple[subproce
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"digitlab serve exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.2)
+    if wait_until_healthy(process, url, log, START_TIMEOUT_S):
+        return process, url
     stop_server(process)
     raise SystemExit(f"digitlab serve did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
@@ -93,29 +80,10 @@ def stop_server(process: subprocess.Popen) -> None:
             return
         try:
             process.wait(timeout=wait_s)
-            if not tree(process.pid):
+            if not process_tree(process.pid):
                 return
         except subprocess.TimeoutExpired:
             pass
-
-
-def tree(root: int) -> list[int]:
-    """`root` and all its descendants alive now, from /proc/<pid>/stat's parent ids."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if Path(f"/proc/{pid}").exists():
-            found.append(pid)
-            todo.extend(children.get(pid, []))
-    return found
 
 
 @dataclass
@@ -129,11 +97,11 @@ class TreeSample:
 def sample_tree(root: int) -> TreeSample:
     rss_kb = threads = 0
     cpu = 0.0
-    pids = tree(root)
+    pids = process_tree(root)
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = proc_stat(pid)
         except OSError:
             continue
         for line in status.splitlines():

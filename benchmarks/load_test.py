@@ -31,12 +31,10 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from PIL import Image
 from digitlab.data import load_dataset
 
 from machine import cpu_name
+from server_process import cpu_seconds, free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
@@ -53,38 +52,6 @@ WARMUP = 20
 
 
 #### The server
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and all its descendants alive now (the server's workers), from
-    /proc/<pid>/stat."""
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                kids.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, total = [pid], 0.0
-    for p in tree:
-        tree.extend(kids.get(p, []))
-        try:
-            fields = _stat(p)
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name (state first, then the parent's pid)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run: str | None, runtime: str, threads: int, config: list[str],
@@ -97,16 +64,8 @@ def start_server(run: str | None, runtime: str, threads: int, config: list[str],
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"digitlab serve exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.2)
+    if wait_until_healthy(process, url, log, START_TIMEOUT_S):
+        return process, url
     stop_server(process)
     raise SystemExit(f"digitlab serve did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
