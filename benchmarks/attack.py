@@ -46,10 +46,8 @@ from PIL import Image
 
 from digitlab.data import load_dataset
 
-from server_process import TICK, free_port, proc_stat, process_tree, wait_until_healthy
+from server_process import TICK, proc_stat, process_tree, start_serve
 
-REPO = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 120
 CLIENT_TIMEOUT_S = 30
 HALF_HEADERS = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Slow: "
 
@@ -58,17 +56,7 @@ HALF_HEADERS = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: 
 
 
 def start_server(run: str | None, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "digitlab", "serve", *([run] if run else []), "--host", "127.0.0.1",
-           "--port", str(port), *flags]
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    if wait_until_healthy(process, url, log, START_TIMEOUT_S):
-        return process, url
-    stop_server(process)
-    raise SystemExit(f"digitlab serve did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+    return start_serve([*([run] if run else []), *flags], log, stop_server, new_session=True)
 
 
 def stop_server(process: subprocess.Popen) -> None:

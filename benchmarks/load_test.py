@@ -32,7 +32,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,10 +43,8 @@ from PIL import Image
 from digitlab.data import load_dataset
 
 from machine import cpu_name
-from server_process import cpu_seconds, free_port, wait_until_healthy
+from server_process import cpu_seconds, start_serve
 
-REPO = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 120
 WARMUP = 20
 
 
@@ -57,17 +54,8 @@ WARMUP = 20
 def start_server(run: str | None, runtime: str, threads: int, config: list[str],
                  log: Path) -> tuple[subprocess.Popen, str]:
     """`digitlab serve` in a subprocess on 127.0.0.1, returned with its URL once /healthz answers."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "digitlab", "serve", *([run] if run else []), "--host", "127.0.0.1",
-           "--port", str(port), "--runtime", runtime, "--threads", str(threads), *config]
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    if wait_until_healthy(process, url, log, START_TIMEOUT_S):
-        return process, url
-    stop_server(process)
-    raise SystemExit(f"digitlab serve did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+    return start_serve([*([run] if run else []), "--runtime", runtime, "--threads", str(threads), *config], log,
+                       stop_server)
 
 
 def stop_server(process: subprocess.Popen) -> None:

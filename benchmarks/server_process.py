@@ -6,17 +6,38 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
+from typing import Callable
 import urllib.request
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_serve(serve_args: list[str], log: Path, stop: Callable[[subprocess.Popen], None],
+                new_session: bool = False) -> tuple[subprocess.Popen, str]:
+    """`python -m digitlab serve SERVE_ARGS --host 127.0.0.1 --port <free>` with its output in `log`, returned
+    with its URL once /healthz answers; a server that does not is stopped with `stop` and is a SystemExit.
+    new_session: its own process group, so that the caller can signal the server and its workers at once."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "digitlab", "serve", *serve_args, "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=new_session,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    if wait_until_healthy(process, url, log, START_TIMEOUT_S):
+        return process, url
+    stop(process)
+    raise SystemExit(f"digitlab serve did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
 def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float) -> bool:
