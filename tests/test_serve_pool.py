@@ -10,6 +10,7 @@ on an event (an answer, a /proc entry, a log line, a process exit), bounded in t
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
@@ -102,6 +103,15 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) 
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
         time.sleep(0.02)
+
+
+def probe_healthz(url: str, done: threading.Event, latencies: list[float]) -> None:
+    """GET /healthz every 20 ms, as a monitor would, until `done`; each must be 200, each latency is kept."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not done.wait(0.02):
+            t = time.perf_counter()
+            assert http.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - t)
 
 
 #### a server with options
@@ -223,12 +233,7 @@ def test_4096_rgba_png_flood_stays_bounded(serve, huge_png):
             for key, value in {**totals, "processes": len(tree)}.items():
                 peak[key] = max(peak[key], value)
 
-    def health() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            while not done.wait(0.02):  # a probe every 20 ms, as a monitor would
-                t = time.perf_counter()
-                assert http.get("/healthz").status_code == 200
-                latencies.append(time.perf_counter() - t)
+    health = functools.partial(probe_healthz, server.url, done, latencies)
 
     def attack(_: int) -> list[int]:
         with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -274,12 +279,7 @@ def test_uploads_slow_to_parse_do_not_slow_healthz(serve, digit_png, mnist):
     done = threading.Event()
     latencies: list[float] = []
 
-    def health() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            while not done.wait(0.02):  # a probe every 20 ms, as a monitor would
-                t = time.perf_counter()
-                assert http.get("/healthz").status_code == 200
-                latencies.append(time.perf_counter() - t)
+    health = functools.partial(probe_healthz, server.url, done, latencies)
 
     def attack(i: int) -> list[int]:
         name, data, kind = bodies[i % 2]
