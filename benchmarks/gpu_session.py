@@ -144,14 +144,10 @@ def run_record(job: dict) -> dict:
 
 
 def logits_for(loaded, images, device: str, flip: bool):
-    """Shift-TTA logits (the presets' TTA), averaged with those of the mirrored images when flip."""
+    """Shift-TTA logits (the presets' TTA), over the mirrored images too when flip."""
     from digitlab.evaluate import predict_logits
 
-    model = loaded.model.to(device)
-    logits = predict_logits(model, images, loaded.normalization, 500, device, tta=True)
-    if flip:
-        logits = (logits + predict_logits(model, images.flip(-1), loaded.normalization, 500, device, tta=True)) / 2
-    return logits
+    return predict_logits(loaded.model.to(device), images, loaded.normalization, 500, device, tta=True, mirror=flip)
 
 
 def phase_evaluate(jobs: list[dict], args: argparse.Namespace, fashion_parent: Path | None) -> dict:

@@ -109,3 +109,16 @@ def test_labels_survive(kind, trained_run):
     assert clean > 0.95
     assert moved > 0.7 and moved > upside_down + 0.3, f"{kind}: {clean:.2%} clean, {moved:.2%} augmented, " \
                                                       f"{upside_down:.2%} upside down"
+
+
+def test_mirror_views_make_a_prediction_blind_to_left_and_right():
+    """With mirror views, an image and its mirror image see the same ten views, so they get the same logits;
+    without them (digits), a mirrored 7 is another shape and must be free to read differently."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))  # no symmetry of its own
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    mirrored = images.flip(-1)
+    with_mirror = [predict_logits(model, x, "standard", tta=True, mirror=True) for x in (images, mirrored)]
+    torch.testing.assert_close(with_mirror[0], with_mirror[1], rtol=0, atol=1e-5)
+    shifts_only = [predict_logits(model, x, "standard", tta=True) for x in (images, mirrored)]
+    assert (shifts_only[0] - shifts_only[1]).abs().max() > 1e-2

@@ -68,6 +68,21 @@ def test_eval_uses_test_time_augmentation_when_the_run_did(tmp_path):
     assert "test-time augmentation" in run_cli("eval", str(run), "--checkpoint", "last").stdout
 
 
+def test_eval_adds_mirror_images_where_the_run_did(tmp_path):
+    """A Fashion-MNIST run that scored itself over mirror images too (--tta-mirror) is scored so by eval."""
+    run = tmp_path / "fashion-tta"
+    proc = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir()), "--model", "digitnet",
+                   "--model-args", "width=4,depth=1", "--lr", "1e-2", "--max-steps", "40", "--augment", "flip+shift",
+                   "--tta", "--tta-mirror", "--threads", "1", "--no-progress", "--no-plot", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(run_cli("eval", str(run), "--checkpoint", "last", "--data-dir", str(fashion_dir()),
+                                "--json").stdout)
+    assert report["tta"] is True and report["tta_mirror"] is True
+    assert report["accuracy"] == pytest.approx(final_test_accuracy(run), abs=1e-4)
+    table = run_cli("eval", str(run), "--checkpoint", "last", "--data-dir", str(fashion_dir())).stdout
+    assert "shifts and mirror images" in table
+
+
 def test_plot_over_epochs(run_dir, tmp_path):
     out = tmp_path / "c.png"
     proc = run_cli("plot", str(run_dir), "--x", "epoch", "-o", str(out))

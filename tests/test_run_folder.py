@@ -256,6 +256,7 @@ def test_lock_rules(tmp_path):
     (["--model", "mlp", "--model-args", "hidden_size=64"], "no option"),
     (["--model", "mlp", "--lr", "-1"], "lr"),
     (["--model", "mlp", "--nesterov"], "nesterov"),
+    (["--model", "mlp", "--tta-mirror"], "tta_mirror"),
 ])
 def test_bad_values_are_one_line_and_leave_no_folder(tmp_path, args, fragment):
     out = tmp_path / "run"

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for confusion-<checkpoint>.png and misclassified-<checkpoint>.png "
                          "(default: the run folder; for a lone .safetensors file, the current folder)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="average over 1-pixel shifts (default: as the run was evaluated in training)")
+                    help="average over 1-pixel shifts, and their mirror images where the run's own evaluations "
+                         "added them (default: as the run was evaluated in training)")
 
     plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt)
     plot.add_argument("run")

@@ -52,6 +52,7 @@ class TrainConfig:
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
     eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
     tta: bool = False  # test-time augmentation at evaluation (average over small shifts)
+    tta_mirror: bool = False  # with tta, the mirror images of those views too (clothes, never digits): 2x the cost
     eval_amp: bool = False  # evaluate under the training autocast too (bf16 where amp/cpu_amp has it on): ~2x cheaper
     target_accuracy: float = 0.0  # stop as soon as validation (without val_size: test) accuracy reaches this; 0: never
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); smoke tests, and `fast`'s fixed length
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
         if self.pen_digits > 10**6:  # pen.TRAIN_SEEDS holds 10^6 seeds; the rest are the benchmark's
             raise ConfigError(f"pen_digits can be at most 1000000 (the training seeds), got {self.pen_digits}")
+        if self.tta_mirror and not self.tta:
+            raise ConfigError("tta_mirror adds mirror images to test-time augmentation: it needs tta too")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ConfigError("nesterov needs optimizer sgd with a positive momentum "
                               f"(got optimizer {self.optimizer!r}, momentum {self.momentum})")

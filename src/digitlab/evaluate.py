@@ -7,21 +7,33 @@ import torch.nn.functional as F
 from digitlab.normalize import normalize
 
 
+SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # the four 1-pixel shifts test-time augmentation adds
+
+
+def tta_views(x: torch.Tensor, mirror: bool) -> list[torch.Tensor]:
+    """The views test-time augmentation averages over: the batch and its four 1-pixel shifts and, with mirror,
+    the left-right mirror image of each of the five (for data whose training flipped images: clothes, not
+    digits, whose mirror images are other shapes)."""
+    views = [x] + [torch.roll(x, shifts=shift, dims=(2, 3)) for shift in SHIFTS]
+    return views + [view.flip(-1) for view in views] if mirror else views
+
+
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalization: str,
                    batch_size: int = 1000, device: torch.device | str = "cpu",
-                   tta: bool = False) -> torch.Tensor:
-    """Logits (N, 10) on CPU for uint8 images (N, 28, 28), in batches, in eval mode."""
+                   tta: bool = False, mirror: bool = False) -> torch.Tensor:
+    """Logits (N, 10) on CPU for uint8 images (N, 28, 28), in batches, in eval mode; with tta, the mean over
+    tta_views(mirror) of each batch (shifts cost little and help the bigger nets a little)."""
     was_training = model.training
     model.eval()
     outputs = []
     for i in range(0, images.shape[0], batch_size):
         x = normalize(images[i:i + batch_size].to(device), normalization)
-        logits = model(x).float()
-        if tta:  # average with one-pixel shifts: cheap, and helps the bigger nets a little
-            for shift in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-                logits = logits + model(torch.roll(x, shifts=shift, dims=(2, 3))).float()
-            logits = logits / 5
+        if tta:
+            views = tta_views(x, mirror)
+            logits = sum(model(view).float() for view in views) / len(views)
+        else:
+            logits = model(x).float()
         outputs.append(logits.cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, 10)

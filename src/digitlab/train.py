@@ -101,7 +101,7 @@ def rank_shard(num_examples: int, seed: int, epoch: int, rank: int = 0, world_si
 def sharded_eval(model, images, labels, cfg: TrainConfig, ctx: dist.DistContext, device) -> tuple[float, float]:
     """Test loss and accuracy; each rank scores its shard and the sums are reduced."""
     x, y = images[ctx.rank::ctx.world_size], labels[ctx.rank::ctx.world_size]
-    logits = predict_logits(model, x, cfg.normalization, cfg.eval_batch_size, device, cfg.tta)
+    logits = predict_logits(model, x, cfg.normalization, cfg.eval_batch_size, device, cfg.tta, cfg.tta_mirror)
     sums = torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(),
                          (logits.argmax(1) == y).sum().item(), float(y.numel())], dtype=torch.float64)
     sums = dist.all_reduce_sum(sums.to(device)).cpu()

@@ -46,12 +46,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def trained_with_tta(run_dir: Path) -> bool:
-    """Whether the run's own evaluations used test-time augmentation, so `eval` reproduces its figures;
-    False for a checkpoint outside a run folder."""
+def trained_with_tta(run_dir: Path) -> tuple[bool, bool]:
+    """Whether the run's own evaluations used test-time augmentation, and mirror images in it, so `eval`
+    reproduces its figures; (False, False) for a checkpoint outside a run folder."""
     from digitlab.runs import read_config
 
-    return (run_dir / "config.json").is_file() and read_config(run_dir).tta
+    if not (run_dir / "config.json").is_file():
+        return False, False
+    cfg = read_config(run_dir)
+    return cfg.tta, cfg.tta_mirror
+
+
+def tta_words(tta: bool, mirror: bool) -> str:
+    """How eval's summary line names the test-time augmentation it used."""
+    return "" if not tta else ", test-time augmentation (shifts and mirror images)" if mirror else \
+        ", test-time augmentation (shifts)"
 
 
 def figures_folder(args: argparse.Namespace, run_is_folder: bool, run_dir: Path) -> Path:
@@ -78,9 +87,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = loaded.source.parent
     figures = figures_folder(args, Path(args.run).is_dir(), run_dir)
     name = loaded.source.stem  # "best" or "last" for a run; the file's name for a lone .safetensors file
-    tta = args.tta if args.tta is not None else trained_with_tta(run_dir)
+    tta, mirror = trained_with_tta(run_dir)
+    tta = args.tta if args.tta is not None else tta
+    mirror = tta and mirror
     ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
-    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta)
+    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta,
+                            mirror=mirror)
     metrics = metrics_from_logits(logits, ds.test_labels)
     mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
     titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
@@ -94,14 +106,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
                        "choose a writable folder with --figures DIR") from None
     report = {"run": str(run_dir), "checkpoint": name, "model": loaded.model_name,
-              "dataset": ds.name, "tta": tta, **metrics, "misclassified": mistakes,
+              "dataset": ds.name, "tta": tta, "tta_mirror": mirror, **metrics, "misclassified": mistakes,
               "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"{run_dir} [{name}] {loaded.model_name} on {ds.name}: test accuracy "
           f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
-          f"{', test-time augmentation' if tta else ''})")
+          f"{tta_words(tta, mirror)})")
     print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
     for i, class_name in enumerate(ds.classes):
         errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
