@@ -30,4 +30,3 @@ AUGMENTATIONS: dict[str, AugmentSpec | None] = {
     "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
     "flip+shift+erase": AugmentSpec(shift=2.0, flip=True, erase=0.5),  # + random erasing (Zhong et al. 2017)
 }
-
