@@ -19,11 +19,12 @@ import torch
 
 from digitlab.checkpoint import load_run
 from digitlab.data import load_dataset
-from digitlab.evaluate import predict_logits
+from digitlab.evaluate import tta_views
+from digitlab.normalize import normalize
 from digitlab.runs import read_config
 from digitlab.split import stratified_split
 
-VIEWS = {"none": dict(tta=False), "shifts": dict(tta=True), "shifts+mirror": dict(tta=True, mirror=True)}
+VIEWS = {"none": 1, "shifts": 5, "shifts+mirror": 10}  # each kind: the first N of tta_views(mirror=True)
 
 
 def held_out_sets(run: Path, data_dir: str | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -34,6 +35,20 @@ def held_out_sets(run: Path, data_dir: str | None) -> dict[str, tuple[torch.Tens
     ds = load_dataset(cfg.dataset, data_dir, progress=False)
     _, val_idx = stratified_split(ds.train_labels, cfg.val_size)
     return {"val": (ds.train_images[val_idx], ds.train_labels[val_idx]), "test": (ds.test_images, ds.test_labels)}
+
+
+@torch.inference_mode()
+def log_probs_by_kind(model: torch.nn.Module, images: torch.Tensor, normalization: str,
+                      batch_size: int = 100) -> dict[str, torch.Tensor]:
+    """Log-probabilities under each kind of VIEWS, from one pass over the ten views (the kinds share theirs),
+    averaging the logits as `predict_logits` does."""
+    model.eval()
+    parts = {kind: [] for kind in VIEWS}
+    for i in range(0, images.shape[0], batch_size):
+        logits = [model(view).float() for view in tta_views(normalize(images[i:i + batch_size], normalization), True)]
+        for kind, n in VIEWS.items():
+            parts[kind].append((sum(logits[:n]) / n).log_softmax(1))
+    return {kind: torch.cat(chunks) for kind, chunks in parts.items()}
 
 
 def accuracy(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -57,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         loaded = load_run(run, args.checkpoint)
         scores = {}
-        for view, options in VIEWS.items():
-            for split, (images, labels) in sets.items():
+        for split, (images, labels) in sets.items():
+            for view, log_probs in log_probs_by_kind(loaded.model, images, loaded.normalization).items():
                 column = f"{split} {view}"
-                log_probs = predict_logits(loaded.model, images, loaded.normalization, 100, **options).log_softmax(1)
                 scores[column] = accuracy(log_probs, labels)
                 summed[column] += scores[column]
                 ensemble[column] = log_probs if ensemble[column] is None else ensemble[column] + log_probs
