@@ -105,8 +105,10 @@ def test_presets_build_the_measured_model(name, parameters, monkeypatch):
 
 @pytest.mark.parametrize("name, mirrors", [("fast", None), ("best", False), ("best-fashion", True)])
 def test_best_fashion_flips_clothes_and_best_never_mirrors_a_digit(name, mirrors, monkeypatch):
-    """The augmentation training draws for the recipe: about half the clothes mirrored, no digit ever."""
+    """The augmentation training draws for the recipe, and the views its evaluations average: about half the
+    clothes mirrored, no digit ever."""
     cfg = config_from_cli(monkeypatch, "--preset", name)
+    assert cfg.tta_mirror is bool(mirrors)
     if mirrors is None:
         assert cfg.augment == "none"  # fast trains on the images as they are
         return
