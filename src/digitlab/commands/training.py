@@ -59,8 +59,9 @@ def trained_with_tta(run_dir: Path) -> tuple[bool, bool]:
 
 def tta_words(tta: bool, mirror: bool) -> str:
     """How eval's summary line names the test-time augmentation it used."""
-    return "" if not tta else ", test-time augmentation (shifts and mirror images)" if mirror else \
-        ", test-time augmentation (shifts)"
+    if not tta:
+        return ""
+    return f", test-time augmentation ({'shifts and mirror images' if mirror else 'shifts'})"
 
 
 def figures_folder(args: argparse.Namespace, run_is_folder: bool, run_dir: Path) -> Path:
