@@ -55,6 +55,14 @@ def test_eval_reproduces_the_runs_own_figure(run_dir):
     assert report["tta"] is False and report["accuracy"] == pytest.approx(final_test_accuracy(run_dir), abs=1e-4)
 
 
+def test_train_says_a_fixed_schedule_selected_nothing(tmp_path):
+    proc = run_cli("train", "--model", "digitnet", "--model-args", "width=4,depth=1", "--max-steps", "30",
+                   "--fixed-schedule", "--threads", "1", "--no-progress", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "best.safetensors is the last epoch's weights, trained on 60,000 images" in proc.stdout
+    assert "best checkpoint: the last epoch's weights" in proc.stdout and "selected on" not in proc.stdout
+
+
 def test_eval_uses_test_time_augmentation_when_the_run_did(tmp_path):
     run = tmp_path / "tta-run"
     proc = run_cli("train", "--model", "digitnet", "--model-args", "width=4,depth=1", "--lr", "1e-2",

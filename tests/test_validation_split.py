@@ -127,6 +127,30 @@ def test_the_best_checkpoint_follows_validation_not_test(small, tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_a_fixed_schedule_keeps_the_last_epoch_whatever_test_says(small, tmp_path, monkeypatch):
+    """Trained on every image with nothing held out, a fixed schedule's `best` is its last epoch even when an
+    earlier epoch scored higher on test: choosing that epoch would be a choice made on the test set."""
+    scores = iter([0.9, 0.8])
+    monkeypatch.setattr(train_module, "sharded_eval", lambda *_a: (0.5, next(scores)))
+    lines: list[str] = []
+    cfg = make_config(model="mlp", batch_size=100, epochs=2, fixed_schedule=True, threads=1,
+                      out=str(tmp_path / "run"))
+    result = train(cfg, dataset=small, progress=False, log=lines.append)
+    from digitlab.checkpoint import load_run
+
+    assert result.selected_on == "nothing" and result.final["step"] == 24  # all 1,200 images, batch 100
+    assert load_run(tmp_path / "run", "best").meta["step"] == 24 and result.best_accuracy == 0.8
+    assert result.best_row == result.final
+    assert "best.safetensors is the last epoch's weights, trained on 1,200 images" in lines[0]
+    assert not any("| best test" in line for line in lines)
+
+
+def test_a_fixed_schedule_has_no_target_accuracy():
+    with pytest.raises(ConfigError, match="fixed_schedule selects nothing"):
+        make_config(fixed_schedule=True, target_accuracy=0.99)
+
+
+@pytest.mark.slow
 def test_target_accuracy_stops_on_validation(small, tmp_path, monkeypatch):
     accuracy = {200: 0.95, 500: 0.10}  # validation (200 images) reaches the target at once; test never does
     monkeypatch.setattr(train_module, "sharded_eval", lambda _model, images, *_a: (0.5, accuracy[images.shape[0]]))

@@ -48,6 +48,8 @@ class TrainConfig:
     val_size: int = 0  # training images held out for validation (stratified, same for every seed); 0: none
     # With a hold-out, the best checkpoint and target_accuracy go by validation accuracy and the test set is
     # only reported; without one they go by test accuracy, as the faithful recipes' sources do (split.py).
+    fixed_schedule: bool = False  # select nothing: `best` is the last epoch's weights; test is only reported
+    # For a schedule tuned on a hold-out, then trained on every training image (val_size 0).
     eval_every: int = 0  # also evaluate (validation and the full test set) every N steps; 0: only at epoch end
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
     eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
@@ -98,6 +100,9 @@ class TrainConfig:
             raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
         if self.pen_digits > 10**6:  # pen.TRAIN_SEEDS holds 10^6 seeds; the rest are the benchmark's
             raise ConfigError(f"pen_digits can be at most 1000000 (the training seeds), got {self.pen_digits}")
+        if self.fixed_schedule and self.target_accuracy:
+            raise ConfigError("target_accuracy stops a run on a measured accuracy; a fixed_schedule selects nothing "
+                              "and runs every epoch: use one or the other")
         if self.tta_mirror and not self.tta:
             raise ConfigError("tta_mirror adds mirror images to test-time augmentation: it needs tta too")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):

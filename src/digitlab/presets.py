@@ -32,6 +32,9 @@ class Preset:
     def selection(self) -> str:
         """How a run of this preset picks its best checkpoint, in words for `digitlab models`."""
         val_size = self.config.get("val_size")
+        if self.config.get("fixed_schedule"):
+            return ("fixed schedule on every training image: the last epoch's weights, nothing selected; its length "
+                    f"and test-time views were chosen on a {VAL_SIZE:,}-image hold-out")
         evaluated_once = self.config.get("epochs", 1) == 1 and not self.config.get("eval_every")
         if val_size and evaluated_once:
             return (f"fixed schedule, evaluated once at the end: nothing is selected; {val_size:,} training images "

@@ -11,7 +11,9 @@ step is timed separately and reported as `data_fraction`.
 
 Model selection: with cfg.val_size > 0 the `best` checkpoint and target_accuracy go by the accuracy on a
 fixed validation hold-out from the training set (split.py) and the test set is only reported; with
-val_size 0 they go by test accuracy (the faithful recipes' protocol), and the run says so.
+val_size 0 they go by test accuracy (the faithful recipes' protocol), and the run says so. With
+cfg.fixed_schedule nothing is selected: `best` is the last epoch's weights, for a schedule tuned on a hold-out
+and then trained on every training image.
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ class TrainResult:
     history: list[dict]  # one dict per evaluation, the rows of metrics.csv
     best_accuracy: float  # the best checkpoint's accuracy on the split it was selected on (`selected_on`)
     stopped_early: bool  # stopped before the planned last epoch or max_steps because target_accuracy was reached
-    selected_on: str = "test"  # what `best` and target_accuracy used: "validation" (val_size > 0) or "test"
+    selected_on: str = "test"  # what `best` and target_accuracy used: "validation" (val_size > 0), "test", or
+    # "nothing" (fixed_schedule: `best` is the last epoch's weights)
 
     @property
     def final(self) -> dict:
@@ -76,7 +79,10 @@ class TrainResult:
 
     @property
     def best_row(self) -> dict:
-        """The evaluation the best checkpoint was saved at (the first to reach best_accuracy)."""
+        """The evaluation the best checkpoint was saved at (the first to reach best_accuracy; with a fixed
+        schedule, the last)."""
+        if self.selected_on == "nothing":
+            return self.final
         key = selection_key(self.selected_on)
         return next((row for row in self.history if row[key] == self.best_accuracy), {})
 
@@ -178,6 +184,8 @@ class RunState:
 
     @property
     def selected_on(self) -> str:
+        if self.cfg.fixed_schedule:
+            return "nothing"
         return "validation" if "val" in self.eval_sets else "test"
 
 
@@ -240,6 +248,10 @@ def split_data(ds: Dataset, val_size: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 def selection_note(run: RunState) -> str:
     """One line saying what picks the best checkpoint (and stops at target_accuracy)."""
+    if run.selected_on == "nothing":
+        reported = " and the validation hold-out are" if "val" in run.eval_sets else " is"
+        return (f"model selection: none, a fixed schedule: best.safetensors is the last epoch's weights, trained on "
+                f"{run.train_x.shape[0]:,} images; the test set{reported} only reported")
     if run.selected_on == "validation":
         held = run.eval_sets["val"][0].shape[0]
         return (f"model selection: validation accuracy on {held:,} of the {run.train_size:,} training images, held out "
@@ -267,6 +279,7 @@ def wrap_for_training(model: torch.nn.Module, cfg: TrainConfig, ctx: dist.DistCo
 
 
 def selection_key(selected_on: str) -> str:
+    """The metric best_accuracy holds: validation accuracy, else test (the last epoch's, with nothing selected)."""
     return "val_accuracy" if selected_on == "validation" else "test_accuracy"
 
 
@@ -392,8 +405,9 @@ def evaluate_and_record(run: RunState, epoch_position: float, tally: EpochTally)
            "data_fraction": round(tally.data_s / max(tally.step_s, 1e-9), 4)}
     progress.history.append(row)
     selected = row[selection_key(run.selected_on)]  # reduced over ranks, so every rank agrees
-    improved = selected > progress.best_accuracy
-    progress.best_accuracy = max(progress.best_accuracy, selected)
+    fixed = run.selected_on == "nothing"  # every epoch replaces `best`: it is the last epoch's weights
+    improved = fixed or selected > progress.best_accuracy
+    progress.best_accuracy = selected if fixed else max(progress.best_accuracy, selected)
     if run.ctx.is_main:
         if improved:
             save_weights(run.run_dir / "best.safetensors", run.scored,
@@ -475,8 +489,10 @@ def eval_summary(row: dict) -> str:
 
 
 def format_row(row: dict, epoch: int, epochs: int, selected_on: str = "test", best: float | None = None) -> str:
-    """One fixed-format summary line per epoch, ending with the best accuracy so far on the selection split."""
-    best_part = f" | best {'val' if selected_on == 'validation' else 'test'} {best:.2%}" if best is not None else ""
+    """One fixed-format summary line per epoch, ending with the best accuracy so far on the selection split
+    (none with a fixed schedule: nothing is selected)."""
+    shown = best is not None and selected_on != "nothing"
+    best_part = f" | best {'val' if selected_on == 'validation' else 'test'} {best:.2%}" if shown else ""
     return (f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
             f" | {eval_summary(row)} | lr {row['lr']:.2e} | {row['elapsed_s']:.1f}s, {row['images_per_s']:.0f} img/s,"
             f" data {row['data_fraction']:.1%} of step{best_part}")

@@ -41,8 +41,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run: {result.run_dir}")
     print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
           f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s")
-    print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
-          f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
+    if result.selected_on == "nothing":
+        print("best checkpoint: the last epoch's weights (a fixed schedule: nothing was selected)")
+    else:
+        print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
+              f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
     return 0
 
 
