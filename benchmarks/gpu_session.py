@@ -9,8 +9,8 @@ benchmarks/time_to_accuracy.py with the reference example over 3 seeds and `fast
 
 Phase 2, all at once on the one GPU: `best` with shorter one-cycle schedules (--best-epochs, default 6 7 10: two
 within half of today's 15, one at two thirds) over 3 seeds each, and `best-fashion` with its own 30-epoch schedule
-over 3 seeds, as it is and with random erasing added (augment flip+shift+erase). Every run holds out the preset's 5,000
-validation images. Their epoch times are NOT single-run speeds (a dozen processes share the GPU); the accuracies
+over 3 seeds, as it is and with random erasing added (augment flip+shift+erase). Every run holds out 5,000 validation
+images and selects on them (--val-size 5000 --no-fixed-schedule), though the presets now train on all 60,000. Their epoch times are NOT single-run speeds (a dozen processes share the GPU); the accuracies
 are what they measure. Runs still going at the deadline are stopped and reported with the epochs they finished.
 
 Phase 3, evaluation of the best checkpoints (selected on validation by the runs themselves):
@@ -84,7 +84,8 @@ def launch(name: str, preset: str, seed: int, extra: list[str], args: argparse.N
     run_dir = args.runs / name
     log_path = args.runs / f"{name}.log"
     cmd = [sys.executable, "-m", "digitlab", "train", "--preset", preset, "--seed", str(seed), "--device",
-           args.device, "--threads", str(args.run_threads), "--no-progress", "--force", "--out", str(run_dir), *extra]
+           args.device, "--threads", str(args.run_threads), "--no-progress", "--force", "--out", str(run_dir),
+           "--val-size", "5000", "--no-fixed-schedule", *extra]  # tuning runs hold out and select on validation
     if args.quick:  # a net 16x cheaper than the presets', so that a CPU gets through the TTA evaluations
         cmd += ["--max-steps", "5", "--eval-batch-size", "500", "--model-args", "width=4,depth=1"]
     handle = open(log_path, "w")
