@@ -73,9 +73,11 @@ def test_val_size_is_a_non_negative_config_field():
         make_config(val_size=-1)
 
 
-def test_own_selecting_presets_hold_out_5000_and_faithful_ones_none():
-    for name in ("default", "best", "best-fashion"):
-        assert make_config(preset_config(name)).val_size == 5000, name
+def test_own_presets_select_on_5000_held_out_or_nothing_and_faithful_ones_hold_out_none():
+    assert make_config(preset_config("default")).val_size == 5000
+    for name in ("best", "best-fashion"):  # tuned on the hold-out, then trained on all: nothing left to select
+        cfg = make_config(preset_config(name))
+        assert cfg.val_size == 0 and cfg.fixed_schedule and not cfg.target_accuracy, name
     for name, preset in PRESETS.items():
         if not preset.measured:
             assert make_config(preset_config(name)).val_size == 0, name
@@ -165,12 +167,13 @@ def test_models_says_which_figures_are_measured_and_how_each_preset_selects(caps
 
     assert main(["models", "--json"]) == 0
     presets = {p["name"]: p for p in json.loads(capsys.readouterr().out)["presets"]}
-    assert presets["best"]["measured"] and "validation split" in presets["best"]["selection"]
+    assert presets["default"]["measured"] and "validation split" in presets["default"]["selection"]
+    assert presets["best"]["measured"] and "nothing selected" in presets["best"]["selection"]
     assert not presets["cnn-bn"]["measured"] and "no validation split" in presets["cnn-bn"]["selection"]
     assert presets["fast"]["measured"] and "nothing is selected" in presets["fast"]["selection"]
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     best = next(i for i, line in enumerate(lines) if line.strip().startswith("best "))
     cnn = next(i for i, line in enumerate(lines) if line.strip().startswith("cnn-bn "))
-    assert "measured: 99.76%" in lines[best] and "validation split (5,000" in lines[best + 1]
+    assert "measured: 99.76%" in lines[best] and "fixed schedule on every training image" in lines[best + 1]
     assert "published: about 99.1%" in lines[cnn] and "no validation split" in lines[cnn + 1]
