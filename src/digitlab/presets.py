@@ -8,8 +8,8 @@ Model selection: the faithful recipes keep their sources' protocol, which has no
 best epoch is the best on test, and digitlab reports it as such). `default` holds out VAL_SIZE training
 images and selects its best checkpoint on them. `fast` is a fixed schedule evaluated once at its end, so it
 selects nothing; it holds out the same 5,000 images, on which its schedule was chosen. `best` and
-`best-fashion` had their length and test-time views chosen on that hold-out, then train on all the training
-images as fixed schedules (`fixed_schedule`): their model is the last epoch's, and test is only reported.
+`best-fashion` had their length (and best-fashion its mirror TTA) chosen on that hold-out, then train on all the
+training images as fixed schedules (`fixed_schedule`): their model is the last epoch's; test is only reported.
 """
 from __future__ import annotations
 
