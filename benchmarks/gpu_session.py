@@ -7,11 +7,11 @@ Phase 1, alone on the machine (nothing else shares the GPU while it is timed): t
 benchmarks/time_to_accuracy.py with the reference example over 3 seeds and `fast` over 10 seeds on the GPU,
 --parallel 3 (3 processes at a time for each side, cores/3 threads each; the output says so).
 
-Phase 2, all at once on the one GPU: `best` with shorter one-cycle schedules (--best-epochs, default 6 7 10: two
-within half of today's 15, one at two thirds) over 3 seeds each, and `best-fashion` with its own 30-epoch schedule
-over 3 seeds, as it is and with random erasing added (augment flip+shift+erase). Every run holds out 5,000 validation
-images and selects on them (--val-size 5000 --no-fixed-schedule), though the presets now train on all 60,000. Their epoch times are NOT single-run speeds (a dozen processes share the GPU); the accuracies
-are what they measure. Runs still going at the deadline are stopped and reported with the epochs they finished.
+Phase 2, all at once on the one GPU: `best` with one-cycle schedules (--best-epochs, default 6 7 10: two within
+half of the old 15, one at two thirds) over 3 seeds each, and `best-fashion` with its own 30-epoch schedule over 3
+seeds, as it is and with random erasing added (augment flip+shift+erase). Every run holds out 5,000 validation
+images and selects on them (--val-size 5000 --no-fixed-schedule), though the presets now train on all 60,000.
+Their epoch times are NOT single-run speeds (a dozen processes share the GPU); the accuracies are what they measure. Runs still going at the deadline are stopped and reported with the epochs they finished.
 
 Phase 3, evaluation of the best checkpoints (selected on validation by the runs themselves):
 - for each run: validation and test accuracy with the preset's shift TTA (what the run reports) and, for
