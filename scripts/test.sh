@@ -7,11 +7,15 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
 
-# From Debian (apt): Chromium, which the browser test drives through Playwright (no browser download), and
-# Fashion-MNIST, which lands in /usr/share/datasets/fashion-mnist, one of the folders digitlab reads datasets from.
+# From Debian (apt; through sudo when not root): Chromium, which the browser test drives through Playwright (no
+# browser download); Fashion-MNIST, which lands in /usr/share/datasets/fashion-mnist, one of the folders digitlab
+# reads datasets from; and PostgreSQL's server, for the tests of sweeps that share one Optuna study between
+# machines. Debian keeps initdb and postgres under /usr/lib/postgresql/<version>/bin, off PATH. Those tests start a
+# throwaway server of their own (tests/postgres_server.py): the cluster the package may start on port 5432 is unused.
 packages=()
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
