@@ -5,7 +5,8 @@ authentication, so it needs no password, no system service and no port 5432 (Deb
 cluster there; it is never used). Stopping it ends the postmaster and its children and removes the folder.
 
     with PostgresServer() as server:
-        optuna.create_study(storage=server.url, study_name="s")   # postgresql://postgres@127.0.0.1:PORT/digitlab
+        server.url                # postgresql://postgres@127.0.0.1:PORT/digitlab
+        optuna.create_study(storage=with_driver(server.url), study_name="s")   # postgresql+psycopg2://...
 
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` system user that Debian's package
 creates, in a folder owned by it. Missing binaries are an error that says how to install them, never a skip."""
@@ -71,6 +72,14 @@ def find_bindir() -> Path:
                                f"{INSTALL_HINT}")
 
 
+def with_driver(url: str, driver: str = "psycopg2") -> str:
+    """`url` naming its DBAPI driver (postgresql+psycopg2://...). For a plain postgresql:// URL SQLAlchemy picks
+    one itself: psycopg2 up to SQLAlchemy 2.0, psycopg (version 3) from 2.1 on, and fails if that one is missing."""
+    scheme, sep, rest = url.partition("://")
+    assert sep and scheme.split("+")[0] == "postgresql", f"not a PostgreSQL URL: {url}"
+    return f"postgresql+{driver}://{rest}"
+
+
 def _server_user() -> pwd.struct_passwd | None:
     """Who runs initdb and postgres: None (this process's user) unless this is root, which PostgreSQL refuses."""
     if os.geteuid() != 0:
@@ -121,9 +130,9 @@ def _cleanup(process: subprocess.Popen | None, folder: str) -> None:
 
 class PostgresServer:
     """A fresh PostgreSQL cluster on 127.0.0.1:`port` with the database `digitlab`. Use it as a context manager
-    (or call start() and close()). `url` is what Optuna's and SQLAlchemy's storage take; `pid` is the
-    postmaster's; stop() ends the server early (the folder stays until close()), so a test can check what
-    happens when the database is gone; `timings` holds the seconds that initdb, the start and the stop took."""
+    (or call start() and close()). `url` is what a user types (with_driver(url) names psycopg2 for SQLAlchemy);
+    `pid` is the postmaster's; stop() ends the server early (the folder stays until close()), so a test can check
+    what happens when the database is gone; `timings` holds the seconds that initdb, the start and the stop took."""
 
     def __init__(self, database: str = DATABASE, start_timeout: float = START_TIMEOUT_S,
                  settings: dict[str, str] | None = None):
@@ -141,6 +150,7 @@ class PostgresServer:
     # --- what tests use -------------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
+        """postgresql://postgres@127.0.0.1:PORT/digitlab, as a user gives it to `digitlab sweep --storage`."""
         assert self.port is not None, "the server was never started"
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{self.database}"
 
