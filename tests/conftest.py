@@ -1,5 +1,6 @@
-"""Shared fixtures: MNIST read once per session, a small model trained once per session, and a real
-`digitlab serve` on 127.0.0.1. Plain helpers (free port, MNIST slices, PNG bytes, the renderer) are in helpers.py."""
+"""Shared fixtures: MNIST read once per session, a small model trained once per session, a real
+`digitlab serve` on 127.0.0.1, and a real PostgreSQL server (tests/postgres_server.py). Plain helpers (free port,
+MNIST slices, PNG bytes, the renderer) are in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, free_port
+from postgres_server import PostgresServer
 
 SERVER_START_TIMEOUT_S = 60
 
@@ -102,3 +104,21 @@ def live_server(trained_run, tmp_path_factory):
         yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL (postgresql://postgres@127.0.0.1:PORT/digitlab) of a real PostgreSQL server started for this session
+    (tests/postgres_server.py; about 2 s): what `digitlab sweep --storage` and Optuna take to share a study between
+    processes. Every test that asks shares it, so each uses study names of its own; to see the database go away,
+    take `private_postgres` instead. Without PostgreSQL installed this fails, saying how to install it."""
+    with PostgresServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of this test's own (a PostgresServer), which the test may stop() to see what digitlab
+    does when the database is unreachable; it is stopped and removed after the test, passed or failed."""
+    with PostgresServer() as server:
+        yield server
