@@ -44,7 +44,7 @@ class PostgresNotInstalled(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """The folder holding initdb, postgres and pg_isready: pg_config --bindir, else the newest of Debian's
+    """The folder holding initdb, postgres and createdb: pg_config --bindir, else the newest of Debian's
     /usr/lib/postgresql/<version>/bin (off PATH), else wherever initdb is on PATH. Debian's libpq-dev ships a
     pg_config that names the server's folder even when the server is not installed, so each candidate is checked."""
     candidates: list[Path] = []
@@ -65,7 +65,7 @@ def find_bindir() -> Path:
     if initdb:
         candidates.append(Path(initdb).parent)
     for folder in candidates:
-        if all(os.access(folder / tool, os.X_OK) for tool in ("initdb", "postgres", "pg_isready")):
+        if all(os.access(folder / tool, os.X_OK) for tool in ("initdb", "postgres", "createdb")):
             return folder
     looked = ", ".join(str(c) for c in candidates) or "no pg_config, no /usr/lib/postgresql/*/bin, no initdb on PATH"
     raise PostgresNotInstalled(f"PostgreSQL's server binaries (initdb, postgres) were not found ({looked}): "
@@ -279,15 +279,22 @@ class PostgresServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
-            # exit 0: accepting connections; 1: still starting (or shutting down); 2: no answer yet
-            ready = subprocess.run([str(self.bindir / "pg_isready"), "--host", "127.0.0.1", "--port", str(port),
-                                    "--dbname", "postgres", "--timeout", "5", "--quiet"], env=_client_env(),
-                                   timeout=30)
-            if ready.returncode == 0:
+            if self._ready():
                 return True
             time.sleep(POLL_S)
         raise AssertionError(f"postgres did not accept connections on 127.0.0.1:{port} within "
                              f"{self.start_timeout:.0f} s:\n{self.output()}")
+
+    def _ready(self) -> bool:
+        """Whether this postmaster says it accepts connections: the status line of data/postmaster.pid (what
+        pg_ctl --wait reads) is `ready`, under this process's pid and port. Asking the port instead (pg_isready)
+        could be answered by another program that took the port first, or hang on one that never answers."""
+        try:
+            lines = (self.folder / "data" / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return (len(lines) >= 8 and lines[0].strip() == str(self.process.pid) and lines[3].strip() == str(self.port)
+                and lines[7].strip() == "ready")
 
     def _client(self, tool: str, *args: str) -> None:
         out = subprocess.run([str(self.bindir / tool), "--host", "127.0.0.1", "--port", str(self.port),
