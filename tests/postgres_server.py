@@ -40,7 +40,8 @@ SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_write
 
 
 class PostgresNotInstalled(RuntimeError):
-    pass
+    """The server cannot be started on this machine: a test that needs it fails with this, saying how to install
+    it, rather than skipping and passing without ever talking to PostgreSQL."""
 
 
 def find_bindir() -> Path:
