@@ -134,9 +134,26 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     return _save(confusion_figure(confusion, classes, title), path)
 
 
-def compare_figure(histories: dict[str, list[dict]], datasets: dict[str, str] | None = None) -> Figure:
-    """Test accuracy (%) over epochs of several runs: one chart per dataset (`datasets` maps a run to its
-    dataset; without it, one chart), each axis zoomed to its own runs."""
+SPLIT_NAMES = {"val": "validation", "test": "test"}
+
+
+def split_caption(splits: set[str], short: bool = False) -> str:
+    """What accuracy a compare chart shows, for its title (or, short, its axis): validation, test, or both."""
+    if len(splits) > 1:
+        if short:
+            return "validation (solid) / test (dashed) accuracy"
+        return "validation accuracy (solid), test where a run has no hold-out (dashed)"
+    return f"{SPLIT_NAMES[next(iter(splits), 'test')]} accuracy"
+
+
+def compare_figure(histories: dict[str, list[dict]], datasets: dict[str, str] | None = None,
+                   splits: dict[str, str] | None = None, faded: set[str] | None = None) -> Figure:
+    """Accuracy (%) over epochs of several runs, keyed by their legend label: one chart per dataset (`datasets`
+    maps a run to its dataset; without it, one chart), each axis zoomed to its own runs. `splits` says which
+    accuracy each run shows, "val" or "test" (the default): a run is best read on its hold-out; where runs mix
+    the two, test lines are dashed. Runs in `faded` (stopped before their planned end) are drawn paler."""
+    split_of = {name: (splits or {}).get(name, "test") for name in histories}
+    mixed = len(set(split_of.values())) > 1
     groups: dict[str, list[str]] = {}
     for name in histories:
         groups.setdefault((datasets or {}).get(name, ""), []).append(name)
@@ -145,20 +162,23 @@ def compare_figure(histories: dict[str, list[dict]], datasets: dict[str, str] | 
         values: list[float] = []
         epochs: list[float] = []
         for name in names:
-            accs = percent([r["test_accuracy"] for r in histories[name]])
-            ax.plot([r["epoch"] for r in histories[name]], accs, "o-", ms=3, label=name)
+            accs = percent([r[f"{split_of[name]}_accuracy"] for r in histories[name]])
+            style = "o--" if mixed and split_of[name] == "test" else "o-"
+            ax.plot([r["epoch"] for r in histories[name]], accs, style, ms=3, label=name,
+                    alpha=0.45 if name in (faded or set()) else 1.0)
             values += accs
             epochs += [r["epoch"] for r in histories[name]]
-        accuracy_axis(ax, values, "test accuracy")
+        accuracy_axis(ax, values, split_caption({split_of[name] for name in names}, short=True))
         epoch_axis(ax, epochs)
         ax.set_title(f"{dataset}: {len(names)} run{'s' * (len(names) != 1)}" if dataset else "")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"test accuracy of {len(histories)} run{'s' * (len(histories) != 1)}")
+    fig.suptitle(f"{split_caption(set(split_of.values()))}: {len(histories)} run{'s' * (len(histories) != 1)}")
     fig.tight_layout()
     return fig
 
 
-def plot_compare(histories: dict[str, list[dict]], path: Path, datasets: dict[str, str] | None = None) -> Path:
+def plot_compare(histories: dict[str, list[dict]], path: Path, datasets: dict[str, str] | None = None,
+                 splits: dict[str, str] | None = None, faded: set[str] | None = None) -> Path:
     """compare_figure, written to `path`."""
-    return _save(compare_figure(histories, datasets), path)
+    return _save(compare_figure(histories, datasets, splits, faded), path)
