@@ -128,10 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--x", default="step", choices=["step", "epoch"], help="x axis")
     plot.add_argument("-o", "--output", default=None, help="PNG file (default RUN/curves.png)")
 
-    compare = sub.add_parser("compare", help="one table and one test-accuracy chart across runs", formatter_class=fmt)
+    compare = sub.add_parser("compare", help="one table, the spread over seeds and one chart across finished runs",
+                             formatter_class=fmt)
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     compare.add_argument("-o", "--output", default="compare.png", help="PNG file for the chart")
     compare.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    compare.add_argument("--include-unfinished", action="store_true",
+                         help="show runs stopped before their planned end, marked (never in a recipe's spread)")
 
     pred = sub.add_parser("predict", help="predict test images or image files", formatter_class=fmt)
     pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
