@@ -41,7 +41,7 @@ from digitlab.normalize import NORMALIZATIONS
 from digitlab.runs import read_config
 
 FORMAT = "digitlab-checkpoint-1"
-HISTORY_KEYS = ("step", "test_accuracy", "elapsed_s")  # what a resumed run reads from its saved history
+HISTORY_KEYS = ("step", "elapsed_s")  # what a resumed run reads from its saved history
 
 
 def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:

@@ -50,6 +50,7 @@ class TrainConfig:
     # only reported; without one they go by test accuracy, as the faithful recipes' sources do (split.py).
     fixed_schedule: bool = False  # select nothing: `best` is the last epoch's weights; test is only reported
     # For a schedule tuned on a hold-out, then trained on every training image (val_size 0).
+    eval_test: bool = True  # score the test set at each evaluation; off in sweep trials, whose choices never see it
     eval_every: int = 0  # also evaluate (validation and the full test set) every N steps; 0: only at epoch end
     log_every: int = 100  # refresh the progress bar's loss/accuracy every N steps
     eval_batch_size: int = 1000  # batch size for evaluation (no gradients, so larger is fine)
@@ -67,6 +68,7 @@ class TrainConfig:
     channels_last: bool = True  # channels_last memory format: conv nets on CUDA, DigitNet everywhere (device.py)
     compile: bool = False  # torch.compile the model (worth it for long CUDA runs)
     plot: bool = True  # redraw curves.png after every epoch (matplotlib: ~0.7 s of `fast`'s few seconds, so off there)
+    tensorboard: bool = True  # TensorBoard event files in the run folder (`tensorboard --logdir runs`; extra `track`)
     out: str | None = None  # run folder; default runs/<time>-<name>
 
     def validate(self) -> "TrainConfig":
@@ -103,6 +105,9 @@ class TrainConfig:
         if self.fixed_schedule and self.target_accuracy:
             raise ConfigError("target_accuracy stops a run on a measured accuracy; a fixed_schedule selects nothing "
                               "and runs every epoch: use one or the other")
+        if not self.eval_test and (not self.val_size or self.fixed_schedule):
+            raise ConfigError("eval_test off leaves only the validation split to evaluate and select on: it needs "
+                              "val_size > 0 and no fixed_schedule")
         if self.tta_mirror and not self.tta:
             raise ConfigError("tta_mirror adds mirror images to test-time augmentation: it needs tta too")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):

@@ -5,8 +5,9 @@ a folder from being damaged.
         config.json          everything needed to rebuild model and preprocessing
         metrics.csv          one row per evaluation
         last.safetensors     weights after the latest epoch (+ last.state.pt to resume)
-        best.safetensors     weights with the best test accuracy so far
+        best.safetensors     weights of the selected evaluation (selection.py)
         curves.png           loss and accuracy curves
+        events.out.tfevents.*  TensorBoard's scalars, hparams and final figures (tracking.py)
         .lock                while a training runs in it: that process's pid and host
 
 claim_run_dir() is how a training takes a folder: a new run only gets an empty (or new) folder, unless
@@ -36,7 +37,9 @@ METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "val_loss", "
                   "test_accuracy", "lr", "elapsed_s", "images_per_s", "data_fraction"]  # val_*: empty without val_size
 # Read back by plot and compare: a metrics.csv without them, or with a blank or a word in them, is damaged.
 REQUIRED_METRICS = ("step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "elapsed_s")
+TEST_METRICS = ("test_loss", "test_accuracy")  # blank in the rows of a run that does not read the test set
 LOCK_NAME = ".lock"
+EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files (tracking.py), one per training session
 # What a training writes into its folder (and eval/export next to it): what --force removes before a new run,
 # so nothing of the old run (a better best.safetensors above all) is left to be mixed with the new one.
 RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors", "last.state.pt", "curves.png",
@@ -46,7 +49,7 @@ RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors
 # not what each step learns. Anything else (model, optimiser, lr, data, augmentation...) would continue the
 # checkpoint as another recipe than the one its config.json and metrics.csv describe.
 RESUMABLE = ("epochs", "max_steps", "target_accuracy", "eval_every", "log_every", "eval_batch_size", "threads",
-             "device", "compile", "data_dir", "out", "plot")
+             "device", "compile", "data_dir", "out", "plot", "tensorboard")
 
 
 def new_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
@@ -97,11 +100,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def parse_metrics_row(row: dict, path: Path, line: int) -> dict:
+    """One row's numbers; blank cells are None where a row may lack the figure (val_* without a hold-out, test_*
+    in a sweep trial, which never reads the test set, as long as it has validation figures)."""
     out = {}
+    test_optional = row.get("val_accuracy") not in (None, "")
     for key, value in row.items():
         if key is None or value is None:  # more cells than columns, or fewer
             raise RunError(f"{path} line {line}: the row does not have one cell per column")
-        if value == "" and key not in REQUIRED_METRICS:
+        if value == "" and (key not in REQUIRED_METRICS or (test_optional and key in TEST_METRICS)):
             out[key] = None
             continue
         try:
@@ -185,6 +191,11 @@ def make_folder(run_dir: Path) -> None:
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
 
 
+def is_run_file(name: str) -> bool:
+    """A file a training (or eval/export beside it) writes: RUN_FILES, their .tmp files, TensorBoard's events."""
+    return name in RUN_FILES or name.removesuffix(".tmp") in RUN_FILES or name.startswith(EVENTS_PREFIX)
+
+
 def clear_for_new_run(run_dir: Path, force: bool, log: Callable[[str], None]) -> None:
     """Refuse a folder that holds anything (but lock files) unless force; with force, remove a previous run's
     files (RUN_FILES and their .tmp files) and leave anything else alone."""
@@ -196,7 +207,7 @@ def clear_for_new_run(run_dir: Path, force: bool, log: Callable[[str], None]) ->
         hint = (f"to continue that run use --resume {run_dir}; " if "config.json" in present else "")
         raise RunError(f"{run_dir} is not empty ({shown}): {hint}choose a new or empty folder with --out, "
                        "or add --force to replace the run files in it")
-    removed = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.removesuffix(".tmp") in RUN_FILES]
+    removed = [p for p in run_dir.iterdir() if is_run_file(p.name)]
     for path in removed:
         try:
             path.unlink()

@@ -5,15 +5,15 @@
     digitlab train --resume runs/<run> --epochs 3    # continue from the last checkpoint
 
 A run is: setup() (threads, seed, data and its validation hold-out, run folder, model, optimiser, resume,
-EMA, DDP/compile), then per epoch train_one_epoch() (each step: batch, forward, loss, zero_grad, backward,
-step, then EMA and bookkeeping), evaluate_and_record() and save_epoch_checkpoint(). The data part of each
-step is timed separately and reported as `data_fraction`.
+EMA, DDP/compile), then the loop in run_epochs() and train_one_epoch(), which reads top to bottom:
 
-Model selection: with cfg.val_size > 0 the `best` checkpoint and target_accuracy go by the accuracy on a
-fixed validation hold-out from the training set (split.py) and the test set is only reported; with
-val_size 0 they go by test accuracy (the faithful recipes' protocol), and the run says so. With
-cfg.fixed_schedule nothing is selected: `best` is the last epoch's weights, for a schedule tuned on a hold-out
-and then trained on every training image.
+    per epoch:  each step (batch, forward, loss, zero_grad, backward, lr, step, EMA), with an evaluation every
+                cfg.eval_every steps; at the end of the epoch an evaluation, then the `last` checkpoint
+    evaluate(): score the validation hold-out and the test set, append the metrics row, keep `best`
+
+Everything that reports (metrics.csv, the progress bar and epoch lines, curves.png, TensorBoard, a sweep's pruner)
+listens to the loop's events (events.py); what picks `best` and stops at target_accuracy is selection.py. The
+data part of each step is timed separately and reported as `data_fraction`.
 """
 from __future__ import annotations
 
@@ -24,13 +24,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from digitlab import distributed as dist
 from digitlab.augment import augment
 from digitlab.checkpoint import has_checkpoint, save_checkpoint, save_weights
@@ -41,11 +39,12 @@ from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_se
 from digitlab.ema import make_ema, update_ema
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import predict_logits
+from digitlab.events import Events, Subscriber, default_subscribers
 from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import LeanAdamW, build_optimizer, lr_at, set_lr
 from digitlab.resume import Progress, prepare_run_dir, restore
-from digitlab.runs import write_metrics
+from digitlab.selection import Selection
 from digitlab.split import stratified_split
 
 
@@ -81,10 +80,7 @@ class TrainResult:
     def best_row(self) -> dict:
         """The evaluation the best checkpoint was saved at (the first to reach best_accuracy; with a fixed
         schedule, the last)."""
-        if self.selected_on == "nothing":
-            return self.final
-        key = selection_key(self.selected_on)
-        return next((row for row in self.history if row[key] == self.best_accuracy), {})
+        return Selection(self.selected_on).best_row(self.history, self.best_accuracy)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -104,13 +100,17 @@ def rank_shard(num_examples: int, seed: int, epoch: int, rank: int = 0, world_si
 
 
 @torch.no_grad()
-def sharded_eval(model, images, labels, cfg: TrainConfig, ctx: dist.DistContext, device) -> tuple[float, float]:
-    """Test loss and accuracy; each rank scores its shard and the sums are reduced."""
+def sharded_eval(model, images, labels, cfg: TrainConfig, ctx: dist.DistContext, device,
+                 kept: list | None = None) -> tuple[float, float]:
+    """Loss and accuracy on a whole set, each rank scoring its shard and the sums reduced. `kept`, if given,
+    receives this rank's logits (the whole set's with one process), for the figures a run ends with."""
     x, y = images[ctx.rank::ctx.world_size], labels[ctx.rank::ctx.world_size]
     logits = predict_logits(model, x, cfg.normalization, cfg.eval_batch_size, device, cfg.tta, cfg.tta_mirror)
     sums = torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(),
                          (logits.argmax(1) == y).sum().item(), float(y.numel())], dtype=torch.float64)
     sums = dist.all_reduce_sum(sums.to(device)).cpu()
+    if kept is not None:
+        kept.append(logits)
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
 
 
@@ -121,23 +121,29 @@ def log_line(text: str) -> None:
 
 
 def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-          progress: bool = True, log=log_line, force: bool = False) -> TrainResult:
+          progress: bool = True, log=log_line, force: bool = False,
+          subscribers: list[Subscriber] | tuple = ()) -> TrainResult:
     """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint.
     `progress` shows tqdm bars (rank 0 only). Ctrl-C raises TrainingInterrupted, saying what was saved.
-    force=True lets a new run take a folder that holds files (a previous run's are removed first)."""
+    force=True lets a new run take a folder that holds files (a previous run's are removed first).
+    `subscribers` hear the run's events after the built-in ones (events.py): a tracker, a sweep's pruner."""
     cfg.validate()
     ctx = dist.context_from_env()
     device = dist.rank_device(ctx, pick_device(cfg.device))
     dist.setup(ctx, device)
     try:
-        with contextlib.ExitStack() as held:  # the run folder's lock, released on every way out
+        with contextlib.ExitStack() as held:  # the run folder's lock and the subscribers, closed on every way out
             run = None
             try:
                 run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx,
                             device, held, force)
                 if not resume:  # a resumed run said it when it started; its epoch lines name the selection split
                     run.log(selection_note(run))
+                run.events = Events([*default_subscribers(run), *subscribers])
+                held.callback(run.events.close)
+                run.events.emit("on_start", run)
                 result = run_epochs(run)
+                run.events.emit("on_finish", run, result)
             except KeyboardInterrupt:
                 if run is None:  # still setting up: no run folder content to speak of
                     raise
@@ -181,12 +187,14 @@ class RunState:
     t_start: float  # perf_counter at the run's start, moved back by the elapsed time of a resumed run
     checkpoint: tuple[int, int] | None  # (epoch, step) of the `last` checkpoint on disk, None before the first
     train_size: int  # the dataset's training images, before the hold-out and any pen digits
+    selection: Selection  # what picks `best` and stops at target_accuracy
+    events: Events = field(default_factory=lambda: Events([]))  # who hears the loop (set once the run starts)
+    # (set name, logits, images, labels) of the latest evaluation's last set scored, whole (one process only)
+    last_scored: tuple[str, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def selected_on(self) -> str:
-        if self.cfg.fixed_schedule:
-            return "nothing"
-        return "validation" if "val" in self.eval_sets else "test"
+        return self.selection.on
 
 
 def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bool, log,
@@ -196,7 +204,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     local_batch = dist.check_batch_size(ctx, cfg.batch_size)
     set_seed(cfg.seed + ctx.rank)
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
-    train_x, train_y, eval_sets = split_data(ds, cfg.val_size)  # a bad val_size fails before anything is written
+    train_x, train_y, eval_sets = split_data(ds, cfg.val_size, cfg.eval_test)  # a bad val_size fails here, early
     if cfg.pen_digits:  # imported only then: the pen generator and preprocessing cost ~36 ms of start-up
         from digitlab.synthetic import with_pen_digits
 
@@ -214,13 +222,15 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
     meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
             "dataset": cfg.dataset, "classes": list(ds.classes), "preset": cfg.preset}
-    run = RunState(cfg, ctx, device, run_dir, log, show_bars, model, wrap_for_training(model, cfg, ctx, device),
-                   ema or model, ema, optimizer, training_autocast(device, cfg.amp, cfg.cpu_amp), memory_format,
-                   train_x.to(device), train_y.to(device), eval_sets, local_batch,
-                   math.ceil(n // ctx.world_size / local_batch), meta, progress,
-                   time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0),
-                   (progress.epoch, progress.step) if progress.epoch else None, ds.train_images.shape[0])
-    return run
+    elapsed = progress.history[-1]["elapsed_s"] if progress.history else 0.0
+    return RunState(
+        cfg=cfg, ctx=ctx, device=device, run_dir=run_dir, log=log, show_bars=show_bars, model=model,
+        net=wrap_for_training(model, cfg, ctx, device), scored=ema or model, ema=ema, optimizer=optimizer,
+        autocast=training_autocast(device, cfg.amp, cfg.cpu_amp), memory_format=memory_format,
+        train_x=train_x.to(device), train_y=train_y.to(device), eval_sets=eval_sets, local_batch=local_batch,
+        steps_per_epoch=math.ceil(n // ctx.world_size / local_batch), meta=meta, progress=progress,
+        t_start=time.perf_counter() - elapsed, checkpoint=(progress.epoch, progress.step) if progress.epoch else None,
+        train_size=ds.train_images.shape[0], selection=Selection.for_config(cfg))
 
 
 def init_from_data(model: torch.nn.Module, train_x: torch.Tensor, normalization: str, device: torch.device) -> None:
@@ -237,27 +247,21 @@ def set_threads(cfg: TrainConfig, ctx: dist.DistContext, device: torch.device) -
         torch.set_num_threads(max(1, (torch.get_num_threads()) // ctx.local_world_size))
 
 
-def split_data(ds: Dataset, val_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Training images and labels without the validation hold-out, and the sets evaluated: "val", "test"."""
+def split_data(ds: Dataset, val_size: int, eval_test: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Training images and labels without the validation hold-out, and the sets evaluated: "val" (with
+    val_size), "test" (unless eval_test is off: a sweep's trials never read it)."""
+    test = {"test": (ds.test_images, ds.test_labels)} if eval_test else {}
     if not val_size:
-        return ds.train_images, ds.train_labels, {"test": (ds.test_images, ds.test_labels)}
+        return ds.train_images, ds.train_labels, test
     train_idx, val_idx = stratified_split(ds.train_labels, val_size)
     return (ds.train_images[train_idx], ds.train_labels[train_idx],
-            {"val": (ds.train_images[val_idx], ds.train_labels[val_idx]), "test": (ds.test_images, ds.test_labels)})
+            {"val": (ds.train_images[val_idx], ds.train_labels[val_idx]), **test})
 
 
 def selection_note(run: RunState) -> str:
     """One line saying what picks the best checkpoint (and stops at target_accuracy)."""
-    if run.selected_on == "nothing":
-        reported = " and the validation hold-out are" if "val" in run.eval_sets else " is"
-        return (f"model selection: none, a fixed schedule: best.safetensors is the last epoch's weights, trained on "
-                f"{run.train_x.shape[0]:,} images; the test set{reported} only reported")
-    if run.selected_on == "validation":
-        held = run.eval_sets["val"][0].shape[0]
-        return (f"model selection: validation accuracy on {held:,} of the {run.train_size:,} training images, held out "
-                "(best checkpoint, target_accuracy); the test set is only reported")
-    return ("model selection: no validation split (val_size 0): the best checkpoint and target_accuracy go by "
-            "TEST accuracy, so the best epoch's test figure is optimistic")
+    held = run.eval_sets["val"][0].shape[0] if "val" in run.eval_sets else 0
+    return run.selection.note(run.train_x.shape[0], held, run.train_size, "test" in run.eval_sets)
 
 
 def channels_last_for(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -278,30 +282,25 @@ def wrap_for_training(model: torch.nn.Module, cfg: TrainConfig, ctx: dist.DistCo
     return net
 
 
-def selection_key(selected_on: str) -> str:
-    """The metric best_accuracy holds: validation accuracy, else test (the last epoch's, with nothing selected)."""
-    return "val_accuracy" if selected_on == "validation" else "test_accuracy"
-
-
-def target_reached(run: RunState, row: dict) -> bool:
-    cfg = run.cfg
-    return bool(cfg.target_accuracy) and row[selection_key(run.selected_on)] >= cfg.target_accuracy
-
-
 def run_epochs(run: RunState) -> TrainResult:
-    """Train epoch after epoch from where `run.progress` stands: train, evaluate, log, checkpoint; stop at the
-    last epoch, at max_steps, or when target_accuracy is reached."""
+    """Train epoch after epoch from where `run.progress` stands; stop after the last epoch, at max_steps, or once
+    an evaluation reaches target_accuracy."""
     cfg, progress = run.cfg, run.progress
     stopped_early = False
     for epoch in range(progress.epoch, cfg.epochs):
+        # train: every step of the epoch, with the evaluations eval_every asks for in between
         tally = train_one_epoch(run, epoch)
         check_finite(tally.sums[0], progress.step, run.run_dir, run.model)  # before the checkpoint: never save NaN
-        row = tally.target_row or evaluate_and_record(run, epoch + tally.steps / run.steps_per_epoch, tally)
-        run.log(format_row(row, epoch, cfg.epochs, run.selected_on, progress.best_accuracy))
+        # evaluate at the epoch's end (unless a mid-epoch evaluation reached the target and ended it)
+        row = tally.target_row or evaluate(run, epoch + tally.steps / run.steps_per_epoch, tally, epoch_end=True)
+        run.events.emit("on_epoch_end", run, row)
+        # checkpoint: `last` holds the weights, the optimiser, the RNGs and the history, to resume from
         progress.epoch = epoch + 1
         save_epoch_checkpoint(run, row)
+        run.events.emit("on_checkpoint", run, row)
         dist.barrier()
-        reached, at_max_steps = target_reached(run, row), progress.step == cfg.max_steps
+        # stop: at the target, or at max_steps
+        reached, at_max_steps = run.selection.reached(row), progress.step == cfg.max_steps
         if reached or at_max_steps:
             planned_end = at_max_steps or (epoch == cfg.epochs - 1 and tally.steps == run.steps_per_epoch)
             stopped_early = reached and not planned_end
@@ -342,38 +341,41 @@ def train_one_epoch(run: RunState, epoch: int) -> EpochTally:
     perm = rank_shard(run.train_x.shape[0], cfg.seed, epoch, run.ctx.rank, run.ctx.world_size).to(run.device)
     tally = EpochTally(torch.zeros(3, dtype=torch.float64, device=run.device))
     run.net.train()
-    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.show_bars,
-               leave=False, unit="step", dynamic_ncols=True)
-    for i in bar:
+    run.events.emit("on_epoch_start", run, epoch)
+    for i in range(run.steps_per_epoch):
         t_batch = time.perf_counter()
         x, y = next_batch(run, perm, i)
         t_ready = time.perf_counter()
-        with run.autocast:
-            logits = run.net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        set_lr(run.optimizer, lr_at(progress.step, cfg, run.steps_per_epoch))
-        run.optimizer.step()
-        if run.ema:
-            update_ema(run.ema, run.model, cfg.ema, progress.step)
-        progress.step += 1
+        loss, logits = train_step(run, x, y)
         tally.add(loss, logits, y, t_batch, t_ready)
         if run.device.type == "cpu" or progress.step % cfg.log_every == 0:  # on CUDA, .item() would sync each step
             check_finite(loss, progress.step, run.run_dir)
-        if progress.step % cfg.log_every == 0 and run.show_bars:
-            bar.set_postfix(**tally.postfix(run.ctx.world_size))
-        at_end = i == run.steps_per_epoch - 1 or progress.step == cfg.max_steps
-        if cfg.eval_every and progress.step % cfg.eval_every == 0 and not at_end:
-            row = evaluate_and_record(run, epoch + (i + 1) / run.steps_per_epoch, tally)
-            (bar.write if run.show_bars else run.log)(f"step {progress.step}: {eval_summary(row)}")
-            if target_reached(run, row):
+        run.events.emit("on_step", run, tally)
+        if progress.step == cfg.max_steps or i == run.steps_per_epoch - 1:
+            break  # the epoch's own evaluation follows in run_epochs
+        if cfg.eval_every and progress.step % cfg.eval_every == 0:
+            row = evaluate(run, epoch + (i + 1) / run.steps_per_epoch, tally, epoch_end=False)
+            if run.selection.reached(row):
                 tally.target_row = row
                 break
-        if progress.step == cfg.max_steps:
-            break
-    bar.close()
     return tally
+
+
+def train_step(run: RunState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on batch (x, y): forward, loss, zero_grad, backward, lr, step, then the EMA average.
+    Returns the loss and the logits, for the epoch's running figures."""
+    cfg, progress = run.cfg, run.progress
+    with run.autocast:
+        logits = run.net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    set_lr(run.optimizer, lr_at(progress.step, cfg, run.steps_per_epoch))
+    run.optimizer.step()
+    if run.ema:
+        update_ema(run.ema, run.model, cfg.ema, progress.step)
+    progress.step += 1
+    return loss, logits
 
 
 def next_batch(run: RunState, perm: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,40 +387,47 @@ def next_batch(run: RunState, perm: torch.Tensor, i: int) -> tuple[torch.Tensor,
     return run.memory_format(x), run.train_y.index_select(0, idx)
 
 
-def evaluate_and_record(run: RunState, epoch_position: float, tally: EpochTally) -> dict:
-    """Score the model on the validation hold-out (if any) and the test set, append the metrics row, keep
-    the best checkpoint by the selection accuracy, and rewrite metrics.csv (rank 0)."""
+def evaluate(run: RunState, epoch_position: float, tally: EpochTally, epoch_end: bool) -> dict:
+    """Score the model on the validation hold-out (if any) and the test set (unless eval_test is off), append
+    the metrics row, save `best` when the selection rule says so (rank 0), and tell the subscribers."""
     progress = run.progress
     sums = dist.all_reduce_sum(tally.sums.clone())
-    with run.autocast if run.cfg.eval_amp else contextlib.nullcontext():  # bf16 scoring only when asked
-        scores = {name: sharded_eval(run.scored, x, y, run.cfg, run.ctx, run.device)
-                  for name, (x, y) in run.eval_sets.items()}
-    val_loss, val_accuracy = scores.get("val", (None, None))
+    scores = score_sets(run)
     row = {"step": progress.step, "epoch": round(epoch_position, 4),
            "train_loss": (sums[0] / sums[2].clamp(min=1)).item(),
            "train_accuracy": (sums[1] / sums[2].clamp(min=1)).item(),
-           "val_loss": val_loss, "val_accuracy": val_accuracy,
-           "test_loss": scores["test"][0], "test_accuracy": scores["test"][1],
+           "val_loss": scores.get("val", (None, None))[0], "val_accuracy": scores.get("val", (None, None))[1],
+           "test_loss": scores.get("test", (None, None))[0], "test_accuracy": scores.get("test", (None, None))[1],
            "lr": run.optimizer.param_groups[0]["lr"],
            "elapsed_s": round(time.perf_counter() - run.t_start, 3),
            "images_per_s": round(sums[2].item() / max(tally.step_s, 1e-9), 1),
            "data_fraction": round(tally.data_s / max(tally.step_s, 1e-9), 4)}
     progress.history.append(row)
-    selected = row[selection_key(run.selected_on)]  # reduced over ranks, so every rank agrees
-    fixed = run.selected_on == "nothing"  # every epoch replaces `best`: it is the last epoch's weights
-    improved = fixed or selected > progress.best_accuracy
-    progress.best_accuracy = selected if fixed else max(progress.best_accuracy, selected)
-    if run.ctx.is_main:
-        if improved:
+    improved = run.selection.improves(row, progress.best_accuracy)  # scores are reduced: every rank agrees
+    if improved:
+        progress.best_accuracy = run.selection.score(row)
+        if run.ctx.is_main:
             save_weights(run.run_dir / "best.safetensors", run.scored,
                          {**run.meta, "step": progress.step, "metrics": row})
-        write_metrics(run.run_dir, progress.history)
+    run.events.emit("on_evaluation", run, row, epoch_end)
     return row
 
 
+def score_sets(run: RunState) -> dict[str, tuple[float, float]]:
+    """(loss, accuracy) of every evaluated set, keeping the last set's logits for the figures a run ends with."""
+    scores = {}
+    with run.autocast if run.cfg.eval_amp else contextlib.nullcontext():  # bf16 scoring only when asked
+        for name, (x, y) in run.eval_sets.items():
+            kept: list[torch.Tensor] = []
+            scores[name] = sharded_eval(run.scored, x, y, run.cfg, run.ctx, run.device, kept)
+            if run.ctx.world_size == 1 and kept:
+                run.last_scored = (name, kept[0], x, y)
+    return scores
+
+
 def save_epoch_checkpoint(run: RunState, row: dict) -> None:
-    """Write the `last` checkpoint (weights, optimiser, RNGs, progress) and, with cfg.plot, refresh curves.png (rank 0).
-    A Ctrl-C during the write waits for it to finish, so the checkpoint reported afterwards is the one on disk."""
+    """Write the `last` checkpoint (weights, optimiser, RNGs, progress) on rank 0. A Ctrl-C during the write
+    waits for it to finish, so the checkpoint reported afterwards is the one on disk."""
     if not run.ctx.is_main:
         return
     progress = run.progress
@@ -430,8 +439,6 @@ def save_epoch_checkpoint(run: RunState, row: dict) -> None:
     with interrupts_deferred():
         save_checkpoint(run.run_dir, "last", run.scored, {**run.meta, "step": progress.step, "metrics": row}, state)
         run.checkpoint = (progress.epoch, progress.step)
-    if run.cfg.plot:  # `digitlab plot RUN` draws it later from metrics.csv
-        plot_curves_quietly(run.run_dir, progress.history)
 
 
 @contextlib.contextmanager
@@ -478,31 +485,3 @@ def check_finite(loss: torch.Tensor, step: int, run_dir: Path, model: torch.nn.M
             else f"no checkpoint was written yet in {run_dir}")
     raise TrainingError(f"{problem} at step {step}; stopped, {kept} (try a lower --lr)")
 
-
-
-
-def eval_summary(row: dict) -> str:
-    """Validation (when there is a hold-out) and test loss and accuracy of one evaluation."""
-    has_val = row.get("val_accuracy") is not None
-    val = f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%} | " if has_val else ""
-    return f"{val}test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}"
-
-
-def format_row(row: dict, epoch: int, epochs: int, selected_on: str = "test", best: float | None = None) -> str:
-    """One fixed-format summary line per epoch, ending with the best accuracy so far on the selection split
-    (none with a fixed schedule: nothing is selected)."""
-    shown = best is not None and selected_on != "nothing"
-    best_part = f" | best {'val' if selected_on == 'validation' else 'test'} {best:.2%}" if shown else ""
-    return (f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-            f" | {eval_summary(row)} | lr {row['lr']:.2e} | {row['elapsed_s']:.1f}s, {row['images_per_s']:.0f} img/s,"
-            f" data {row['data_fraction']:.1%} of step{best_part}")
-
-
-def plot_curves_quietly(run_dir: Path, history: list[dict]) -> None:
-    """Refresh curves.png after each epoch; a plotting problem never stops training."""
-    from digitlab.plots import plot_curves
-
-    try:
-        plot_curves(history, run_dir / "curves.png", title=run_dir.name)
-    except Exception as e:  # noqa: BLE001 - figures are a convenience, the run is what matters
-        log_line(f"warning: could not draw curves.png ({e})")
