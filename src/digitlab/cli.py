@@ -46,7 +46,7 @@ def show_default(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field (--batch-size, --model-args ...), all defaulting to 'not given'. The help
     shows what a bare `digitlab train` uses: the `default` preset's value where it sets one, else TrainConfig's."""
     from digitlab.config import config_fields
@@ -59,7 +59,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         "The defaults shown are what a bare `digitlab train` uses: preset 'default' where it sets the field, "
         "else TrainConfig's. `--model M` without --preset starts from TrainConfig's.")
     for name, type_, default in config_fields():
-        if name == "preset":
+        if name == "preset" or name in skip:
             continue
         flag = "--" + name.replace("_", "-")
         if name in preset and preset[name] != default:
@@ -72,6 +72,41 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             metavar = "K=V,..." if type_ is dict else type_.__name__.upper()
             group.add_argument(flag, dest=name, type=str, default=None, metavar=metavar, help=text)
+
+
+def add_sweep_parser(sub, fmt) -> None:
+    """`digitlab sweep --study NAME ...` (run trials; every train flag passes through) and `sweep show NAME`."""
+    sweep = sub.add_parser("sweep", help="hyperparameter search on Optuna: trials are run folders chosen on "
+                           "validation", formatter_class=fmt)
+    sweep.set_defaults(help_of=sweep)
+    sweep.add_argument("--study", default=None, metavar="NAME", help="the study: a new name starts one, an existing "
+                       "one goes on (its trials add up across commands and machines)")
+    sweep.add_argument("--storage", default=None, metavar="URL",
+                       help="study database: postgresql://USER@HOST:PORT/DB to share it between machines "
+                            "(default: sqlite:///runs/sweeps.db)")
+    sweep.add_argument("--trials", type=int, default=10, help="trials this command adds to the study")
+    sweep.add_argument("--param", action="append", default=None, metavar="NAME=SPEC",
+                       help="a searched field: NAME=LOW:HIGH, NAME=LOW:HIGH:log or NAME=a,b,c; NAME is any recipe "
+                            "field or model_args.KEY (repeatable)")
+    sweep.add_argument("--space", default=None, metavar="FILE.toml", help="searched fields from a TOML file, "
+                       "one [NAME] table each with low, high (, log) or choices")
+    sweep.add_argument("--jobs", type=int, default=1, help="trials at once, as processes here, the cores divided")
+    sweep.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                       help="stop trials that trail the others at the same step (reports: each validation)")
+    sweep.add_argument("--out", dest="sweep_out", default=None, metavar="DIR",
+                       help="folder for the trials (DIR/trial-NNNN), the plots and best.toml "
+                            "(default: runs/sweeps/STUDY)")
+    sweep.add_argument("--preset", default=None, help="the base recipe (default: the `default` preset)")
+    sweep.add_argument("--config", default=None, metavar="FILE.toml", help="a base recipe file, over --preset")
+    add_config_flags(sweep, skip=("out",))
+    shows = sweep.add_subparsers(dest="sweep_command", title="commands", metavar="COMMAND", parser_class=Parser)
+    show = shows.add_parser("show", help="a study's trials, best trial, plots and best.toml", formatter_class=fmt)
+    show.add_argument("name", help="the study")
+    show.add_argument("--storage", default=None, metavar="URL", help="as given to `digitlab sweep`")
+    show.add_argument("--json", action="store_true", help="print JSON (a `trials` list with state and value)")
+    show.add_argument("--out", default=None, metavar="DIR", help="folder for the plots and best.toml "
+                      "(default: the study's sweep folder)")
+    show.add_argument("--no-figures", action="store_true", help="no plots")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (a preset, or any --model)", formatter_class=fmt)
     train.add_argument("--preset", default=None, help="start from a named recipe (see `digitlab models`)")
+    train.add_argument("--config", default=None, metavar="FILE.toml",
+                       help="a recipe file (TrainConfig fields; a sweep writes its best trial as one): over --preset, "
+                            "under the flags")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--force", action="store_true",
                        help="let --out name a folder that holds files; a previous run's files there are removed")
     add_config_flags(train)
+
+    add_sweep_parser(sub, fmt)
 
     ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)
     ev.add_argument("run", help="run folder or .safetensors file")

@@ -63,23 +63,32 @@ def epoch_axis(ax, epochs: list[float]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+CURVE_SPLITS = (("train", "o", "tab:blue", "tab:green"), ("val", "^", "tab:purple", "tab:olive"),
+                ("test", "s", "tab:orange", "tab:red"))  # split, marker, loss colour, accuracy colour
+
+
 def curves_figure(history: list[dict], title: str = "", x: str = "step") -> Figure:
-    """Train and test loss on the left axis, accuracy (%) on a twin right axis, over steps or epochs."""
+    """Train, validation (with a hold-out) and test (where read) loss on the left axis, accuracy (%) on a twin
+    right axis, over steps or epochs."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    xs = [row[x] for row in history]
-    ax.plot(xs, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss", ms=3)
-    ax.plot(xs, [r["test_loss"] for r in history], "s-", color="tab:orange", label="test loss", ms=3)
+    acc = ax.twinx()
+    accuracies: list[float] = []
+    for split, marker, loss_colour, acc_colour in CURVE_SPLITS:
+        rows = [r for r in history if r.get(f"{split}_accuracy") is not None]
+        if not rows:
+            continue
+        xs = [r[x] for r in rows]
+        name = "validation" if split == "val" else split
+        ax.plot(xs, [r[f"{split}_loss"] for r in rows], f"{marker}-", color=loss_colour, label=f"{name} loss", ms=3)
+        values = percent([r[f"{split}_accuracy"] for r in rows])
+        acc.plot(xs, values, f"{marker}--", color=acc_colour, label=f"{name} accuracy", ms=3)
+        accuracies += values
     if x == "epoch":
-        epoch_axis(ax, xs)
+        epoch_axis(ax, [row[x] for row in history])
     else:
         ax.set_xlabel(x)
     ax.set_ylabel("loss")
-    acc = ax.twinx()
-    train_acc = percent([r["train_accuracy"] for r in history])
-    test_acc = percent([r["test_accuracy"] for r in history])
-    acc.plot(xs, train_acc, "o--", color="tab:green", label="train accuracy", ms=3)
-    acc.plot(xs, test_acc, "s--", color="tab:red", label="test accuracy", ms=3)
-    accuracy_axis(acc, train_acc + test_acc, "accuracy")
+    accuracy_axis(acc, accuracies, "accuracy")
     lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
     ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -94,6 +103,11 @@ def plot_curves(history: list[dict], path: Path, title: str = "", x: str = "step
 
 def plot_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 5,
               title: str = "") -> Path:
+    """grid_figure, written to `path`."""
+    return _save(grid_figure(images, titles, columns, title), path)
+
+
+def grid_figure(images: torch.Tensor, titles: list[str], columns: int = 5, title: str = "") -> Figure:
     """A grid of 28x28 uint8 images, each titled (labels, or true/predicted)."""
     n = len(titles)
     rows = max(1, (n + columns - 1) // columns)
@@ -105,7 +119,7 @@ def plot_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int 
         ax.set_title(text, fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def confusion_figure(confusion: list[list[int]], classes: list[str], title: str = "") -> Figure:

@@ -9,6 +9,7 @@ cli.py parses the arguments and calls `cmd_<command>` from this package; one mod
     explain.py   explain: heat maps, layer activations, the embedding map
     export.py    export
     serve.py     serve
+    sweep.py     sweep, sweep show: Optuna studies of run folders (the library side is digitlab.sweep)
 
 None of them imports torch at module level: `digitlab predict` with the shipped model runs without it.
 """
@@ -18,7 +19,8 @@ from digitlab.commands.export import cmd_export
 from digitlab.commands.info import cmd_data, cmd_models, cmd_summary
 from digitlab.commands.predict import cmd_predict
 from digitlab.commands.serve import cmd_serve
+from digitlab.commands.sweep import cmd_sweep
 from digitlab.commands.training import cmd_eval, cmd_plot, cmd_train
 
 __all__ = ["cmd_compare", "cmd_data", "cmd_eval", "cmd_explain", "cmd_export", "cmd_models", "cmd_plot",
-           "cmd_predict", "cmd_serve", "cmd_summary", "cmd_train"]
+           "cmd_predict", "cmd_serve", "cmd_summary", "cmd_sweep", "cmd_train"]

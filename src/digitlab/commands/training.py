@@ -13,20 +13,18 @@ from digitlab.errors import ConfigError, RunError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.config import field_types, make_config
-    from digitlab.presets import preset_config
     from digitlab.resume import resume_config
     from digitlab.train import TrainingInterrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
     if args.resume:
-        if args.preset:
-            raise ConfigError("--resume continues a run with its own recipe; drop --preset")
+        if args.preset or args.config:
+            raise ConfigError("--resume continues a run with its own recipe; drop --preset and --config")
         if args.force:
             raise ConfigError("--force is for a new run in a folder that holds files; --resume never replaces a run")
         cfg = resume_config(args.resume, **overrides)
     else:
-        preset = args.preset or (None if args.model else "default")  # bare `digitlab train`: the default recipe
-        cfg = make_config(preset_config(preset) if preset else {}, **overrides)
+        cfg = make_config(recipe_base(args), **overrides)
     try:  # progress bars only on a terminal: in a log file they would be thousands of carriage returns
         result = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty(),
                        force=args.force)
@@ -47,6 +45,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
               f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
     return 0
+
+
+def recipe_base(args: argparse.Namespace) -> dict:
+    """What the command line's flags override: --preset's recipe, with a --config file's fields over it; a bare
+    `digitlab train` (no --preset, --config or --model) trains the `default` preset."""
+    from digitlab.config_files import read_config_file
+    from digitlab.presets import preset_config
+
+    bare = not (args.preset or args.config or args.model)
+    base = preset_config(args.preset or "default") if args.preset or bare else {}
+    if not args.config:
+        return base
+    values = read_config_file(args.config)
+    if "model" in values and values["model"] != base.get("model") and "model_args" not in values:
+        base.pop("model_args", None)  # the preset's model options do not carry over to the file's model
+    return {**base, **values}
 
 
 def trained_with_tta(run_dir: Path) -> tuple[bool, bool]:
