@@ -16,10 +16,12 @@ from pathlib import Path
 from digitlab.config import TrainConfig
 from digitlab.errors import RunError
 from digitlab.runs import read_config, read_metrics
+from digitlab.selection import Selection
 
 # Fields that change where or how fast a run goes, or what it reports along the way, not what it learns: runs
 # that differ only in these (and in the seed) are repeats of one recipe.
-NOT_RECIPE = ("seed", "out", "device", "threads", "data_dir", "log_every", "eval_batch_size", "compile", "plot")
+NOT_RECIPE = ("seed", "out", "device", "threads", "data_dir", "log_every", "eval_batch_size", "compile", "plot",
+              "tensorboard", "eval_test")
 # Settings named at most in a legend label when two recipes of one preset or model differ, before "+N more".
 MAX_LABEL_SETTINGS = 3
 
@@ -38,29 +40,13 @@ def run_words(cfg: TrainConfig) -> str:
     return f"{cfg.preset or cfg.model}, seed {cfg.seed}"
 
 
-def selected_on(cfg: TrainConfig, history: list[dict]) -> str:
-    """Which split training picked its best checkpoint on: "validation", "test", or "nothing" (fixed schedule)."""
-    if cfg.fixed_schedule:
-        return "nothing"
-    has_val = cfg.val_size > 0 and any(row.get("val_accuracy") is not None for row in history)
-    return "validation" if has_val else "test"
-
-
-def best_row(history: list[dict], selection: str) -> dict:
+def best_row(history: list[dict], selection: Selection) -> dict:
     """The evaluation training's `best` checkpoint holds: the first with the highest accuracy on the selection
     split (later ties did not replace it), or the last one when nothing was selected."""
-    if selection == "nothing":
+    if selection.on == "nothing":
         return history[-1]
-    key = "val_accuracy" if selection == "validation" else "test_accuracy"
-    scored = [row for row in history if row.get(key) is not None]
-    return max(scored, key=lambda row: row[key]) if scored else history[-1]  # max keeps the first of equal rows
-
-
-def target_split_accuracy(cfg: TrainConfig, row: dict) -> float:
-    """The accuracy target_accuracy is checked against: validation with a hold-out, else test (as in training)."""
-    if cfg.val_size > 0 and row.get("val_accuracy") is not None:
-        return row["val_accuracy"]
-    return row.get("test_accuracy") or 0.0
+    scored = [row for row in history if selection.score(row) is not None]
+    return max(scored, key=selection.score) if scored else history[-1]  # max keeps the first of equal rows
 
 
 def is_finished(cfg: TrainConfig, last: dict) -> bool:
@@ -70,7 +56,7 @@ def is_finished(cfg: TrainConfig, last: dict) -> bool:
         return True
     if cfg.max_steps and last["step"] >= cfg.max_steps:
         return True
-    return bool(cfg.target_accuracy) and target_split_accuracy(cfg, last) >= cfg.target_accuracy
+    return Selection.for_config(cfg).reached(last)
 
 
 def progress_words(cfg: TrainConfig, last: dict | None) -> str:
@@ -91,7 +77,7 @@ def run_summary(run: Path) -> tuple[dict, list[dict]]:
     if not (run / "metrics.csv").is_file() or not (history := read_metrics(run)):
         raise IncompleteRun(run, run_words(cfg), progress_words(cfg, None))
     last = history[-1]
-    selection = selected_on(cfg, history)
+    selection = Selection.for_config(cfg)
     best = best_row(history, selection)
     recipe = {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
     return {"run": str(run), "recipe": json.dumps(recipe, sort_keys=True), "preset": cfg.preset,
@@ -99,7 +85,7 @@ def run_summary(run: Path) -> tuple[dict, list[dict]]:
             "finished": is_finished(cfg, last), "progress": progress_words(cfg, last),
             "epochs": last["epoch"], "planned_epochs": cfg.epochs, "steps": last["step"],
             "final_test_accuracy": last.get("test_accuracy"), "final_val_accuracy": last.get("val_accuracy"),
-            "selected_on": selection, "best_epoch": best["epoch"], "best_step": best["step"],
+            "selected_on": selection.on, "best_epoch": best["epoch"], "best_step": best["step"],
             "best_val_accuracy": best.get("val_accuracy"), "best_test_accuracy": best.get("test_accuracy"),
             "seconds_per_epoch": last["elapsed_s"] / last["epoch"] if last["epoch"] else None}, history
 
