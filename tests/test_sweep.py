@@ -198,13 +198,19 @@ def sweep_process(folder: Path, storage: str, study: str, *args: str) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+_storages: dict = {}
+
+
 def study_trials(storage: str, name: str):
+    """The study's trials as the database holds them now (one storage per URL: each holds a connection pool)."""
     import optuna
 
     from digitlab.sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=False)).get_trials()
+    if storage not in _storages:
+        _storages[storage] = open_storage(storage, heartbeat=False)
+    return optuna.load_study(study_name=name, storage=_storages[storage]).get_trials()
 
 
 @pytest.mark.slow
@@ -225,21 +231,21 @@ def test_two_processes_share_a_postgresql_study_without_losing_or_doubling_a_tri
         assert trial.value == max(r["val_accuracy"] for r in read_metrics(Path(trial.user_attrs["run"])))
 
 
-def running_trial_of(storage: str, study: str, pids: set[int], deadline_s: float = 300):
-    """The first trial RUNNING in one of `pids` that has trained past its first evaluation (its run folder has a
-    metrics.csv), polled until the deadline."""
+def running_trial_of(storage: str, study: str, parent: subprocess.Popen, deadline_s: float = 300):
+    """The first trial RUNNING in a worker process of `parent` that has trained past its first evaluation (its run
+    folder has a metrics.csv), polled until the deadline or the parent's end."""
     end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+    while time.monotonic() < end and parent.poll() is None:
         try:
             for trial in study_trials(storage, study):
                 run = trial.user_attrs.get("run")
-                if (trial.state.name == "RUNNING" and trial.user_attrs.get("pid") in pids and run
+                if (trial.state.name == "RUNNING" and trial.user_attrs.get("pid") in child_pids(parent.pid) and run
                         and (Path(run) / "metrics.csv").is_file()):
                     return trial
         except KeyError:  # the study is not created yet
             pass
         time.sleep(0.1)
-    raise AssertionError("no trial got to its first evaluation in time")
+    raise AssertionError("no trial of a worker got to its first evaluation while the sweep ran")
 
 
 def child_pids(pid: int) -> set[int]:
@@ -254,7 +260,7 @@ def test_a_worker_killed_mid_trial_leaves_the_study_usable(postgres_url, tmp_pat
     args = ("--trials", "4", "--jobs", "2", "--out", str(tmp_path / "trials"), "--max-steps", "200")
     sweep = sweep_process(tmp_path, postgres_url, "killed", *args)
     try:
-        victim = running_trial_of(postgres_url, "killed", child_pids(sweep.pid) or {-1})
+        victim = running_trial_of(postgres_url, "killed", sweep)
     except AssertionError:
         sweep.kill()
         raise AssertionError(sweep.communicate()[0]) from None
