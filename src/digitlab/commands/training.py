@@ -1,4 +1,4 @@
-"""`digitlab train`, and the commands that look at runs afterwards: `eval`, `plot`, `compare`."""
+"""`digitlab train`, and the commands that look at one run afterwards: `eval`, `plot` (`compare` is compare.py)."""
 from __future__ import annotations
 
 import argparse

@@ -22,6 +22,7 @@ DEFAULT_STORAGE_FILE = Path("runs") / "sweeps.db"
 HEARTBEAT_S = 10  # how often a running trial says it is alive
 HEARTBEAT_GRACE_S = 60  # after this long without a beat, any sweep process marks the trial failed
 CONNECT_TIMEOUT_S = 10  # an unreachable database is an error in seconds, not a hang
+SQLITE_LOCK_WAIT_S = 60  # a trial's writes take milliseconds; a minute covers any queue of --jobs workers
 
 
 class SweepError(DigitlabError):
@@ -60,7 +61,7 @@ def open_storage(url: str, heartbeat: bool = True):
     from sqlalchemy.exc import SQLAlchemyError
 
     url = with_driver(check_url(url))
-    engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if url.startswith("postgres") else {}
+    engine_kwargs = {"connect_args": connect_args(url)}
     beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": HEARTBEAT_GRACE_S} if heartbeat else {}
     try:
         with warnings.catch_warnings():
@@ -68,6 +69,16 @@ def open_storage(url: str, heartbeat: bool = True):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         raise SweepError(f"cannot open the study storage {redact(url)}: {one_line(e)}") from None
+
+
+def connect_args(url: str) -> dict:
+    """PostgreSQL: give up on an unreachable server after CONNECT_TIMEOUT_S. SQLite: wait up to SQLITE_LOCK_WAIT_S
+    for another worker's write to finish instead of failing with "database is locked" (--jobs on one file)."""
+    if url.startswith("postgres"):
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    if url.startswith("sqlite"):
+        return {"timeout": SQLITE_LOCK_WAIT_S}
+    return {}
 
 
 def with_driver(url: str) -> str:
