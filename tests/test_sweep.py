@@ -80,12 +80,18 @@ def test_space_file(tmp_path):
     (["--param", "lr=1e-3:1e-2", "--trials", "0"], "--trials must be at least 1"),
     (["--param", "lr=1e-3:1e-2", "--lr", "fast"], "lr expects float"),
     ([], "nothing to search"),
+    (["--param", "lr=1e-3:1e-2", "--study", "../elsewhere"], "use letters, digits"),
 ])
 def test_bad_sweeps_fail_in_one_line_before_anything_runs(tmp_path, args, words):
     proc = run_cli("sweep", "--study", "s", *TINY, *args, cwd=tmp_path, timeout=120)
     one_line_error(proc, words)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("trial-*"))
     assert not (tmp_path / "runs" / "sweeps.db").exists() or "storage" not in " ".join(args)
+
+
+def test_showing_a_study_that_is_not_there_names_what_is_and_creates_nothing(tmp_path):
+    one_line_error(run_cli("sweep", "show", "nope", cwd=tmp_path), "no study 'nope'", "does not exist")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unreachable_database_is_one_line(tmp_path):

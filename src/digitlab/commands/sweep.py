@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict
 
 from digitlab.errors import ConfigError
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # it becomes runs/sweeps/NAME: no path in it
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -21,6 +24,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if not args.study:
         raise ConfigError("name the study: --study NAME (a new name starts a study, an existing one goes on)")
+    if not STUDY_NAME.fullmatch(args.study):
+        raise ConfigError(f"--study {args.study!r}: use letters, digits, '.', '_' and '-' (it names a folder too), "
+                          "at most 100 characters")
     if args.storage:
         check_url(args.storage)
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
@@ -39,7 +45,7 @@ def show(args: argparse.Namespace) -> int:
     from digitlab.sweep.report import format_report, study_report
     from digitlab.sweep.storage import storage_url
 
-    report = study_report(args.name, storage_url(args.storage), args.out, figures=not args.no_figures)
+    report = study_report(args.name, storage_url(args.storage, create=False), args.out, figures=not args.no_figures)
     if args.json:
         print(json.dumps(asdict(report), indent=2, default=str))
     else:

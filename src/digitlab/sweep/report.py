@@ -39,6 +39,9 @@ def load_study(name: str, url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():  # looking must not create an empty database
+        raise SweepError(f"no study {name!r}: {database} does not exist (no sweep has run with this storage)")
     storage = open_storage(url, heartbeat=False)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -46,6 +49,12 @@ def load_study(name: str, url: str):
         names = optuna.get_all_study_names(storage)
         there = f"studies there: {', '.join(names)}" if names else "it holds no study"
         raise SweepError(f"no study {name!r} in {redact(url)} ({there})") from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:///FILE URL (None for other databases and SQLite in memory)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and len(url) > len(prefix) else None
 
 
 def trial_row(trial) -> dict:

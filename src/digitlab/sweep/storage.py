@@ -29,11 +29,13 @@ class SweepError(DigitlabError):
     """A sweep cannot start or go on: its storage, its study or its search space."""
 
 
-def storage_url(url: str | None) -> str:
-    """The storage URL a sweep uses: --storage, or the SQLite file under runs/ (its folder created)."""
+def storage_url(url: str | None, create: bool = True) -> str:
+    """The storage URL a sweep uses: --storage, or the SQLite file under runs/ (its folder created for a sweep,
+    not for a look at one)."""
     if url:
         return url
-    DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_STORAGE_FILE}"
 
 
