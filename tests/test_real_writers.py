@@ -111,9 +111,11 @@ def test_files_hold_the_pictures_exactly(writers, sample_files):
 
 
 def test_reading_is_predictors_on_the_saved_files(sample_files):
-    seen, probs, errors = rw.read_files(rw.load_predictor(None), sample_files)
+    predictor = rw.load_predictor(None)
+    seen, probs, errors = rw.read_files(predictor, sample_files)
     assert not errors
     shipped = Predictor.from_shipped(threads=1)  # what `digitlab predict` loads without a run
+    assert predictor.describe() == shipped.describe()  # the same model on the same runtime
     for k, path in enumerate(sample_files):
         np.testing.assert_array_equal(seen[k], to_mnist(path))
         [expected] = shipped.predict(str(path))
@@ -152,3 +154,23 @@ def test_shape_measures_on_drawn_strokes():
     assert rw.slant(leaning) == pytest.approx(0.5, abs=0.05)
     assert rw.slant(leaning[:, ::-1]) == pytest.approx(-0.5, abs=0.05)
     assert rw.grey_share(upright) == 0
+
+
+#### MNIST stretched to fill a box, as writer sets are made (benchmarks/tight_crops.py)
+
+
+def test_box_stretched_fills_the_box_and_box_kept_keeps_the_shape():
+    crops = _import_benchmark("tight_crops")
+    ell = np.zeros((28, 28), np.uint8)
+    ell[4:24, 9:12] = 255  # an L: 10 wide, 20 tall
+    ell[21:24, 9:19] = 255
+    stretched, kept = crops.in_box(ell, keep_aspect=False), crops.in_box(ell, keep_aspect=True)
+    for box in (stretched, kept):
+        assert box.shape == (16, 16) and set(np.unique(box)) == {0, 255}  # thresholded: ink and paper only
+        assert box[:, 4:12].any(axis=1).all()  # top to bottom
+    assert stretched[:, 0].all() and stretched[-1].all() and stretched[:, -1].any()  # touches all four edges
+    cols = np.flatnonzero(kept.any(axis=0))
+    assert (cols[0], cols[-1]) == (4, 11)  # 8 wide for 16 tall, centred
+    picture = crops.VARIANTS["box_stretched"](ell, 0)
+    assert picture.size == (64, 64) and np.asarray(picture)[0, 0] == 0  # dark ink on white, upscaled 4x
+    assert np.asarray(picture)[0, -1] == 255
