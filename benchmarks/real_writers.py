@@ -313,13 +313,21 @@ def tag_of(run: str | None) -> str:
     return "shipped" if run is None else Path(run).stem if Path(run).suffix else Path(run).name
 
 
+def small_png(path: Path) -> Path:
+    """Re-save a figure with a 64-colour palette: a third of the bytes, so the PNGs can live in docs/."""
+    with Image.open(path) as im:
+        small = im.convert("RGB").convert("P", palette=Image.ADAPTIVE, colors=64)
+    small.save(path, optimize=True)
+    return path
+
+
 def save_figures(r: dict, out: Path, tag: str, grid_max: int = GRID_MAX) -> list[str]:
     """The confusion matrix and the misread grid as PNGs in `out`."""
     title = f"{tag} model, scikit-learn digits"
     cm = save_confusion(r["confusion"], out / f"real_writers-confusion-{tag}.png", title)
     grid = save_misread(r["digits_8x8"], r["seen"], r["truth"], r["read"], r["probs"],
                         out / f"real_writers-misread-{tag}.png", title, grid_max)
-    return [str(cm), str(grid)]
+    return [str(small_png(cm)), str(small_png(grid))]
 
 
 def as_json(r: dict) -> dict:
