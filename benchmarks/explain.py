@@ -15,8 +15,11 @@ Prints markdown tables:
   ... layers (their cascading test), signed;
 - deletion: the predicted class's mean probability as 0..50% of the pixels are set to background, most
   attributed first or at random; the area under each (lower for the map than for random = the map found what
-  the model needs).
---figures DIR writes randomisation.png and deletion.png there. The machine's load is printed beside the
+  the model needs);
+- ink share: the share of each map's positive mass within 2 pixels of the digit's ink (pixels above 64), beside
+  the chance level (the share of the image that is near the ink: what an evenly spread map scores).
+Every method the page offers is checked (Grad-CAM where the model has a convolution it can use); --methods picks.
+--figures DIR writes randomisation.png, deletion.png and ink.png there. The machine's load is printed beside the
 times: on a shared machine they are upper bounds; compare rows of one run, not runs.
 """
 from __future__ import annotations
@@ -53,10 +56,12 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def methods_for(explainer: Explainer) -> list[str]:
+    """Every method the model allows; a model Grad-CAM refuses is said so, not silently left out."""
     try:
-        check_gradcam(explainer.model)
+        check_gradcam(explainer.model, f"model {explainer.name!r}")
         return list(METHODS)
-    except ExplainError:
+    except ExplainError as e:
+        print(f"gradcam left out: {e}")
         return [m for m in METHODS if m != "gradcam"]
 
 
@@ -101,20 +106,29 @@ def sanity(explainer: Explainer, digits: np.ndarray, methods: list[str], figures
     seconds = time.perf_counter() - t
     print(f"\n### Sanity checks on {len(digits)} test digits ({seconds:.0f} s, {load()})\n")
     print("| method | Spearman trained vs randomised: signed | abs | abs, ink only | deletion AUC: attributed "
-          "| random |")
-    print("|---|---|---|---|---|---|")
+          "| random | ink share (chance) |")
+    print("|---|---|---|---|---|---|---|")
     for m, r in results.items():
         cells = [r[f"spearman_{k}"] for k in ("signed", "abs", "abs_ink")]
         shown = " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells)
         constant = f" ({r['constant_maps']} randomised maps constant)" if r["constant_maps"] else ""
-        print(f"| {m}{constant} | {shown} | {r['auc_attributed']:.3f} | {r['auc_random']:.3f} |")
+        print(f"| {m}{constant} | {shown} | {r['auc_attributed']:.3f} | {r['auc_random']:.3f} | {ink_cell(r)} |")
     if figures:
         from digitlab.explain import figures as figs
 
         os.makedirs(figures, exist_ok=True)
         for name, fig in (("randomisation.png", figs.randomisation_figure(results)),
-                          ("deletion.png", figs.deletion_figure(results))):
+                          ("deletion.png", figs.deletion_figure(results)), ("ink.png", figs.ink_figure(results))):
             print(f"wrote {figs.save(fig, os.path.join(figures, name), tight=True)}")
+
+
+def ink_cell(r: dict) -> str:
+    """The ink share as a percentage beside its chance level; maps with no positive mass are counted."""
+    if r["ink_share"] is None:
+        return f"n/a ({100 * r['ink_chance']:.1f}%)"
+    empty = r["ink_maps_without_mass"]
+    note = f", {empty} maps all <= 0" if empty else ""
+    return f"{100 * r['ink_share']:.1f}% ({100 * r['ink_chance']:.1f}%{note})"
 
 
 def cascade(explainer: Explainer, digits: np.ndarray, methods: list[str]) -> None:
@@ -147,11 +161,13 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="time POST /api/explain on this running `digitlab serve` "
                                                     "(e.g. http://127.0.0.1:8000) instead of in process")
     parser.add_argument("--skip-sanity", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                        help="methods to check and time (default: every one the model allows)")
     args = parser.parse_args()
     explainer = Explainer.from_run(args.run)
     ds = load_dataset(explainer.dataset, progress=False)
     digits = ds.test_images[:args.images].numpy()
-    methods = methods_for(explainer)
+    methods = [m for m in methods_for(explainer) if args.methods is None or m in args.methods]
     print(f"model {explainer.name} ({args.run or 'shipped'}), {os.cpu_count()} CPUs, torch {torch.__version__}")
     if not args.skip_latency:
         latency(explainer, digits, methods, args.threads, args.repeats, args.run, args.url)

@@ -6,7 +6,7 @@ returns the figure (tests read it back), `save` writes it.
   number of rows and columns (attribution_figure_size), so a caller can check the layout of a written PNG.
 - layers_figure: one panel per layer, its channels tiled (CNN Explainer's view).
 - embedding_figure: the 2-D map of penultimate-layer features, coloured by class, mistakes marked.
-- randomisation_figure, deletion_figure: the sanity checks per method (digitlab.explain.sanity).
+- randomisation_figure, deletion_figure, ink_figure: the sanity checks per method (digitlab.explain.sanity).
 """
 from __future__ import annotations
 
@@ -200,5 +200,28 @@ def deletion_figure(results: dict[str, dict]) -> Figure:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("probability of the predicted class")
     fig.suptitle("deletion test: lower area = the map found the pixels the model needs", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ink_figure(results: dict[str, dict]) -> Figure:
+    """Per method: the share of the maps' positive mass on or near the ink, with its spread over images, against
+    the chance level (the share of the image near the ink: what an evenly spread map scores)."""
+    methods = list(results)
+    shares = [np.nan if results[m]["ink_share"] is None else 100 * results[m]["ink_share"] for m in methods]
+    sds = [0 if results[m]["ink_share_sd"] is None else 100 * results[m]["ink_share_sd"] for m in methods]
+    chance = 100 * results[methods[0]]["ink_chance"]
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 3.4))
+    xs = np.arange(len(methods))
+    ax.bar(xs, shares, 0.6, yerr=sds, capsize=3, color="tab:red", alpha=0.8)
+    for x, v in zip(xs, shares):
+        if np.isfinite(v):
+            ax.text(x, min(v, 100) + 2, f"{v:.0f}%", ha="center", fontsize=8)
+    ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance: {chance:.0f}% of the image is near the ink")
+    ax.set_xticks(xs, [METHOD_NAMES[m] for m in methods])
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("positive attribution on or near\nthe ink (% of the map's mass)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("ink share: higher = the map points at the strokes", fontsize=9)
     fig.tight_layout()
     return fig

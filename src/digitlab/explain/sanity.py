@@ -13,6 +13,11 @@
   (black, MNIST's 0) and watch the probability of the predicted class, against the same fraction of random
   pixels. The area under each curve (mean over the fractions, so 1.0 is "never moved") must be lower for the
   map's order than for random: the map found the pixels the model needs.
+- Ink share: the share of a map's positive mass (what speaks for the class) on or near the ink, i.e. within
+  INK_RADIUS pixels of a pixel brighter than INK_THRESHOLD. An MNIST digit is decided by its strokes, and a map
+  whose mass sits in an empty corner shows something the model does not use (Grad-CAM on a feature map the
+  network only partly reads did that). Reported beside the chance level: the share of the image near the ink,
+  what a map spread evenly would score.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from torch import nn
 from digitlab.explain.attributions import attribute
 
 FRACTIONS = np.round(np.arange(0, 0.51, 0.02), 2)  # 0..50% of the 784 pixels: a digit's ink is 10-25% of them
+INK_THRESHOLD = 64  # ink: brighter than a quarter of full intensity (the faint anti-aliased fringe is in the radius)
+INK_RADIUS = 2  # "near the ink": within 2 pixels, diagonals included; half a cell of a 7x7 Grad-CAM grid on 28x28
 
 
 def parametrised_layers(model: nn.Module) -> list[nn.Module]:
@@ -91,6 +98,37 @@ def randomisation(explainer, images: np.ndarray, targets: np.ndarray, method: st
     return out
 
 
+def near_ink(images: np.ndarray, threshold: int = INK_THRESHOLD, radius: int = INK_RADIUS) -> np.ndarray:
+    """(N, 28, 28) bool: pixels brighter than `threshold`, grown by `radius` pixels every way (square dilation)."""
+    ink = np.asarray(images).reshape(-1, 28, 28) > threshold
+    padded = np.pad(ink, ((0, 0), (radius, radius), (radius, radius)))
+    near = np.zeros_like(ink)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            near |= padded[:, dy:dy + 28, dx:dx + 28]
+    return near
+
+
+def ink_share(maps: np.ndarray, images: np.ndarray, threshold: int = INK_THRESHOLD,
+              radius: int = INK_RADIUS) -> np.ndarray:
+    """(N,) the share of each map's positive mass on or near its image's ink; NaN where a map has none."""
+    positive = np.clip(np.asarray(maps, np.float64).reshape(-1, 28, 28), 0, None)
+    total = positive.sum(axis=(1, 2))
+    on_ink = (positive * near_ink(images, threshold, radius)).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, on_ink / total, np.nan)
+
+
+def ink_check(images: np.ndarray, maps: np.ndarray) -> dict:
+    """Mean ink share of the maps (those with positive mass), its spread, and the chance level."""
+    shares = ink_share(maps, images)
+    valid = shares[np.isfinite(shares)]
+    return {"ink_share": round(float(valid.mean()), 4) if valid.size else None,
+            "ink_share_sd": round(float(valid.std()), 4) if valid.size else None,
+            "ink_chance": round(float(near_ink(images).mean()), 4),
+            "ink_maps_without_mass": int(shares.size - valid.size)}
+
+
 @dataclass
 class Deletion:
     fractions: np.ndarray
@@ -131,13 +169,14 @@ def deletion(explainer, images: np.ndarray, targets: np.ndarray, maps: np.ndarra
 
 
 def run_checks(explainer, images: np.ndarray, methods: list[str], seed: int = 0) -> dict[str, dict]:
-    """Both checks for each method on uint8 (N, 28, 28) images, explaining each image's predicted class."""
+    """The three checks for each method on uint8 (N, 28, 28) images, explaining each image's predicted class."""
     targets = explainer.probabilities(images).argmax(1)
     results = {}
     for method in methods:
         maps = maps_for(explainer, explainer.model, images, targets, method)
         d = deletion(explainer, images, targets, maps, seed=seed)
         results[method] = {**randomisation(explainer, images, targets, method, trained_maps=maps, seed=seed),
+                           **ink_check(images, maps),
                            "fractions": d.fractions.tolist(), "attributed_curve": d.attributed.tolist(),
                            "random_curve": d.random.tolist(), "auc_attributed": d.auc(d.attributed),
                            "auc_random": d.auc(d.random)}
