@@ -21,7 +21,7 @@ from digitlab.cli import main
 from digitlab.explain import Explainer, explain
 from digitlab.explain.attributions import METHODS, attribute
 from digitlab.explain.figures import attribution_figure_size
-from digitlab.explain.sanity import deletion, maps_for, randomisation, randomised
+from digitlab.explain.sanity import deletion, ink_check, maps_for, randomisation, randomised
 from digitlab.models import create_model, list_models
 from helpers import REPO, png_bytes
 
@@ -117,6 +117,19 @@ def test_removing_the_most_attributed_pixels_hurts_more_than_random(cnn_explaine
     d = deletion(cnn_explainer, digits, targets, maps)
     assert d.attributed[0] == pytest.approx(d.random[0])  # nothing removed: the same images
     assert d.auc(d.attributed) < d.auc(d.random) - 0.1, (d.auc(d.attributed), d.auc(d.random))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_points_nearer_the_ink_than_chance(cnn_explainer, digits, method):
+    """The ink share on a second family (the trained CNN; the shipped DigitNet is in test_explain_gradcam.py):
+    each method puts more of its positive mass within 2 pixels of the strokes than an evenly spread map would,
+    and its order deletes the predicted class faster than random pixels."""
+    targets = cnn_explainer.probabilities(digits).argmax(1)
+    maps = maps_for(cnn_explainer, cnn_explainer.model, digits, targets, method)
+    check = ink_check(digits, maps)
+    assert check["ink_share"] > check["ink_chance"] + 0.05, check
+    d = deletion(cnn_explainer, digits, targets, maps)
+    assert d.auc(d.attributed) < d.auc(d.random), (d.auc(d.attributed), d.auc(d.random))
 
 
 #### every registered model, every method

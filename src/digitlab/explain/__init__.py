@@ -6,7 +6,7 @@ One module, one job:
   plain image -> dict function behind POST /api/explain);
 - activations.py: each layer's output for one input, via forward hooks;
 - embedding.py: penultimate-layer features of a test set, PCA then t-SNE to 2-D;
-- sanity.py: the model-randomisation and deletion checks;
+- sanity.py: the model-randomisation, deletion and ink-share checks;
 - figures.py: the PNGs.
 """
 import sys
