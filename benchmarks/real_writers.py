@@ -2,8 +2,8 @@
 
 Every other benchmark holds MNIST's writers (tight_crops, realworld_accuracy) or our own pen (style_shift), and
 the shipped model scores 99%+ on all of them. scikit-learn bundles 1,797 digits by 13 other writers (the UCI
-optical digits: 32x32 bitmaps, each digit stretched to fill its box, summed over 4x4 blocks to 8x8 at 17 grey
-levels), loadable anywhere with no download. They are a development set: digitlab never trains on them.
+optical digits: 32x32 bitmaps, each digit stretched to the bitmap's full height and most of its width whatever
+its shape, counted in 4x4 blocks to 8x8 at 17 grey levels), loadable anywhere with no download. They are a development set: digitlab never trains on them.
 
 Each digit becomes what a user would hand `digitlab predict`: dark ink on white, upscaled to 64x64 (bicubic), a
 PNG file. The files are read by Predictor.predict_files, the call `digitlab predict FILE...` makes (to_mnist on
@@ -11,8 +11,11 @@ the file, then the model), with the model `digitlab predict` loads: the shipped 
 can be (Predictor.from_shipped), or --run. Printed: overall and per-class accuracy, the confusion matrix, the
 most common confusions; written: a PNG confusion matrix and a grid of the misread digits (the file as given,
 then the 28x28 the model saw, true -> read and the probability). Then how these writers' digits differ from
-MNIST's in shape after preprocessing (ink box width/height, stroke width, slant), per class, against MNIST test
+MNIST's in shape after preprocessing (ink box width/height, stroke width, slant, grey edges), per class, against MNIST test
 digits put through the same measurement: what a training recipe would have to cover to read other writers.
+Last, the control: MNIST's own test digits made the way the set's were (cropped, stretched to the set's box,
+thresholded, counted in 4x4 blocks to 8x8) and read the same way, which says how much of the gap is the format
+(8x8, stretched, blurred) rather than the writers.
 
     python benchmarks/real_writers.py                                   # shipped model; PNGs in the current folder
     python benchmarks/real_writers.py --run runs/<run> --out figs/      # another model
@@ -39,6 +42,8 @@ SIDE = 64  # the picture a user's file holds: 8x8 upscaled 8 times
 LEVELS = 16  # scikit-learn's digits count ink from 0 (paper) to 16 (a 4x4 block all ink)
 CLASSES = 10
 REFUSED = CLASSES  # the confusion matrix's last column: files the preprocessing refused
+BITMAP = 32  # the set's digits were 32x32 bitmaps, counted in 4x4 blocks
+WRITER_BOX = (32, 24)  # rows, columns their ink fills (measured: all 8 rows, columns 1..6 of 8 for most digits)
 GRID_COLUMNS = 12  # tiles per row in the misread grid: 6 digits, each as given and as seen
 GRID_MAX = 60  # misread digits shown at most (the most confident mistakes first)
 
@@ -67,6 +72,18 @@ def write_pictures(digits: np.ndarray, folder: Path) -> list[Path]:
         as_picture(digit).save(path)
         paths.append(path)
     return paths
+
+
+def as_writer_digit(ink: np.ndarray) -> np.ndarray:
+    """An MNIST digit (uint8, bright ink) made the way the set's digits were made: cropped to its ink, stretched
+    to WRITER_BOX (centred in a 32x32 bitmap), thresholded at half and counted in 4x4 blocks: 8x8 at 0..16."""
+    rows, cols = np.flatnonzero((ink > 0).any(axis=1)), np.flatnonzero((ink > 0).any(axis=0))
+    box = np.ascontiguousarray(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    height, width = WRITER_BOX
+    bitmap = np.zeros((BITMAP, BITMAP), bool)
+    left = (BITMAP - width) // 2
+    bitmap[:height, left:left + width] = np.asarray(Image.fromarray(box).resize((width, height), Image.BOX)) > 127
+    return bitmap.reshape(8, BITMAP // 8, 8, BITMAP // 8).sum(axis=(1, 3)).astype(np.float64)
 
 
 #### Reading them
@@ -287,25 +304,35 @@ def save_misread(digits: np.ndarray, seen: np.ndarray, truth: np.ndarray, read: 
 #### The report
 
 
-def evaluate(run: str | None, workers: int, n_mnist: int, folder: Path) -> dict:
-    """Write the files, read them as `digitlab predict` does, score them and measure their shapes."""
-    predictor = load_predictor(run)
-    digits, truth = load_writers()
+def read_set(predictor: Predictor, digits: np.ndarray, truth: np.ndarray, folder: Path, workers: int) -> dict:
+    """Write 8x8 digits as files in `folder`, read them as `digitlab predict` does and score them."""
+    folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    paths = write_pictures(digits, folder)
-    seen, probs, errors = read_files(predictor, paths, workers)
-    seconds = time.time() - start
+    seen, probs, errors = read_files(predictor, write_pictures(digits, folder), workers)
     read = labels_of(probs)
     m = confusion(truth, read)
-    mnist, m_labels = mnist_test(n_mnist)
+    return {"digits": len(truth), "seconds": round(time.time() - start, 1), "accuracy": float((read == truth).mean()),
+            "per_class": per_class(m), "refused": len(errors), "confusion": m, "top_confusions": top_confusions(m),
+            "truth": truth, "read": read, "probs": probs, "seen": seen, "digits_8x8": digits, "errors": errors}
+
+
+def evaluate(run: str | None, workers: int, n_mnist: int, folder: Path) -> dict:
+    """The writers' files read as `digitlab predict` does, scored and measured against MNIST; and MNIST's own
+    digits made the way the writers' were (the control: what the format alone costs)."""
+    predictor = load_predictor(run)
     info = predictor.describe()
-    return {"model": info["name"], "source": str(predictor.info.source), "runtime": info["runtime"],
-            "mnist_test_accuracy": info["test_accuracy"], "digits": len(truth), "seconds": round(seconds, 1),
-            "accuracy": float((read == truth).mean()), "per_class": per_class(m), "refused": len(errors),
-            "confusion": m, "top_confusions": top_confusions(m),
-            "shapes": shape_rows(measure(seen[read != REFUSED]), truth[read != REFUSED], measure(mnist), m_labels),
-            "mnist_measured": len(m_labels), "truth": truth, "read": read, "probs": probs, "seen": seen,
-            "digits_8x8": digits, "errors": errors}
+    digits, truth = load_writers()
+    r = read_set(predictor, digits, truth, folder / "writers", workers)
+    r.update({"model": info["name"], "source": str(predictor.info.source), "runtime": info["runtime"],
+              "mnist_test_accuracy": info["test_accuracy"], "mnist_measured": n_mnist})
+    mnist, m_labels = mnist_test(n_mnist)
+    ok = r["read"] != REFUSED
+    r["shapes"] = shape_rows(measure(r["seen"][ok]), truth[ok], measure(mnist), m_labels)
+    control = read_set(predictor, np.stack([as_writer_digit(d) for d in mnist]), m_labels, folder / "mnist", workers)
+    ok = control["read"] != REFUSED
+    control["shapes"] = shape_rows(measure(control["seen"][ok]), m_labels[ok], measure(mnist), m_labels)
+    r["control"] = control
+    return r
 
 
 def tag_of(run: str | None) -> str:
@@ -330,39 +357,61 @@ def save_figures(r: dict, out: Path, tag: str, grid_max: int = GRID_MAX) -> list
     return [str(small_png(cm)), str(small_png(grid))]
 
 
-def as_json(r: dict) -> dict:
-    """The report as plain data."""
-    keep = ("model", "source", "runtime", "mnist_test_accuracy", "digits", "seconds", "accuracy", "per_class",
-            "refused", "shapes", "mnist_measured", "figures")
-    out = {k: r[k] for k in keep if k in r}
+def scores_json(r: dict) -> dict:
+    """One read set's scores as plain data: accuracy, per class, confusions, refusals."""
+    out = {k: r[k] for k in ("digits", "seconds", "accuracy", "per_class", "refused", "shapes") if k in r}
     out["confusion"] = r["confusion"].tolist()
     out["top_confusions"] = [{"true": t, "read": label_name(x), "count": c} for t, x, c in r["top_confusions"]]
-    order = misread_order(r["truth"], r["read"], r["probs"])
-    out["misread"] = [{"index": i, "true": int(r["truth"][i]), "read": label_name(int(r["read"][i])),
-                       "probability": None if r["read"][i] == REFUSED else round(float(np.nanmax(r["probs"][i])), 4)}
-                      for i in order]
     out["refusals"] = {str(i): e for i, e in r["errors"].items()}
     return out
 
 
-def print_report(r: dict) -> None:
-    """Accuracy, per class, confusions, the misread files' figures and the shape table, as text and markdown."""
-    acc = r["mnist_test_accuracy"]
-    print(f"model: {r['model']} from {r['source']} on {r['runtime']} (MNIST test accuracy "
-          f"{f'{acc:.2%}' if acc is not None else 'not recorded'})")
-    print(f"set: scikit-learn digits, {r['digits']} by 13 writers, 8x8 -> dark on white 64x64 PNG (bicubic), read "
-          f"by Predictor.predict_files as `digitlab predict` reads files, in {r['seconds']}s")
+def as_json(r: dict) -> dict:
+    """The report as plain data."""
+    keep = ("model", "source", "runtime", "mnist_test_accuracy", "mnist_measured", "figures")
+    out = {k: r[k] for k in keep if k in r}
+    out.update(scores_json(r))
+    order = misread_order(r["truth"], r["read"], r["probs"])
+    out["misread"] = [{"index": i, "true": int(r["truth"][i]), "read": label_name(int(r["read"][i])),
+                       "probability": None if r["read"][i] == REFUSED else round(float(np.nanmax(r["probs"][i])), 4)}
+                      for i in order]
+    if "control" in r:
+        out["control"] = scores_json(r["control"])
+    return out
+
+
+def print_scores(r: dict) -> None:
+    """Accuracy, per class, the most common confusions and the confusion matrix of one read set."""
     right = int(np.trace(r["confusion"][:, :CLASSES]))
     print(f"\naccuracy: {r['accuracy']:.2%} ({right} of {r['digits']}); refused by the preprocessing: {r['refused']}")
     print("\n| digit | " + " | ".join(map(str, range(CLASSES))) + " |\n|---|" + "---:|" * CLASSES)
     print("| accuracy | " + " | ".join(f"{a:.1%}" for a in r["per_class"]) + " |")
     print("\nmost common confusions: " + ", ".join(f"{t} -> {label_name(x)}: {c}" for t, x, c in r["top_confusions"]))
     print("\n" + confusion_text(r["confusion"]))
+
+
+def print_report(r: dict) -> None:
+    """Accuracy, per class, confusions, the shape table and the control, as text and markdown."""
+    acc = r["mnist_test_accuracy"]
+    print(f"model: {r['model']} from {r['source']} on {r['runtime']} (MNIST test accuracy "
+          f"{f'{acc:.2%}' if acc is not None else 'not recorded'})")
+    print(f"set: scikit-learn digits, {r['digits']} by 13 writers, 8x8 -> dark on white 64x64 PNG (bicubic), read "
+          f"by Predictor.predict_files as `digitlab predict` reads files, in {r['seconds']}s")
+    print_scores(r)
     read = int(sum(r["read"] != REFUSED))
     print(f"\nshape after preprocessing, medians (all: 10th..90th percentile); writers: the {read} files as the model "
           f"saw them; MNIST: the first {r['mnist_measured']} test digits as the models learnt them;\nslant: columns "
           "per row, + leans right; grey share: ink pixels (> 0.1) that are grey (< 0.75)")
     print(shape_table(r["shapes"]))
+    if "control" in r:
+        c = r["control"]
+        print(f"\ncontrol: the first {c['digits']} MNIST test digits made the way the set's were (cropped to the ink, "
+              f"stretched to {WRITER_BOX[0]}x{WRITER_BOX[1]} in a {BITMAP}x{BITMAP} bitmap, thresholded, 4x4 blocks "
+              f"counted to 8x8), then the same files, in {c['seconds']}s")
+        print_scores(c)
+        everyone = c["shapes"][-1]
+        print("\ntheir shape after preprocessing (medians, all): " + ", ".join(
+            f"{name} {spread_text(everyone[name]['writers'], False)}" for name in MEASURES))
     if r.get("figures"):
         print("\nfigures: " + ", ".join(r["figures"]))
 
@@ -378,9 +427,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                     "run's name)")
     parser.add_argument("--no-figures", action="store_true", help="write no PNGs")
     parser.add_argument("--grid-max", type=int, default=GRID_MAX, help="misread digits shown in the grid at most")
-    parser.add_argument("--mnist", type=int, default=2000, help="first N MNIST test digits for the shape table")
+    parser.add_argument("--mnist", type=int, default=2000, help="first N MNIST test digits for the shape table and "
+                                                                "the control")
     parser.add_argument("--workers", type=int, default=1, help="processes preprocessing the files")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.mnist < 1:
+        parser.error("--mnist must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

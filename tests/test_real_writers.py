@@ -107,6 +107,21 @@ def test_files_hold_the_pictures_exactly(writers, sample_files):
             np.testing.assert_array_equal(np.asarray(im), np.asarray(rw.as_picture(digits[i])))
 
 
+def test_mnist_made_like_the_set_fills_32_rows_and_24_columns_at_17_levels():
+    block = np.zeros((28, 28), np.uint8)
+    block[4:24, 10:18] = 255  # any box of ink: stretched, it fills the set's box
+    digit = rw.as_writer_digit(block)
+    assert digit.shape == (8, 8)
+    np.testing.assert_array_equal(digit[:, 1:7], 16)  # 32 rows, columns 4..27 of the 32x32 bitmap: all ink
+    np.testing.assert_array_equal(digit[:, [0, 7]], 0)
+    slash = np.zeros((28, 28), np.uint8)
+    for r in range(4, 24):
+        slash[r, 20 - r // 2:23 - r // 2] = 255
+    counts = rw.as_writer_digit(slash)
+    assert set(np.unique(counts)) <= set(range(17)) and 0 < counts.sum() < 16 * 48  # block counts, partly ink
+    assert counts[0, 5:7].sum() > 0 and counts[7, 1:3].sum() > 0  # the top right and the bottom left reach the box
+
+
 #### The reading
 
 
