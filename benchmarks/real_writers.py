@@ -3,7 +3,8 @@
 Every other benchmark holds MNIST's writers (tight_crops, realworld_accuracy) or our own pen (style_shift), and
 the shipped model scores 99%+ on all of them. scikit-learn bundles 1,797 digits by 13 other writers (the UCI
 optical digits: 32x32 bitmaps, each digit stretched to the bitmap's full height and most of its width whatever
-its shape, counted in 4x4 blocks to 8x8 at 17 grey levels), loadable anywhere with no download. They are a development set: digitlab never trains on them.
+its shape, counted in 4x4 blocks to 8x8 at 17 grey levels), loadable anywhere with no download. They are a
+development set: digitlab never trains on them.
 
 Each digit becomes what a user would hand `digitlab predict`: dark ink on white, upscaled to 64x64 (bicubic), a
 PNG file. The files are read by Predictor.predict_files, the call `digitlab predict FILE...` makes (to_mnist on
@@ -11,11 +12,11 @@ the file, then the model), with the model `digitlab predict` loads: the shipped 
 can be (Predictor.from_shipped), or --run. Printed: overall and per-class accuracy, the confusion matrix, the
 most common confusions; written: a PNG confusion matrix and a grid of the misread digits (the file as given,
 then the 28x28 the model saw, true -> read and the probability). Then how these writers' digits differ from
-MNIST's in shape after preprocessing (ink box width/height, stroke width, slant, grey edges), per class, against MNIST test
-digits put through the same measurement: what a training recipe would have to cover to read other writers.
-Last, the control: MNIST's own test digits made the way the set's were (cropped, stretched to the set's box,
-thresholded, counted in 4x4 blocks to 8x8) and read the same way, which says how much of the gap is the format
-(8x8, stretched, blurred) rather than the writers.
+MNIST's in shape after preprocessing (ink box width/height, stroke width, slant, grey edges), per class,
+against MNIST test digits put through the same measurement: what a training recipe would have to cover to read
+other writers. Last, the control: MNIST's own test digits made the way the set's were (cropped, stretched to
+the set's box, thresholded, counted in 4x4 blocks to 8x8) and read the same way, which says how much of the gap
+is the format (8x8, stretched, blurred) rather than the writers.
 
     python benchmarks/real_writers.py                                   # shipped model; PNGs in the current folder
     python benchmarks/real_writers.py --run runs/<run> --out figs/      # another model
