@@ -17,7 +17,8 @@ Prints markdown tables:
   attributed first or at random; the area under each (lower for the map than for random = the map found what
   the model needs);
 - ink share: the share of each map's positive mass within 2 pixels of the digit's ink (pixels above 64), beside
-  the chance level (the share of the image that is near the ink: what an evenly spread map scores).
+  the randomised model's maps' share and the chance level (the share of the image that is near the ink: what
+  an evenly spread map scores).
 Every method the page offers is checked (Grad-CAM where the model has a convolution it can use); --methods picks.
 --figures DIR writes randomisation.png, deletion.png and ink.png there. The machine's load is printed beside the
 times: on a shared machine they are upper bounds; compare rows of one run, not runs.
@@ -106,13 +107,13 @@ def sanity(explainer: Explainer, digits: np.ndarray, methods: list[str], figures
     seconds = time.perf_counter() - t
     print(f"\n### Sanity checks on {len(digits)} test digits ({seconds:.0f} s, {load()})\n")
     print("| method | Spearman trained vs randomised: signed | abs | abs, ink only | deletion AUC: attributed "
-          "| random | ink share (chance) |")
-    print("|---|---|---|---|---|---|---|")
+          "| random | ink share | randomised | chance |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m, r in results.items():
         cells = [r[f"spearman_{k}"] for k in ("signed", "abs", "abs_ink")]
         shown = " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells)
         constant = f" ({r['constant_maps']} randomised maps constant)" if r["constant_maps"] else ""
-        print(f"| {m}{constant} | {shown} | {r['auc_attributed']:.3f} | {r['auc_random']:.3f} | {ink_cell(r)} |")
+        print(f"| {m}{constant} | {shown} | {r['auc_attributed']:.3f} | {r['auc_random']:.3f} | {ink_cells(r)} |")
     if figures:
         from digitlab.explain import figures as figs
 
@@ -122,13 +123,16 @@ def sanity(explainer: Explainer, digits: np.ndarray, methods: list[str], figures
             print(f"wrote {figs.save(fig, os.path.join(figures, name), tight=True)}")
 
 
-def ink_cell(r: dict) -> str:
-    """The ink share as a percentage beside its chance level; maps with no positive mass are counted."""
-    if r["ink_share"] is None:
-        return f"n/a ({100 * r['ink_chance']:.1f}%)"
+def percent(share: float | None) -> str:
+    """A share as the table shows it; n/a where no map had positive mass."""
+    return "n/a" if share is None else f"{100 * share:.1f}%"
+
+
+def ink_cells(r: dict) -> str:
+    """The ink share (maps with no positive mass counted), the randomised model's, and the chance level."""
     empty = r["ink_maps_without_mass"]
-    note = f", {empty} maps all <= 0" if empty else ""
-    return f"{100 * r['ink_share']:.1f}% ({100 * r['ink_chance']:.1f}%{note})"
+    note = f" ({empty} maps all <= 0)" if empty else ""
+    return f"{percent(r['ink_share'])}{note} | {percent(r['ink_share_randomised'])} | {percent(r['ink_chance'])}"
 
 
 def cascade(explainer: Explainer, digits: np.ndarray, methods: list[str]) -> None:

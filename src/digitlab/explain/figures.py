@@ -205,23 +205,30 @@ def deletion_figure(results: dict[str, dict]) -> Figure:
 
 
 def ink_figure(results: dict[str, dict]) -> Figure:
-    """Per method: the share of the maps' positive mass on or near the ink, with its spread over images, against
-    the chance level (the share of the image near the ink: what an evenly spread map scores)."""
+    """Per method: the share of the maps' positive mass on or near the ink (spread over images as error bars),
+    the randomised model's maps' share beside it, and the chance level (the share of the image near the ink)."""
     methods = list(results)
-    shares = [np.nan if results[m]["ink_share"] is None else 100 * results[m]["ink_share"] for m in methods]
+
+    def shares(key: str) -> list[float]:
+        return [np.nan if results[m].get(key) is None else 100 * results[m][key] for m in methods]
+
     sds = [0 if results[m]["ink_share_sd"] is None else 100 * results[m]["ink_share_sd"] for m in methods]
     chance = 100 * results[methods[0]]["ink_chance"]
     fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 3.4))
     xs = np.arange(len(methods))
-    ax.bar(xs, shares, 0.6, yerr=sds, capsize=3, color="tab:red", alpha=0.8)
-    for x, v in zip(xs, shares):
-        if np.isfinite(v):
-            ax.text(x, min(v, 100) + 2, f"{v:.0f}%", ha="center", fontsize=8)
-    ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance: {chance:.0f}% of the image is near the ink")
+    for dx, key, label, colour in ((-0.18, "ink_share", "trained model", "tab:red"),
+                                   (0.18, "ink_share_randomised", "randomised weights", "tab:gray")):
+        values, spread = shares(key), sds if key == "ink_share" else [0] * len(methods)
+        ax.bar(xs + dx, values, 0.34, yerr=spread if key == "ink_share" else None, capsize=3, color=colour,
+               alpha=0.85, label=label)
+        for x, v, sd in zip(xs + dx, values, spread):
+            if np.isfinite(v):
+                ax.text(x, min(v + sd, 100) + 2, f"{v:.0f}%", ha="center", fontsize=7)
+    ax.axhline(chance, color="black", ls="--", lw=1, label=f"chance: {chance:.0f}% of the image is near the ink")
     ax.set_xticks(xs, [METHOD_NAMES[m] for m in methods])
-    ax.set_ylim(0, 112)
+    ax.set_ylim(0, 130)
     ax.set_ylabel("positive attribution on or near\nthe ink (% of the map's mass)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("ink share: higher = the map points at the strokes", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", ncols=3, frameon=False)
+    ax.set_title("ink share: how much of the map is on the strokes (higher = on the digit)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -17,7 +17,8 @@
   INK_RADIUS pixels of a pixel brighter than INK_THRESHOLD. An MNIST digit is decided by its strokes, and a map
   whose mass sits in an empty corner shows something the model does not use (Grad-CAM on a feature map the
   network only partly reads did that). Reported beside the chance level: the share of the image near the ink,
-  what a map spread evenly would score.
+  what a map spread evenly would score, and beside the randomised model's maps' share: a map that finds the ink
+  without the trained weights (IG: input x gradient is 0 on black pixels) shows the input as much as the model.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ def randomisation(explainer, images: np.ndarray, targets: np.ndarray, method: st
         out[f"spearman_{name}"] = round(float(valid.mean()), 4) if valid.size else None  # None: every map constant
         out[f"spearman_{name}_sd"] = round(float(valid.std()), 4) if valid.size else None
     out["constant_maps"] = int(np.sum(~np.isfinite(variants["signed"])))  # e.g. Grad-CAM's ReLU zeroing a map
+    out["ink_share_randomised"] = ink_check(images, random)["ink_share"]  # how much of the ink share is the input's
     return out
 
 
