@@ -193,7 +193,7 @@ def add_explain_route(app: FastAPI, pool, limits: Limits) -> None:
                   413: {"description": "body or image too large"},
                   415: {"description": "not an image, or wrong body type"},
                   422: {"description": "pixels of the wrong shape or range, no digit, a bad method or target, "
-                                       "or gradcam on a model without convolutions"},
+                                       "or gradcam on a model whose convolutions it cannot use"},
                   501: {"description": "the explain extra is not installed"},
                   503: {"description": "server busy, or took too long"}})
     async def explain(request: Request, method: Method = "ig", target: Target = None, layers: Layers = False):
