@@ -1,7 +1,8 @@
 """Checkpoints that survive a kill and never run code when loaded.
 
 A checkpoint is two files in a run folder:
-- ``<name>.safetensors``: the model weights, with plain-string metadata (model, step, metrics);
+- ``<name>.safetensors``: the model weights, with plain-string metadata (model, step, metrics, and the
+  temperature fitted on the run's hold-out once the training finished: calibration.py);
 - ``<name>.state.pt``: optimiser, RNG and history, plain tensors and numbers only, loaded with
   ``torch.load(weights_only=True)`` so a crafted pickle is refused instead of executed.
 
@@ -34,6 +35,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from digitlab import atomic
+from digitlab.calibration import UNCALIBRATED, Calibration
 from digitlab.data import get_spec
 from digitlab.errors import ConfigError, RunError
 from digitlab.models import check_model_args, create_model
@@ -46,7 +48,11 @@ HISTORY_KEYS = ("step", "elapsed_s")  # what a resumed run reads from its saved 
 
 def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:
     """Safetensors of the model's weights, `meta` (JSON-encoded values) as metadata, into path.tmp."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return write_tensors_tmp(path, {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, meta)
+
+
+def write_tensors_tmp(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Safetensors of `tensors`, `meta` (JSON-encoded values) as metadata, into path.tmp."""
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
     data = safetensors_bytes(tensors, metadata=metadata)
     return atomic.write_tmp(path, lambda tmp: tmp.write_bytes(data))
@@ -55,6 +61,15 @@ def write_weights_tmp(path: Path, model: torch.nn.Module, meta: dict) -> Path:
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     """Write weights-only checkpoint (e.g. `best`) atomically."""
     atomic.commit((write_weights_tmp(path, model, meta), path))
+
+
+def update_metadata(path: Path, changes: dict) -> dict:
+    """Rewrite a checkpoint's metadata with `changes` over it, the same tensors, atomically (a calibration fitted
+    after training); returns the new metadata. The step stays, so a `last` pair still matches its state file."""
+    tensors, meta = read_weights(path)
+    meta = {**meta, **changes}
+    atomic.commit((write_tensors_tmp(path, tensors, meta), path))
+    return meta
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -216,6 +231,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     source: Path
     meta: dict
+    calibration: Calibration = UNCALIBRATED  # the temperature its probabilities are shown with
 
 
 def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Module:
@@ -257,7 +273,8 @@ def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
         raise RunError(f"{source}: unknown normalization {normalization!r} in its metadata")
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
         raise RunError(f"{source}: class names in its metadata are not a list of strings")
-    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta)
+    calibration = Calibration.from_meta(meta, str(source))
+    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta, calibration)
 
 
 def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
