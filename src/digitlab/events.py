@@ -12,7 +12,8 @@ The loop in train.py emits a few events; each subscriber overrides the ones it c
     close()                           always, however the run ended (an exception, Ctrl-C, a pruned trial)
 
 Built in (rank 0 only, see default_subscribers): MetricsCsv (metrics.csv), ConsoleProgress (the progress bar and
-the epoch lines), CurvesPlot (curves.png), and TensorBoard (tracking.py). A sweep adds its pruning reporter
+the epoch lines), CalibrateAtEnd (calibrate.py: the temperature of `best` and `last`), CurvesPlot (curves.png), and
+TensorBoard (tracking.py). A sweep adds its pruning reporter
 (sweep/objective.py). A subscriber may raise to stop the run (a pruned trial does): the last checkpoint on disk
 stays as it was, and close() still runs.
 """
@@ -120,11 +121,14 @@ class CurvesPlot(Subscriber):
 
 
 def default_subscribers(run: RunState) -> list[Subscriber]:
-    """What every run reports to: on rank 0, metrics.csv, the console, curves.png (cfg.plot) and TensorBoard
-    (cfg.tensorboard, when the package is installed); nothing on the other ranks."""
+    """What every run reports to: on rank 0, metrics.csv, the console, the temperature of `best` and `last` fitted
+    on the hold-out at the end (calibrate.py), curves.png (cfg.plot) and TensorBoard (cfg.tensorboard, when the
+    package is installed); nothing on the other ranks."""
     if not run.ctx.is_main:
         return []
-    subscribers: list[Subscriber] = [MetricsCsv(), ConsoleProgress(run.log, run.show_bars)]
+    from digitlab.calibrate import CalibrateAtEnd  # imported here: it imports this module
+
+    subscribers: list[Subscriber] = [MetricsCsv(), ConsoleProgress(run.log, run.show_bars), CalibrateAtEnd()]
     if run.cfg.plot:
         subscribers.append(CurvesPlot())
     if run.cfg.tensorboard:

@@ -6,6 +6,7 @@ a folder from being damaged.
         metrics.csv          one row per evaluation
         last.safetensors     weights after the latest epoch (+ last.state.pt to resume)
         best.safetensors     weights of the selected evaluation (selection.py)
+                             (both .safetensors: the temperature fitted on the hold-out in their metadata)
         curves.png           loss and accuracy curves
         events.out.tfevents.*  TensorBoard's scalars, hparams and final figures (tracking.py)
         .lock                while a training runs in it: that process's pid and host
@@ -44,7 +45,7 @@ EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files (tracking.py
 # so nothing of the old run (a better best.safetensors above all) is left to be mixed with the new one.
 RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors", "last.state.pt", "curves.png",
              "confusion-best.png", "confusion-last.png", "misclassified-best.png", "misclassified-last.png",
-             "model.onnx", "model.pt")
+             "reliability-best.png", "reliability-last.png", "model.onnx", "model.pt")
 # Fields a resume may change: they decide how long, where and how fast the run goes on, or what it reports,
 # not what each step learns. Anything else (model, optimiser, lr, data, augmentation...) would continue the
 # checkpoint as another recipe than the one its config.json and metrics.csv describe.

@@ -1,0 +1,155 @@
+"""Fitting a checkpoint's temperature on its validation hold-out and storing it in the checkpoint's metadata.
+
+    CalibrateAtEnd()                            # a training subscriber: best and last, once the run has finished
+    calibrate_run("runs/<run>")                 # `digitlab calibrate RUN`: refit an existing run's checkpoints
+    calibrate_run("model.safetensors", val_size=5000)   # a lone weights file, on its dataset's hold-out
+
+The temperature lives in each .safetensors file's metadata (calibration.META_KEY), beside the weights it was
+fitted for: a checkpoint rewritten by a resumed training carries none until that training finishes (or
+`digitlab calibrate` runs), so a temperature never outlives its weights, and --force removes it with them.
+Logits are scored without test-time augmentation, as `predict`, the Predictor and the server score them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from digitlab.calibration import META_KEY, NO_HOLD_OUT, Calibration
+from digitlab.checkpoint import load_run, resolve_checkpoint, update_metadata
+from digitlab.errors import ConfigError, DigitlabError, RunError
+from digitlab.evaluate import predict_logits
+from digitlab.events import Subscriber
+
+if TYPE_CHECKING:
+    from digitlab.train import RunState, TrainResult
+
+CHECKPOINTS = ("best", "last")  # what a training serves and resumes from: both get a temperature
+
+
+@dataclass
+class Calibrated:
+    """One checkpoint file and the record now in its metadata."""
+
+    path: Path
+    calibration: Calibration
+
+
+def calibrate_file(path: Path, images: torch.Tensor, labels: torch.Tensor, dataset: str, val_size: int,
+                   device: torch.device | str = "cpu") -> Calibrated:
+    """Fit T for the weights in `path` on validation images (uint8) and labels; write it into its metadata."""
+    loaded = load_run(path)
+    if loaded.dataset != dataset:
+        raise RunError(f"{path} is a {loaded.dataset} model; its temperature cannot be fitted on {dataset}")
+    logits = predict_logits(loaded.model.to(device), images, loaded.normalization, 1000, device).numpy()
+    calibration = Calibration.fitted_on(logits, labels.cpu().numpy(), dataset, val_size)
+    update_metadata(path, {META_KEY: calibration.to_meta()})
+    return Calibrated(path, calibration)
+
+
+def mark_uncalibrated(path: Path, reason: str) -> Calibrated:
+    """Record in `path` that its probabilities are raw (T = 1), and why."""
+    calibration = Calibration(reason=reason)
+    update_metadata(path, {META_KEY: calibration.to_meta()})
+    return Calibrated(path, calibration)
+
+
+def summary(done: list[Calibrated]) -> str:
+    """One line: each checkpoint's T and what it did to the validation NLL and ECE (once for files whose weights
+    are the same, as `best` and `last` often are)."""
+    if not done[0].calibration.fitted:
+        return f"calibration: none, {done[0].calibration.reason}"
+    names: dict[float, tuple[Calibration, list[str]]] = {}
+    for item in done:
+        names.setdefault(item.calibration.temperature, (item.calibration, []))[1].append(item.path.name)
+    parts = [f"{' and '.join(files)} temperature {c.temperature:.4g} (validation NLL {c.validation['nll_before']:.4f}"
+             f" -> {c.validation['nll_after']:.4f}, ECE {c.validation['ece_before']:.2%} -> "
+             f"{c.validation['ece_after']:.2%})" for c, files in names.values()]
+    return f"calibration on {done[0].calibration.val_size:,} validation images: " + "; ".join(parts)
+
+
+class CalibrateAtEnd(Subscriber):
+    """At the end of a finished training, fit `best` and `last` on the run's validation hold-out (or record that
+    there is none). A failure is a warning naming the command that retries: the weights are already safe."""
+
+    def on_finish(self, run: RunState, result: TrainResult) -> None:
+        paths = [run.run_dir / f"{name}.safetensors" for name in CHECKPOINTS]
+        try:
+            if "val" not in run.eval_sets:
+                done = [mark_uncalibrated(path, NO_HOLD_OUT) for path in paths if path.is_file()]
+            else:
+                images, labels = run.eval_sets["val"]
+                done = [calibrate_file(path, images, labels, run.cfg.dataset, run.cfg.val_size, run.device)
+                        for path in paths if path.is_file()]
+        except (DigitlabError, OSError) as e:
+            run.log(f"warning: no temperature fitted ({e}); `digitlab calibrate {run.run_dir}` retries")
+            return
+        if done:
+            run.log(summary(done))
+
+
+def validation_split(dataset: str, val_size: int, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hold-out a training with `val_size` kept out of its training images (split.py), images and labels."""
+    from digitlab.data import load_dataset
+    from digitlab.split import stratified_split
+
+    ds = load_dataset(dataset, data_dir, progress=False)
+    _, val_idx = stratified_split(ds.train_labels, val_size)
+    return ds.train_images[val_idx], ds.train_labels[val_idx]
+
+
+def run_val_size(run: Path, requested: int | None) -> int:
+    """A run folder's hold-out, from its config.json; none is a ConfigError (its every image was trained on)."""
+    from digitlab.runs import read_config
+
+    cfg = read_config(run)
+    if requested is not None and requested != cfg.val_size:
+        raise ConfigError(f"{run} was trained with val_size {cfg.val_size}; --val-size {requested} would fit its "
+                          "temperature on other images (drop --val-size)")
+    if not cfg.val_size:
+        raise ConfigError(f"{run} has no validation split (val_size 0): every training image was trained on, so "
+                          "none is unseen to fit a temperature on; train with --val-size N")
+    return cfg.val_size
+
+
+def file_val_size(path: Path, requested: int | None) -> int:
+    """A weights file's hold-out: its run folder's, else --val-size, else the one its temperature was fitted on."""
+    if (path.parent / "config.json").is_file():
+        return run_val_size(path.parent, requested)
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--val-size must be at least 1, got {requested}")
+        return requested
+    previous = load_run(path).calibration
+    if previous.fitted and previous.val_size:
+        return previous.val_size
+    raise ConfigError(f"{path} does not say which training images it was trained without: give --val-size N, the "
+                      "hold-out it never saw (digitlab's recipes hold out 5000)")
+
+
+def calibrate_run(path: str | Path, checkpoints: tuple[str, ...] = CHECKPOINTS, val_size: int | None = None,
+                  data_dir: str | None = None) -> list[Calibrated]:
+    """Refit the temperature of a run folder's checkpoints (under its lock) or of one .safetensors file."""
+    from digitlab.runs import RunLock
+
+    path = Path(path)
+    if path.is_dir():
+        held = run_val_size(path, val_size)
+        files = [resolve_checkpoint(path, name) for name in checkpoints if (path / f"{name}.safetensors").is_file()]
+        if not files:
+            raise RunError(f"{path} has no checkpoint yet ({', '.join(checkpoints)})")
+        lock = RunLock(path)
+        lock.acquire()
+    else:
+        files, lock = [resolve_checkpoint(path)], None
+        held = file_val_size(files[0], val_size)
+    try:
+        dataset = load_run(files[0]).dataset
+        images, labels = validation_split(dataset, held, data_dir)
+        return [calibrate_file(file, images, labels, dataset, held) for file in files]
+    finally:
+        if lock is not None:
+            lock.release()
+
