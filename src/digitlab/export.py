@@ -5,9 +5,10 @@
     export_run("runs/<run>", "onnx")                   # the same from Python -> ExportResult
 
 The ONNX graph takes `images`, float (B, 1, 28, 28) already normalised, and returns `logits` (B, 10);
-the batch axis is dynamic. The model's name and options, normalisation, dataset, classes and metrics
-travel in the file's metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone
-is enough to predict: see Predictor.from_onnx.
+the batch axis is dynamic. The model's name and options, normalisation, dataset, classes, metrics and
+temperature (`calibration`: probabilities are softmax(logits / T), calibration.py) travel in the file's
+metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone is enough to predict: see
+Predictor.from_onnx.
 
 Every export is checked before it lands: on real test images of the run's dataset, onnxruntime (or
 torch.jit.load) must give logits within 1e-4 of PyTorch's and the same argmax for every image. The file

@@ -12,7 +12,9 @@ One class whatever runs the model: a backend (digitlab.backends: TorchBackend, O
 batches into logits; preprocessing, normalisation, softmax, top-k and describe() are here, once, so both
 runtimes answer the same for the same picture. Images that are not already MNIST tensors go through
 digitlab.preprocess (grey, polarity, crop to a 20 px box, centre of mass at the centre), the same function the
-web page and REST API use. Softmax lives here, in one place: models and backends return logits.
+web page and REST API use. Softmax lives here, in one place: models and backends return logits, and the
+probabilities are softmax(logits / T) with the temperature T stored in the model's metadata (calibration.py; 1 for
+a model without one), so every front end shows the same calibrated numbers.
 
 A model is checked, not trusted: on load, a probe runs two fixed images (blank, a plain stroke) and refuses
 the model (ModelError, one line) unless it answers one row per image and one finite logit per class named in
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from digitlab.backends import DEADLINE_S, OnnxBackend, TorchBackend
+from digitlab.calibration import UNCALIBRATED, Calibration
 from digitlab.errors import ConfigError, DigitlabError, ModelError
 from digitlab.normalize import normalize, normalize_array
 from digitlab.preprocess.reading import _is_tensor
@@ -73,17 +76,18 @@ class ModelInfo:
     classes: tuple[str, ...]
     source: str  # the file it came from, for describe() and messages
     metrics: dict | None = None
+    calibration: Calibration = UNCALIBRATED  # the temperature every probability is computed with
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "ModelInfo":
         return cls(loaded.model_name, loaded.model_args, loaded.normalization, loaded.dataset, loaded.classes,
-                   str(loaded.source), loaded.meta.get("metrics"))
+                   str(loaded.source), loaded.meta.get("metrics"), loaded.calibration)
 
     @classmethod
     def from_meta(cls, meta: dict, source: str) -> "ModelInfo":
         """From metadata as export.model_metadata writes it (checked by backends.decode_metadata)."""
         return cls(meta["model"], meta.get("model_args", {}), meta["normalization"], meta.get("dataset", "mnist"),
-                   tuple(meta["classes"]), source, meta.get("metrics"))
+                   tuple(meta["classes"]), source, meta.get("metrics"), Calibration.from_meta(meta, source))
 
 
 @dataclass
@@ -255,11 +259,17 @@ class Predictor:
     def dataset(self) -> str:
         return self.info.dataset
 
+    @property
+    def temperature(self) -> float:
+        """What logits are divided by before the softmax: fitted on validation, 1 for an uncalibrated model."""
+        return self.info.calibration.temperature
+
     def describe(self) -> dict:
         """What is loaded, as plain data (for `GET /api/model` and --json output)."""
         return {"name": self.info.name, "args": self.info.args, "normalization": self.info.normalization,
                 "dataset": self.info.dataset, "classes": list(self.classes), "source": Path(self.info.source).name,
-                "test_accuracy": (self.info.metrics or {}).get("test_accuracy"), "runtime": self.backend.runtime}
+                "test_accuracy": (self.info.metrics or {}).get("test_accuracy"), "runtime": self.backend.runtime,
+                "calibration": self.info.calibration.describe()}
 
     def logits(self, images) -> np.ndarray:
         """uint8 MNIST-like images (N, 28, 28), numpy or tensor -> float32 logits (N, classes); a ModelError if
@@ -298,8 +308,12 @@ class Predictor:
         return out.astype(np.float32, copy=False)
 
     def probabilities(self, images) -> np.ndarray:
-        """uint8 MNIST-like images (N, 28, 28) -> probabilities (N, 10), a float32 numpy array."""
-        return softmax(self.logits(images))
+        """uint8 MNIST-like images (N, 28, 28) -> calibrated probabilities (N, 10), a float32 numpy array."""
+        return self.calibrated(self.logits(images))
+
+    def calibrated(self, logits) -> np.ndarray:
+        """softmax(logits / T): the model's temperature applied, here only, whatever the backend."""
+        return softmax(np.asarray(logits, dtype=np.float32) / np.float32(self.temperature))
 
     def predict(self, images, top_k: int = 3, preprocess: bool = True) -> list[Prediction]:
         """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors."""
@@ -354,7 +368,7 @@ class Predictor:
 
     def describe_logits(self, logits, top_k: int = 3) -> Prediction:
         """One image's logits (from logits()) -> a Prediction, for callers that show the logits too."""
-        return self.describe_probs(softmax(logits), top_k)
+        return self.describe_probs(self.calibrated(logits), top_k)
 
     def describe_probs(self, probs, top_k: int = 3) -> Prediction:
         """Ten probabilities -> a Prediction with the `top_k` most probable classes."""

@@ -75,7 +75,8 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
 
         Image.fromarray(image.numpy()).save(args.save)
     if args.json:
-        print(json_line({"test_index": args.test_index, "true": label, "logits": logits.tolist(), **pred.to_dict()}))
+        print(json_line({"test_index": args.test_index, "true": label, "logits": logits.tolist(), **pred.to_dict(),
+                         **calibration_fields(predictor)}))
         return 0
     print(ascii_image(image))
     print(f"test image {args.test_index}: true {label} ({ds.classes[label]})")
@@ -85,6 +86,7 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
         print(f"{i} {name:<14}{float(logits[i]):>9.3f}{pred.probabilities[i]:>9.2%}{marker}")
     verdict = "right" if pred.label == label else "wrong"
     print(f"predicted {pred.label} ({pred.class_name}) with {pred.probability:.2%}: {verdict}")
+    print(f"probabilities: softmax(logit / {predictor.temperature:.4g}), {predictor.info.calibration.note()}")
     if args.save:
         print(f"saved {args.save}")
     return 0
@@ -96,6 +98,7 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
     from digitlab.predict import CHUNK
 
     save_dir = prepare_save_dir(args.save_preprocessed, paths) if args.save_preprocessed else None
+    note = uncalibrated_note(predictor)  # said once, after the first probabilities shown
     # Tiny batches of a small CNN: one intra-op thread is faster than several, which contend with the
     # preprocessing workers for the same cores (benchmarks/predict_folder.py). ONNX Runtime's model has its own
     # setting (from_shipped's threads); torch is only here if something already imported it.
@@ -106,13 +109,28 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
     try:
         failed, used_names = 0, set()
         for n, result in enumerate(predictor.predict_files(paths, top_k=args.top_k), 1):
-            failed += print_file_result(result, save_dir, used_names, args)
+            failed += print_file_result(result, save_dir, used_names, args, calibration_fields(predictor))
+            if note and result.prediction is not None:
+                print(note, file=sys.stderr)
+                note = None
             if n % CHUNK == 0:
                 sys.stdout.flush()  # progress shows when the output is piped, too
     finally:
         if torch:
             torch.set_num_threads(threads)  # process-wide: callers of main() in the same process keep theirs
     return 1 if failed else 0
+
+
+def uncalibrated_note(predictor) -> str | None:
+    """The stderr line (stdout stays one line per file) saying a model's probabilities are raw softmax scores."""
+    calibration = predictor.info.calibration
+    return None if calibration.fitted else f"digitlab: note: probabilities are {calibration.note()}"
+
+
+def calibration_fields(predictor) -> dict:
+    """What each --json record says about its probabilities: calibrated or not, and the temperature."""
+    calibration = predictor.info.calibration
+    return {"calibrated": calibration.fitted, "temperature": calibration.temperature}
 
 
 def json_line(record: dict) -> str:
@@ -124,8 +142,10 @@ def json_line(record: dict) -> str:
         raise DigitlabError("refusing to print NaN or infinity as JSON (the model's output is not finite)") from None
 
 
-def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace) -> int:
-    """Print one FileResult the way `digitlab predict` always has; 1 if it is an error, else 0."""
+def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace,
+                      calibration: dict) -> int:
+    """Print one FileResult the way `digitlab predict` always has (--json: with `calibration`); 1 if it is an
+    error, else 0."""
     path, pred, error = result.path, result.prediction, result.error
     if error is not None:
         print(json.dumps({"file": str(path), "error": error}) if args.json else f"{path}: error: {error}",
@@ -134,7 +154,7 @@ def print_file_result(result, save_dir: Path | None, used_names: set[str], args:
     saved = save_preprocessed(result.image, save_dir, path.stem, used_names) if save_dir else None
     if args.json:
         extra = {"preprocessed": str(saved)} if saved else {}
-        print(json_line({"file": str(path), **pred.to_dict(), **extra}))
+        print(json_line({"file": str(path), **pred.to_dict(), **calibration, **extra}))
     else:
         top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
         print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"

@@ -181,7 +181,16 @@ def _explain_one(ctx: WorkerContext, image: np.ndarray, method: str, target: int
         return _refusal(501, str(e))
     except ExplainError as e:
         return _refusal(422, str(e))
-    return json_bytes({**result, "preprocessed": image.tolist(), "model": ctx.model_info})
+    return json_bytes({**calibrated(ctx, image, result), "preprocessed": image.tolist(), "model": ctx.model_info})
+
+
+def calibrated(ctx: WorkerContext, image: np.ndarray, result: dict) -> dict:
+    """An explanation's probabilities replaced by the predictor's, which apply the model's temperature: the same
+    numbers /api/predict answers for the same image (temperature scaling never changes which class is first)."""
+    probs = ctx.predictor.probabilities(image[None])[0]
+    maps = [{**m, "probability": round(float(probs[m["class"]]), 6)} for m in result["maps"]]
+    return {**result, "probability": round(float(probs[result["label"]]), 6),
+            "probabilities": [round(float(p), 6) for p in probs], "maps": maps}
 
 
 def _refusal(status: int, detail: str) -> JobError:

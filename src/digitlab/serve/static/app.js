@@ -175,7 +175,7 @@ function showPrediction(answer) {
   errorEl.textContent = "";
   predictionEl.textContent = classes.every((c) => c.length === 1) ? String(answer.label) : answer.class_name;
   predictionEl.dataset.label = String(answer.label);
-  confidenceEl.textContent = percent(answer.probability) + " sure";
+  confidenceEl.textContent = percent(answer.probability) + confidenceWords(answer.model);
   answer.probabilities.forEach((p, i) => {
     const bar = barsEl.querySelector(`[data-class="${i}"]`);
     if (!bar) return;
@@ -184,6 +184,12 @@ function showPrediction(answer) {
     bar.querySelector(".pct").textContent = percent(p);
   });
   drawPreview(answer.preprocessed);
+}
+
+function confidenceWords(model) {  // a calibrated probability is how sure; a raw softmax is only a score
+  const calibration = (model && model.calibration) || {};
+  confidenceEl.title = calibration.note || "";
+  return calibration.calibrated ? " sure" : " (uncalibrated score)";
 }
 
 function percent(p) {  // "0%", "0.4%", "87.5%", "100%": a decimal only where it tells something
@@ -353,7 +359,12 @@ async function loadModel() {
     }
     const accuracy = typeof model.test_accuracy === "number"
       ? ` · ${(100 * model.test_accuracy).toFixed(2)}% test accuracy` : "";
-    el.textContent = `model: ${model.name} on ${model.dataset}${accuracy}`;
+    const calibration = model.calibration || {};
+    const probabilities = calibration.calibrated
+      ? ` · calibrated probabilities (T = ${Number(calibration.temperature).toPrecision(3)})`
+      : " · uncalibrated probabilities";
+    el.textContent = `model: ${model.name} on ${model.dataset}${accuracy}${probabilities}`;
+    el.title = calibration.note || "";
   } catch (err) {
     el.textContent = "model: unknown";
   }
