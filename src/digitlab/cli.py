@@ -157,11 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--figures", default=None, metavar="DIR",
-                    help="folder for confusion-<checkpoint>.png and misclassified-<checkpoint>.png "
+                    help="folder for confusion-, misclassified- and reliability-<checkpoint>.png "
                          "(default: the run folder; for a lone .safetensors file, the current folder)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average over 1-pixel shifts, and their mirror images where the run's own evaluations "
                          "added them (default: as the run was evaluated in training)")
+
+    cal = sub.add_parser("calibrate", help="fit a run's temperature on its validation hold-out, so its "
+                         "probabilities mean what they say", formatter_class=fmt)
+    cal.add_argument("run", help="run folder or .safetensors file")
+    cal.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
+                     help="which of a run's checkpoints")
+    cal.add_argument("--val-size", type=int, default=None, metavar="N",
+                     help="for a lone .safetensors file: the hold-out it was trained without (a run folder's config "
+                          "says it; default: the one its temperature was last fitted on)")
+    cal.add_argument("--data-dir", default=None)
+    cal.add_argument("--json", action="store_true", help="print JSON: each file's calibration record")
 
     plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt)
     plot.add_argument("run")

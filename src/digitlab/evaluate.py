@@ -40,7 +40,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalization: 
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:
-    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    """Loss, accuracy, per-class accuracy, precision, recall and F1, and the confusion matrix (rows: true,
+    columns: predicted)."""
     labels = labels.cpu()
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
@@ -51,8 +52,21 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         "accuracy": (predicted == labels).float().mean().item(),
         "count": int(labels.numel()),
         "per_class_accuracy": per_class.tolist(),
+        **precision_recall_f1(confusion),
         "confusion": confusion.tolist(),
     }
+
+
+def precision_recall_f1(confusion: torch.Tensor) -> dict:
+    """Per class, from a confusion matrix (rows: true): precision (right among those predicted as the class),
+    recall (right among the class's images: its accuracy) and F1, their harmonic mean; 0 where undefined, as
+    scikit-learn's zero_division=0."""
+    hits = confusion.diag().double()
+    precision = hits / confusion.sum(0).clamp(min=1).double()
+    recall = hits / confusion.sum(1).clamp(min=1).double()
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-300), 0.0)
+    return {"per_class_precision": precision.tolist(), "per_class_recall": recall.tolist(),
+            "per_class_f1": f1.tolist(), "macro_f1": f1.mean().item()}
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -196,3 +196,39 @@ def plot_compare(histories: dict[str, list[dict]], path: Path, datasets: dict[st
                  splits: dict[str, str] | None = None, faded: set[str] | None = None) -> Path:
     """compare_figure, written to `path`."""
     return _save(compare_figure(histories, datasets, splits, faded), path)
+
+
+def reliability_figure(panels: list[tuple[str, dict]], title: str = "") -> Figure:
+    """Reliability diagrams side by side, one per (caption, calibration.assess() half): accuracy against mean
+    confidence per bin over the diagonal of perfect calibration, the gap shaded, and below, how many images each
+    bin holds (log scale: most sit in the top bin)."""
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for (caption, report), ax, counts in zip(panels, axes[0], axes[1]):
+        bins = [b for b in report["bins"] if b["count"]]
+        width = report["bins"][0]["high"] - report["bins"][0]["low"]
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+        ax.bar(centres, [b["accuracy"] for b in bins], width=width, color="tab:blue", edgecolor="white",
+               label="accuracy")
+        ax.bar(centres, [abs(b["confidence"] - b["accuracy"]) for b in bins],
+               bottom=[min(b["confidence"], b["accuracy"]) for b in bins], width=width, facecolor=(1, 0, 0, 0.15),
+               edgecolor="tab:red", hatch="//", lw=0.5, label="gap to mean confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{caption}\nECE {report['ece']:.2%}, NLL {report['nll']:.4f}", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        counts.bar(centres, [b["count"] for b in bins], width=width, color="tab:grey")
+        counts.set_yscale("log")
+        counts.set_xlabel("confidence (top-class probability)")
+        counts.set_ylabel("images")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(panels: list[tuple[str, dict]], path: Path, title: str = "") -> Path:
+    """reliability_figure, written to `path`."""
+    return _save(reliability_figure(panels, title), path)

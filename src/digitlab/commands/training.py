@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
     from digitlab.plots import plot_confusion, plot_grid
     from digitlab.checkpoint import load_run
+    from digitlab.commands.calibrate import calibration_lines, eval_calibration
 
     loaded = load_run(args.run, args.checkpoint)
     run_dir = loaded.source.parent
@@ -112,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta,
                             mirror=mirror)
     metrics = metrics_from_logits(logits, ds.test_labels)
-    mistakes = most_confident_mistakes(logits, ds.test_labels, k=25)
+    mistakes = most_confident_mistakes(logits / loaded.calibration.temperature, ds.test_labels, k=25)
     titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
     try:
         confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), figures / f"confusion-{name}.png",
@@ -120,23 +121,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
                                  figures / f"misclassified-{name}.png",
                                  title="most confident mistakes (true -> predicted)")
+        calibration, reliability_png = eval_calibration(loaded.calibration, logits.numpy(), ds.test_labels.numpy(),
+                                                        figures / f"reliability-{name}.png",
+                                                        f"{run_dir.name} ({name}) on {ds.name} test")
     except OSError as e:
         raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
                        "choose a writable folder with --figures DIR") from None
     report = {"run": str(run_dir), "checkpoint": name, "model": loaded.model_name,
               "dataset": ds.name, "tta": tta, "tta_mirror": mirror, **metrics, "misclassified": mistakes,
-              "figures": {"confusion": str(confusion_png), "misclassified": str(mistakes_png)}}
+              "calibration": calibration, "figures": {"confusion": str(confusion_png),
+                                                      "misclassified": str(mistakes_png),
+                                                      "reliability": str(reliability_png)}}
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"{run_dir} [{name}] {loaded.model_name} on {ds.name}: test accuracy "
           f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
           f"{tta_words(tta, mirror)})")
-    print(f"{'class':<16}{'accuracy':>9}{'errors':>8}")
+    print(f"{'class':<16}{'precision':>10}{'recall':>9}{'F1':>9}{'errors':>8}   (recall: the class's accuracy)")
     for i, class_name in enumerate(ds.classes):
         errors = sum(metrics["confusion"][i]) - metrics["confusion"][i][i]
-        print(f"{i} {class_name:<14}{metrics['per_class_accuracy'][i]:>9.2%}{errors:>8}")
-    print(f"wrote {confusion_png} and {mistakes_png}")
+        print(f"{i} {class_name:<14}{metrics['per_class_precision'][i]:>10.2%}{metrics['per_class_recall'][i]:>9.2%}"
+              f"{metrics['per_class_f1'][i]:>9.2%}{errors:>8}")
+    print(f"macro F1 {metrics['macro_f1']:.2%}")
+    print("\n".join(calibration_lines(calibration)))
+    print(f"wrote {confusion_png}, {mistakes_png} and {reliability_png}")
     return 0
 
 
