@@ -164,8 +164,10 @@ def test_eval_names_figures_after_the_checkpoint(trained_run, tmp_path, capsys):
         assert main(["eval", str(run), "--checkpoint", checkpoint, "--json"]) == 0
         figures = json.loads(capsys.readouterr().out)["figures"]
         assert figures == {"confusion": str(run / f"confusion-{checkpoint}.png"),
-                           "misclassified": str(run / f"misclassified-{checkpoint}.png")}
-    for name in ("confusion-best", "confusion-last", "misclassified-best", "misclassified-last"):
+                           "misclassified": str(run / f"misclassified-{checkpoint}.png"),
+                           "reliability": str(run / f"reliability-{checkpoint}.png")}
+    for name in ("confusion-best", "confusion-last", "misclassified-best", "misclassified-last", "reliability-best",
+                 "reliability-last"):
         assert (run / f"{name}.png").stat().st_size > 1000
     assert not (run / "confusion.png").exists() and not (run / "misclassified.png").exists()
 
@@ -180,11 +182,13 @@ def test_eval_of_a_lone_weights_file_writes_to_the_current_folder(trained_run, t
     assert main(["eval", str(weights), "--json"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in weights.parent.iterdir()) == ["model.safetensors"]  # nothing next to the file
-    assert sorted(p.name for p in work.iterdir()) == ["confusion-model.png", "misclassified-model.png"]  # its stem
+    assert sorted(p.name for p in work.iterdir()) == ["confusion-model.png", "misclassified-model.png",
+                                                      "reliability-model.png"]  # its stem
     figures = tmp_path / "figs" / "deeper"
     assert main(["eval", str(weights), "--figures", str(figures)]) == 0
     assert "wrote " in capsys.readouterr().out
-    assert sorted(p.name for p in figures.iterdir()) == ["confusion-model.png", "misclassified-model.png"]
+    assert sorted(p.name for p in figures.iterdir()) == ["confusion-model.png", "misclassified-model.png",
+                                                         "reliability-model.png"]
 
 
 def test_eval_where_figures_cannot_be_written_is_one_line(trained_run, tmp_path, capsys):
