@@ -339,6 +339,25 @@ def test_calibrate_refuses_a_run_without_hold_out_and_a_file_without_val_size(pl
     assert "was trained with val_size 300" in capsys.readouterr().err
 
 
+def test_calibrate_refuses_a_run_a_training_holds(held_run, tmp_path, capsys):
+    from digitlab.runs import RunLock
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    for name in ("config.json", "best.safetensors"):
+        (run / name).write_bytes((held_run / name).read_bytes())
+    before = (run / "best.safetensors").read_bytes()
+    lock = RunLock(run)
+    lock.acquire()  # a training (this process) holds the folder
+    try:
+        assert main(["calibrate", str(run / "best.safetensors")]) == 1
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in use by another training" in err
+    assert (run / "best.safetensors").read_bytes() == before
+
+
 def test_calibrate_a_lone_file_with_val_size(plain_run, tmp_path):
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes((plain_run / "best.safetensors").read_bytes())

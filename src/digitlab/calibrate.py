@@ -115,9 +115,7 @@ def run_val_size(run: Path, requested: int | None) -> int:
 
 
 def file_val_size(path: Path, requested: int | None) -> int:
-    """A weights file's hold-out: its run folder's, else --val-size, else the one its temperature was fitted on."""
-    if (path.parent / "config.json").is_file():
-        return run_val_size(path.parent, requested)
+    """A lone weights file's hold-out: --val-size, else the one its temperature was last fitted on."""
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"--val-size must be at least 1, got {requested}")
@@ -129,27 +127,36 @@ def file_val_size(path: Path, requested: int | None) -> int:
                       "hold-out it never saw (digitlab's recipes hold out 5000)")
 
 
+def checkpoint_files(path: Path, checkpoints: tuple[str, ...]) -> list[Path]:
+    """The run folder's checkpoints asked for that exist, or the one file given."""
+    if not path.is_dir():
+        return [resolve_checkpoint(path)]
+    files = [path / f"{name}.safetensors" for name in checkpoints if (path / f"{name}.safetensors").is_file()]
+    if not files:
+        raise RunError(f"{path} has no checkpoint yet ({', '.join(checkpoints)})")
+    return files
+
+
 def calibrate_run(path: str | Path, checkpoints: tuple[str, ...] = CHECKPOINTS, val_size: int | None = None,
                   data_dir: str | None = None) -> list[Calibrated]:
-    """Refit the temperature of a run folder's checkpoints (under its lock) or of one .safetensors file."""
-    from digitlab.runs import RunLock
+    """Refit the temperature of a run folder's checkpoints, or of one .safetensors file: on the hold-out its run's
+    config.json names (under the run's lock, so no training rewrites them meanwhile), else on --val-size's."""
+    from digitlab.runs import RunLock, read_config
 
     path = Path(path)
-    if path.is_dir():
-        held = run_val_size(path, val_size)
-        files = [resolve_checkpoint(path, name) for name in checkpoints if (path / f"{name}.safetensors").is_file()]
-        if not files:
-            raise RunError(f"{path} has no checkpoint yet ({', '.join(checkpoints)})")
-        lock = RunLock(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        read_config(path)  # the one-line error for a folder that is not a run
+    files = checkpoint_files(path, checkpoints)
+    run = files[0].parent if (files[0].parent / "config.json").is_file() else None
+    held = run_val_size(run, val_size) if run else file_val_size(files[0], val_size)
+    lock = RunLock(run) if run else None
+    if lock:
         lock.acquire()
-    else:
-        files, lock = [resolve_checkpoint(path)], None
-        held = file_val_size(files[0], val_size)
     try:
         dataset = load_run(files[0]).dataset
+        data_dir = data_dir or (read_config(run).data_dir if run else None)
         images, labels = validation_split(dataset, held, data_dir)
         return [calibrate_file(file, images, labels, dataset, held) for file in files]
     finally:
-        if lock is not None:
+        if lock:
             lock.release()
-
