@@ -49,9 +49,11 @@ def test_seeded_and_deterministic(kind, digits):
 def test_moves_pixels_and_keeps_the_background(kind, digits):
     out = augment(digits, kind, torch.Generator().manual_seed(0))
     changed = (out - digits).abs().flatten(1).amax(1) > 0.5  # per image: some pixel changed a lot
-    assert changed.float().mean() > 0.9
+    share = AUGMENTATIONS[kind].share  # "writers" changes half of each batch and leaves the rest as it is
+    assert (0.9 if share == 1 else share - 0.15) < changed.float().mean() < share + 0.15
     background = digits.amin()
-    assert torch.allclose(out[:, :, 0, 0], background.expand(out.shape[0], 1), atol=1e-4)  # corners stay blank
+    blank = (out[:, 0, 0, 0] - background).abs() < 1e-4  # corners stay blank; a digit filling its box may reach one
+    assert blank.float().mean() > 0.9
     assert out.amin() >= background - 1e-4 and out.amax() <= digits.amax() + 1e-4  # bilinear: no overshoot
 
 

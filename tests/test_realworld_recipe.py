@@ -102,8 +102,10 @@ def test_new_ops_keep_device_dtype_shape_and_background(dtype, digits):
 
 
 def test_named_augmentations_are_unchanged():
-    """The measured-and-rejected ops are not named augmentations; the existing names still mean what they did."""
-    assert set(AUGMENTATIONS) == {"none", "affine", "affine+elastic", "flip+shift", "flip+shift+erase"}
+    """The measured-and-rejected ops (slant, aspect) are not named augmentations; the existing names still mean
+    what they did; "writers" (other writer sets' formats, tests/test_writers_augment.py) is the one added since."""
+    assert set(AUGMENTATIONS) == {"none", "affine", "affine+elastic", "flip+shift", "flip+shift+erase", "writers"}
+    assert not any(spec and (spec.shear or spec.aspect) for spec in AUGMENTATIONS.values())
     assert AUGMENTATIONS["affine"] == AugmentSpec(degrees=12.0, scale=0.1, shift=2.5)
 
 
