@@ -1,13 +1,22 @@
-"""One device helper and one seed helper, shared by training, evaluation and serving."""
+"""One device helper and one seed helper, shared by training, evaluation and serving; the CPU thread count a
+training run picks when its config leaves `threads` at 0."""
 from __future__ import annotations
 
+import math
+import os
 import random
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from digitlab.errors import ConfigError
+
+# torch's own thread count (OMP_NUM_THREADS, MKL_NUM_THREADS, else its count of cores), read once before digitlab
+# sets any: what `threads` 0 meant before training_threads(), and the most that it picks.
+TORCH_THREADS = torch.get_num_threads()
+FREE_WINDOW_S = 0.05  # how long free_cpus() watches /proc/stat: 5 ticks of 10 ms per CPU, under 1% of a `fast` run
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -84,3 +93,67 @@ def use_channels_last(model: torch.nn.Module, device: torch.device | str,
         return lambda x: x
     model.to(memory_format=torch.channels_last)
     return lambda x: x.contiguous(memory_format=torch.channels_last)
+
+
+def free_cpus(window_s: float = FREE_WINDOW_S) -> float | None:
+    """How many of the CPUs this process may run on (its affinity) the rest of the machine left idle over the
+    next `window_s`, from the per-CPU counters in /proc/stat: 2.0 on an idle 2-core machine, about 1.0 while
+    another job keeps one core busy. It is what runs now that counts: the load average is a minute behind,
+    and still high for a minute after the previous training (or a test run) ended. None where /proc/stat
+    cannot be read (not Linux)."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        before = _cpu_ticks(cpus)
+        time.sleep(window_s)
+        after = _cpu_ticks(cpus)
+    except (OSError, AttributeError, ValueError):
+        return None
+    free = 0.0
+    for cpu, (idle, total) in after.items():
+        idle0, total0 = before.get(cpu, (idle, total))
+        if total > total0:
+            free += (idle - idle0) / (total - total0)
+    return free if after else None
+
+
+def _cpu_ticks(cpus: set[str]) -> dict[str, tuple[int, int]]:
+    """(idle + iowait, all but guest time) ticks of each CPU named in `cpus`, from /proc/stat."""
+    ticks = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name in cpus:
+                values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                ticks[name] = (values[3] + values[4], sum(values))
+    return ticks
+
+
+def pick_threads(free: float | None, most: int | None = None) -> int:
+    """The thread count for a run that finds `free` idle CPUs (free_cpus()): a CPU busy more than half the
+    time counts as taken; at least 1, at most `most` (default TORCH_THREADS); None (nothing known) gives `most`.
+
+    Why not torch's default, one OpenMP thread per core: each op splits its work evenly between the threads,
+    so when another job holds a core (a second training, a test run), the thread sharing it runs at half speed,
+    the others wait for it at the end of every op, and libgomp's waiting threads spin on the CPU the other job
+    needs. On a 2-core machine with one core kept busy, `fast` took 2.3 to 2.5 times as long on 2 threads as
+    on 1; idle, 2 threads are the faster (docs/benchmarks.md, "Training beside another job").
+    OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning) helped less beside the busy core and cost
+    14-32% more time on the idle machine, so digitlab leaves libgomp's waiting as it is."""
+    most = TORCH_THREADS if most is None else most
+    usable = most if free is None else min(most, math.floor(free + 0.5))
+    return max(1, usable)
+
+
+def training_threads(threads: int, device: torch.device, ranks: int = 1) -> int:
+    """The CPU threads a training run uses: `threads` when its config gives them (the user's --threads, a
+    sweep's share of the cores); for one process training on the CPU with 0, pick_threads() of the CPUs free
+    at its start. Otherwise what 0 always meant: torch's current count, split between `ranks` local DDP ranks
+    on the CPU (they start together, so each would see the others' start-up as load). The count changes the
+    last digits of a run's figures (sums in another order), so a run that must repeat bit for bit gives `threads`.
+    Called by the training set-up, train.set_threads: torch.set_num_threads(training_threads(cfg.threads, device,
+    ctx.local_world_size if ctx.enabled else 1))."""
+    if threads:
+        return threads
+    if device.type == "cpu" and ranks == 1:
+        return pick_threads(free_cpus())
+    return max(1, torch.get_num_threads() // ranks) if device.type == "cpu" else torch.get_num_threads()
