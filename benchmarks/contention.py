@@ -140,7 +140,7 @@ def median(rows: list[dict], key: str) -> float:
 
 def table(runs: list[dict], variants: list[str], presets: list[str], n_threads: int) -> str:
     """The markdown table: medians per preset, condition and variant, with ratios against `torch`."""
-    lines = ["| preset | other job | policy | training s (median) | x torch | process wall s | test accuracy "
+    lines = ["| preset | busy loop | policy | training s (median) | x torch | process wall s | test accuracy "
              "| load avg before (1-min) | idle CPUs before |",
              "|---|---|---|---|---|---|---|---|---|"]
     for preset in presets:
@@ -156,7 +156,7 @@ def table(runs: list[dict], variants: list[str], presets: list[str], n_threads: 
                 frees = [r["free_cpus"] for r in rows]
                 label = LABELS[variant].replace("N threads", f"{n_threads} threads")
                 each = ", ".join(f"{r['train_s']:.1f}" for r in rows)
-                lines.append(f"| {preset} | {'none' if cond == 'idle' else 'busy loop'} | {label} "
+                lines.append(f"| {preset} | {'no' if cond == 'idle' else 'yes'} | {label} "
                              f"| {median(rows, 'train_s'):.1f} ({each}) "
                              f"| {ratio} | {median(rows, 'wall_s'):.1f} | {' / '.join(accs)} "
                              f"| {min(loads):.2f}-{max(loads):.2f} | {min(frees):.1f}-{max(frees):.1f} |")
