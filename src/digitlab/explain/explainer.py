@@ -64,15 +64,18 @@ def rounded(attribution: np.ndarray, decimals: int) -> list:
 class Explainer:
     """Attributions, activations and features of one PyTorch model, in eval mode on CPU."""
 
-    def __init__(self, model: nn.Module, name: str, normalization: str, classes: tuple[str, ...], dataset: str):
+    def __init__(self, model: nn.Module, name: str, normalization: str, classes: tuple[str, ...], dataset: str,
+                 temperature: float = 1.0):
         self.model = model.eval()
         self.name, self.normalization, self.classes, self.dataset = name, normalization, tuple(classes), dataset
+        self.temperature = temperature  # the model's calibration: its probabilities read as the Predictor's do
         self.memory_format = use_channels_last(self.model, "cpu")  # as Predictor and training run it
         self.background = float(self.to_input(np.zeros((1, 28, 28), np.uint8)).flatten()[0])
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "Explainer":
-        return cls(loaded.model, loaded.model_name, loaded.normalization, loaded.classes, loaded.dataset)
+        return cls(loaded.model, loaded.model_name, loaded.normalization, loaded.classes, loaded.dataset,
+                   loaded.calibration.temperature)
 
     @classmethod
     def from_run(cls, path: str | Path | None = None, checkpoint: str = "best") -> "Explainer":
@@ -85,7 +88,7 @@ class Explainer:
         info = predictor.info
         backend = predictor.backend
         if isinstance(backend, TorchBackend) and not isinstance(backend.model, torch.jit.ScriptModule):
-            return cls(backend.model, info.name, info.normalization, info.classes, info.dataset)
+            return cls(backend.model, info.name, info.normalization, info.classes, info.dataset, predictor.temperature)
         source = Path(info.source)
         if source.suffix != ".safetensors" or not source.is_file():
             raise ExplainError(f"explanations need the model's PyTorch weights; {source.name} is not a "
@@ -103,8 +106,9 @@ class Explainer:
         return self.memory_format(normalize(pixels, self.normalization))
 
     def probabilities(self, images28) -> np.ndarray:
+        """softmax(logits / T): calibrated with the model's temperature, the numbers predict and the page show."""
         with torch.inference_mode():
-            return softmax(self.model(self.to_input(images28)).float().numpy())
+            return softmax(self.model(self.to_input(images28)).float().numpy() / np.float32(self.temperature))
 
     def check_target(self, target: int | None) -> int | None:
         if target is not None and not (isinstance(target, int) and 0 <= target < len(self.classes)):
