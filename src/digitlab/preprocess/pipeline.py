@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitlab.errors import ImageError
-from digitlab.preprocess.constants import MAX_IMAGE_SIDE, WORK_SIDE
+from digitlab.preprocess.constants import BOX_LEVEL, MAX_IMAGE_SIDE, WORK_SIDE
 from digitlab.preprocess.geometry import _center, _scale_to_box
+from digitlab.preprocess.morphology import _bbox
 from digitlab.preprocess.polarity import _ink_strength
 from digitlab.preprocess.reading import (ImageSource, _array_pixels, _check_size, _image_pixels, _is_tensor,
                                          _resolve_alpha, _shrink, load_image)
@@ -40,8 +41,19 @@ def _read_ink(pixels: np.ndarray, ink: str) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
+def ink_extent(soft: np.ndarray) -> float:
+    """The ink box's longer side as a share of the picture's longer side: a dot or a tiny mark is a small share."""
+    top, bottom, left, right = _bbox(soft >= BOX_LEVEL)
+    return max(bottom - top, right - left) / max(soft.shape)
+
+
 def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
     """The whole pipeline on float (H, W, C) pixels in [0, 1]."""
+    return _measured_from_pixels(pixels, ink)[0]
+
+
+def _measured_from_pixels(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, float]:
+    """The whole pipeline, and the ink's extent in the picture before it was enlarged (ink_extent)."""
     if ink not in ("auto", "bright", "dark"):
         raise ImageError(f"ink must be 'auto', 'bright' or 'dark', not {ink!r}")
     pixels, ink = _resolve_alpha(pixels, ink)
@@ -49,21 +61,33 @@ def _mnist_from_pixels(pixels: np.ndarray, ink: str) -> np.ndarray:
         pixels = pixels.mean(axis=2, keepdims=True)
     soft = _read_ink(_shrink(pixels, WORK_SIDE), ink)
     field = _center(*_scale_to_box(soft))
-    return np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
+    image = np.round(field / field.max() * 255).astype(np.uint8)  # thin strokes still peak at 255, like MNIST
+    return image, ink_extent(soft)
 
 
 def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
              max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:  # ink: "auto" (detect), "bright" or "dark"
     """Any digit picture (file, bytes, PIL image, array, tensor) -> the (28, 28) uint8 MNIST would make."""
+    return to_mnist_measured(image, ink, max_side)[0]
+
+
+def to_mnist_measured(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
+                      max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray, float]:
+    """to_mnist, and the ink's extent in the picture (ink_extent): how large it was drawn."""
     if isinstance(image, np.ndarray) or _is_tensor(image):
         pixels = _array_pixels(image, max_side)
     else:
         pixels = _image_pixels(load_image(image, max_side))
-    return _mnist_from_pixels(pixels, ink)
+    return _measured_from_pixels(pixels, ink)
 
 
 def canvas_to_mnist(pixels: object) -> np.ndarray:
     """Web-canvas pixels (2-D, 0..255, bright ink on black) -> (28, 28) uint8 through the same pipeline."""
+    return canvas_to_mnist_measured(pixels)[0]
+
+
+def canvas_to_mnist_measured(pixels: object) -> tuple[np.ndarray, float]:
+    """canvas_to_mnist, and the ink's extent on the canvas (ink_extent)."""
     try:
         a = (pixels.detach().cpu().numpy() if _is_tensor(pixels) else np.asarray(pixels))
         a = a.astype(np.float32)
@@ -76,4 +100,4 @@ def canvas_to_mnist(pixels: object) -> np.ndarray:
         raise ImageError("canvas pixels contain NaN or infinity")
     if a.min() < 0 or a.max() > 255:
         raise ImageError(f"canvas pixels must lie in 0..255, got {a.min():g}..{a.max():g}")
-    return _mnist_from_pixels(a[..., None] / 255, ink="bright")
+    return _measured_from_pixels(a[..., None] / 255, ink="bright")
