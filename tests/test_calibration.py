@@ -387,3 +387,14 @@ def test_the_shipped_model_is_calibrated_on_mnist_test(mnist):
     probs = predictor.probabilities(mnist.test_images.numpy())
     ece = expected_calibration_error(probs, mnist.test_labels.numpy())
     assert ece <= 0.015 and math.isfinite(ece)
+
+
+def test_explain_shows_the_calibrated_probabilities_predict_shows(held_run, mnist):
+    from digitlab.explain.explainer import Explainer
+
+    images = mnist.test_images[:4].numpy()
+    predictor = Predictor.from_run(held_run, runtime="torch")
+    explained = Explainer.from_run(held_run).probabilities(images)
+    shown = np.stack([r.probabilities for r in predictor.predict(list(images), preprocess=False)])
+    assert predictor.temperature != 1.0
+    np.testing.assert_allclose(explained, shown, atol=1e-5)
