@@ -134,8 +134,6 @@ def test_training_setup_sets_the_picked_count(monkeypatch):
     from digitlab.distributed import DistContext
 
     train_module = importlib.import_module("digitlab.train")  # `from digitlab import train` is the function
-    if not hasattr(train_module, "training_threads"):
-        pytest.skip("train.set_threads does not call device.training_threads yet")
     monkeypatch.setattr(device, "TORCH_THREADS", 4)
     monkeypatch.setattr(device, "free_cpus", lambda: 1.0)
     torch.set_num_threads(2)

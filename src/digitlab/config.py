@@ -62,7 +62,7 @@ class TrainConfig:
     # --- machine
     seed: int = 0  # seeds python, numpy and torch; also fixes the data order of every epoch
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
-    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    threads: int = 0  # CPU threads for torch; 0: as many CPUs as are idle at the start, at most torch's default
     amp: bool = True  # bf16 autocast on CUDA
     cpu_amp: bool = False  # bf16 autocast on CPUs with bf16 in hardware (AMX, AVX512-BF16): 1.1-2.5x for conv nets
     channels_last: bool = True  # channels_last memory format: conv nets on CUDA, DigitNet everywhere (device.py)

@@ -35,7 +35,7 @@ from digitlab.checkpoint import has_checkpoint, save_checkpoint, save_weights
 from digitlab.config import TrainConfig
 from digitlab.data import Dataset, load_dataset
 from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast,
-                             use_channels_last)
+                             training_threads, use_channels_last)
 from digitlab.ema import make_ema, update_ema
 from digitlab.errors import DigitlabError
 from digitlab.evaluate import predict_logits
@@ -241,10 +241,9 @@ def init_from_data(model: torch.nn.Module, train_x: torch.Tensor, normalization:
 
 
 def set_threads(cfg: TrainConfig, ctx: dist.DistContext, device: torch.device) -> None:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif ctx.enabled and device.type == "cpu":  # share the cores between the local ranks
-        torch.set_num_threads(max(1, (torch.get_num_threads()) // ctx.local_world_size))
+    """cfg.threads, or with 0 the CPUs idle at the start (device.training_threads): torch's threads spinning
+    beside another job's run a training several times slower than one thread each (docs/benchmarks.md)."""
+    torch.set_num_threads(training_threads(cfg.threads, device, ctx.local_world_size if ctx.enabled else 1))
 
 
 def split_data(ds: Dataset, val_size: int, eval_test: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
