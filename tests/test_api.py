@@ -314,11 +314,11 @@ class BlockedPredictor(WrappedPredictor):
         super().__init__(inner)
         self.started, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
 
-    def probabilities(self, images):
+    def logits(self, images):
         self.started.set()
         self.release.wait(timeout=60)  # a bound, so a broken time limit fails the test instead of hanging it
         try:
-            return self.inner.probabilities(images)
+            return self.inner.logits(images)
         finally:
             self.finished.set()
 
@@ -367,7 +367,7 @@ def test_slow_body_is_408(predictor):
 
 
 class BrokenPredictor(WrappedPredictor):
-    def probabilities(self, images):
+    def logits(self, images):
         raise RuntimeError("secret internal state /home/x")
 
 

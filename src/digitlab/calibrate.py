@@ -11,12 +11,15 @@ Logits are scored without test-time augmentation, as `predict`, the Predictor an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from digitlab import non_digits
+from digitlab.abstain import fit_abstention
 from digitlab.calibration import META_KEY, NO_HOLD_OUT, Calibration
 from digitlab.checkpoint import load_run, resolve_checkpoint, update_metadata
 from digitlab.errors import ConfigError, DigitlabError, RunError
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from digitlab.train import RunState, TrainResult
 
 CHECKPOINTS = ("best", "last")  # what a training serves and resumes from: both get a temperature
+NON_DIGITS = 1000  # generated non-digits (validation seeds) an abstention is fitted on
 
 
 @dataclass
@@ -39,14 +43,35 @@ class Calibrated:
 
 def calibrate_file(path: Path, images: torch.Tensor, labels: torch.Tensor, dataset: str, val_size: int,
                    device: torch.device | str = "cpu") -> Calibrated:
-    """Fit T for the weights in `path` on validation images (uint8) and labels; write it into its metadata."""
+    """Fit T for the weights in `path` on validation images (uint8) and labels, then the abstention (abstain.py)
+    on the same images and the generated non-digits' validation part; write both into its metadata."""
     loaded = load_run(path)
     if loaded.dataset != dataset:
         raise RunError(f"{path} is a {loaded.dataset} model; its temperature cannot be fitted on {dataset}")
-    logits = predict_logits(loaded.model.to(device), images, loaded.normalization, 1000, device).numpy()
+    model = loaded.model.to(device)
+    logits = predict_logits(model, images, loaded.normalization, 1000, device).numpy()
     calibration = Calibration.fitted_on(logits, labels.cpu().numpy(), dataset, val_size)
+    if dataset == "mnist":  # the generated non-digits are MNIST-like drawings
+        others, other_extents, _ = non_digits.validation_set(NON_DIGITS)
+        other_logits = predict_logits(model, torch.from_numpy(others), loaded.normalization, 1000, device).numpy()
+        record, _ = fit_abstention(logits, digit_extents(images.cpu().numpy()), other_logits, other_extents,
+                                   calibration.temperature, abstain_fitted_on(dataset, val_size, NON_DIGITS))
+        calibration = replace(calibration, abstain=record.to_meta())
     update_metadata(path, {META_KEY: calibration.to_meta()})
     return Calibrated(path, calibration)
+
+
+def digit_extents(images: np.ndarray) -> np.ndarray:
+    """Each validation digit's ink extent as preprocessing measures a picture's (preprocess.ink_extent)."""
+    from digitlab.preprocess import to_mnist_measured
+
+    return np.array([to_mnist_measured(image)[1] for image in images], np.float64)
+
+
+def abstain_fitted_on(dataset: str, val_size: int, others: int) -> str:
+    """What an abstention was fitted on, in words, for its record."""
+    return (f"{dataset} validation hold-out ({val_size:,} images) and {others:,} generated non-digits "
+            "(digitlab.non_digits validation seeds)")
 
 
 def mark_uncalibrated(path: Path, reason: str) -> Calibrated:
@@ -67,7 +92,18 @@ def summary(done: list[Calibrated]) -> str:
     parts = [f"{' and '.join(files)} temperature {c.temperature:.4g} (validation NLL {c.validation['nll_before']:.4f}"
              f" -> {c.validation['nll_after']:.4f}, ECE {c.validation['ece_before']:.2%} -> "
              f"{c.validation['ece_after']:.2%})" for c, files in names.values()]
-    return f"calibration on {done[0].calibration.val_size:,} validation images: " + "; ".join(parts)
+    return f"calibration on {done[0].calibration.val_size:,} validation images: " + "; ".join(parts) + \
+        abstain_summary(done[0].calibration)
+
+
+def abstain_summary(calibration: Calibration) -> str:
+    """The refusal rules fitted beside T, in a few words (nothing when none were fitted)."""
+    if calibration.abstain is None:
+        return ""
+    a = calibration.abstention
+    return (f"; refuses as too small under {a.min_extent:.0%} of the picture's side, as not a digit when {a.score} > "
+            f"{a.threshold:.4g} (validation: {a.validation['digits_refused']:.1%} of digits, "
+            f"{a.validation['non_digits_refused']:.1%} of generated non-digits)")
 
 
 class CalibrateAtEnd(Subscriber):

@@ -124,10 +124,18 @@ class Calibration:
     dataset: str | None = None  # what it was fitted on: the dataset and its validation hold-out
     val_size: int = 0
     validation: dict = field(default_factory=dict)  # nll_before, nll_after, ece_before, ece_after on that hold-out
+    abstain: dict | None = None  # when to refuse to name a digit (abstain.Abstention.to_meta), fitted beside T
 
     @property
     def fitted(self) -> bool:
         return self.method == "temperature"
+
+    @property
+    def abstention(self):
+        """The refusal rules fitted with T (abstain.Abstention), or abstain.NEVER: a model without refuses nothing."""
+        from digitlab.abstain import NEVER, Abstention
+
+        return NEVER if self.abstain is None else Abstention.from_meta(self.abstain)
 
     def note(self) -> str:
         """One line for wherever probabilities are shown."""
@@ -138,7 +146,8 @@ class Calibration:
 
     def describe(self) -> dict:
         """Plain data for GET /api/model and --json output."""
-        return {"calibrated": self.fitted, "temperature": self.temperature, "note": self.note()}
+        return {"calibrated": self.fitted, "temperature": self.temperature, "note": self.note(),
+                "abstain": self.abstention.describe() if self.abstain is not None else None}
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -170,6 +179,10 @@ class Calibration:
         """Types and ranges a front end relies on: a finite T in [T_MIN, T_MAX], exactly 1 when not fitted."""
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not T_MIN <= t <= T_MAX:
+            return False
+        try:
+            self.abstention
+        except (TypeError, ValueError):
             return False
         return (self.method in METHODS and isinstance(self.reason, str) and isinstance(self.validation, dict)
                 and isinstance(self.val_size, int) and (self.fitted or t == 1.0)

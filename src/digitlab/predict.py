@@ -92,15 +92,22 @@ class ModelInfo:
 
 @dataclass
 class Prediction:
-    label: int
+    label: int | None  # None: refused, and `reason` says why (abstain.py: "not a digit", "too small: ...")
     probability: float
     probabilities: list[float]
-    class_name: str
+    class_name: str | None
     top_k: list[tuple[int, float]] = field(default_factory=list)
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         return {"label": self.label, "class_name": self.class_name, "probability": self.probability,
-                "probabilities": self.probabilities, "top_k": [list(t) for t in self.top_k]}
+                "probabilities": self.probabilities, "top_k": [list(t) for t in self.top_k], "reason": self.reason}
+
+    def refused(self, reason: str | None) -> "Prediction":
+        """This prediction with no label where `reason` says the image is not a digit (the probabilities stay)."""
+        if reason is None:
+            return self
+        return Prediction(None, self.probability, self.probabilities, None, self.top_k, reason)
 
 
 @dataclass
@@ -113,14 +120,16 @@ class FileResult:
     error: str | None = None
 
 
-def _preprocess_file(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Read and preprocess one file (in a worker process for big folders): the image, or the error's message."""
-    from digitlab.preprocess import to_mnist
+def _preprocess_file(path: Path) -> tuple[np.ndarray | None, str | None, float | None]:
+    """Read and preprocess one file (in a worker process for big folders): the image, or the error's message, and
+    the ink's extent in the picture (for the "too small" refusal)."""
+    from digitlab.preprocess import to_mnist_measured
 
     try:
-        return to_mnist(path), None
+        image, extent = to_mnist_measured(path)
+        return image, None, extent
     except DigitlabError as e:
-        return None, str(e)
+        return None, str(e), None
 
 
 def _onnxruntime_installed() -> bool:
@@ -315,12 +324,25 @@ class Predictor:
         """softmax(logits / T): the model's temperature applied, here only, whatever the backend."""
         return softmax(np.asarray(logits, dtype=np.float32) / np.float32(self.temperature))
 
+    @property
+    def abstention(self):
+        """When this model refuses to name a digit (abstain.Abstention, fitted beside its temperature)."""
+        return self.info.calibration.abstention
+
     def predict(self, images, top_k: int = 3, preprocess: bool = True) -> list[Prediction]:
-        """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors."""
+        """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors. A drawing that is not a
+        digit, or too small to read, gets label None and a reason."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        batch = np.stack([self.to_input(image, preprocess) for image in images])
-        return [self.describe_probs(p, top_k) for p in self.probabilities(batch)]
+        measured = [self.measured_input(image, preprocess) for image in images]
+        return self.judge(np.stack([image for image, _ in measured]), [extent for _, extent in measured], top_k)
+
+    def judge(self, images, extents: list[float | None] | None = None, top_k: int = 3) -> list[Prediction]:
+        """uint8 (N, 28, 28) images -> Predictions, refused (label None, reason) where the model's abstention says;
+        `extents`: each picture's ink extent before preprocessing (None where unknown)."""
+        logits = self.logits(images)
+        reasons = self.abstention.reasons(logits, self.temperature, extents)
+        return [self.describe_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,
                       chunk: int | None = None) -> Iterator[FileResult]:
@@ -347,14 +369,13 @@ class Predictor:
                     pending = pool.map_async(_preprocess_file, chunks[i + 1], chunksize=8)
                 yield from self._predict_chunk(part, done, top_k)
 
-    def _predict_chunk(self, paths: list[Path], done: list[tuple[np.ndarray | None, str | None]],
+    def _predict_chunk(self, paths: list[Path], done: list[tuple[np.ndarray | None, str | None, float | None]],
                        top_k: int) -> Iterator[FileResult]:
         """One model call for a chunk's readable images, then the results in the files' order."""
-        good = [image for image, _ in done if image is not None]
-        probs = iter(self.probabilities(np.stack(good)) if good else [])
-        for path, (image, error) in zip(paths, done):
-            prediction = self.describe_probs(next(probs), top_k) if image is not None else None
-            yield FileResult(path, image, prediction, error)
+        good = [(image, extent) for image, _, extent in done if image is not None]
+        judged = iter(self.judge(np.stack([i for i, _ in good]), [e for _, e in good], top_k) if good else [])
+        for path, (image, error, _) in zip(paths, done):
+            yield FileResult(path, image, next(judged) if image is not None else None, error)
 
     @staticmethod
     def to_input(image, preprocess: bool = True) -> np.ndarray:
@@ -366,9 +387,20 @@ class Predictor:
 
         return to_mnist(image)
 
-    def describe_logits(self, logits, top_k: int = 3) -> Prediction:
-        """One image's logits (from logits()) -> a Prediction, for callers that show the logits too."""
-        return self.describe_probs(self.calibrated(logits), top_k)
+    @staticmethod
+    def measured_input(image, preprocess: bool = True) -> tuple[np.ndarray, float | None]:
+        """to_input, and the ink's extent in the picture (None for an image given already MNIST-like)."""
+        if not preprocess:
+            return Predictor.to_input(image, False), None
+        from digitlab.preprocess import to_mnist_measured
+
+        return to_mnist_measured(image)
+
+    def describe_logits(self, logits, top_k: int = 3, extent: float | None = None) -> Prediction:
+        """One image's logits (from logits()) -> a Prediction (refused where the abstention says), for callers that
+        show the logits too."""
+        reason = self.abstention.reasons(np.asarray(logits)[None], self.temperature, [extent])[0]
+        return self.describe_probs(self.calibrated(logits), top_k).refused(reason)
 
     def describe_probs(self, probs, top_k: int = 3) -> Prediction:
         """Ten probabilities -> a Prediction with the `top_k` most probable classes."""

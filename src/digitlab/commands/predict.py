@@ -82,10 +82,13 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
     print(f"test image {args.test_index}: true {label} ({ds.classes[label]})")
     print(f"{'class':<16}{'logit':>9}{'prob':>9}")
     for i, name in enumerate(ds.classes):
-        marker = " <" if i == pred.label else ""
+        marker = " <" if i == pred.top_k[0][0] else ""
         print(f"{i} {name:<14}{float(logits[i]):>9.3f}{pred.probabilities[i]:>9.2%}{marker}")
-    verdict = "right" if pred.label == label else "wrong"
-    print(f"predicted {pred.label} ({pred.class_name}) with {pred.probability:.2%}: {verdict}")
+    if pred.label is None:
+        print(f"predicted {refusal_text(pred)}")
+    else:
+        verdict = "right" if pred.label == label else "wrong"
+        print(f"predicted {pred.label} ({pred.class_name}) with {pred.probability:.2%}: {verdict}")
     print(f"probabilities: softmax(logit / {predictor.temperature:.4g}), {predictor.info.calibration.note()}")
     if args.save:
         print(f"saved {args.save}")
@@ -157,9 +160,15 @@ def print_file_result(result, save_dir: Path | None, used_names: set[str], args:
         print(json_line({"file": str(path), **pred.to_dict(), **calibration, **extra}))
     else:
         top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
-        print(f"{path}: {pred.label} ({pred.probability:.1%})  top {args.top_k}: {top}"
-              + (f"  saved {saved}" if saved else ""))
+        said = f"{pred.label} ({pred.probability:.1%})" if pred.label is not None else refusal_text(pred)
+        print(f"{path}: {said}  top {args.top_k}: {top}" + (f"  saved {saved}" if saved else ""))
     return 0
+
+
+def refusal_text(pred) -> str:
+    """What text mode says for a refused image: why, and the digit it would otherwise have been."""
+    best, p = pred.top_k[0]
+    return f"no digit: {pred.reason} (it would have been {best}, {p:.1%})"
 
 
 def prepare_save_dir(folder: str, inputs: list[Path]) -> Path:

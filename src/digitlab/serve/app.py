@@ -57,9 +57,12 @@ DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")  # what 
 
 
 class PredictResponse(BaseModel):
-    label: int = Field(description="index of the most probable class")
-    class_name: str
-    probability: float = Field(description="probability of `label`")
+    label: int | None = Field(description="index of the most probable class; null when the drawing is not read as "
+                                          "a digit (`reason` says why)")
+    class_name: str | None
+    reason: str | None = Field(None, description="why `label` is null: \"not a digit\" or \"too small: draw it "
+                                                 "larger\"")
+    probability: float = Field(description="the top probability (of `label` when there is one)")
     probabilities: list[float] = Field(description="one probability per class, summing to 1")
     preprocessed: list[list[int]] | None = Field(None, description="the 28x28 uint8 image the model saw, with "
                                                                    "preprocessed=true")

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from digitlab.errors import ImageError
-from digitlab.preprocess import canvas_to_mnist, to_mnist
+from digitlab.preprocess import canvas_to_mnist_measured, to_mnist_measured
 from digitlab.serve.decode import PixelBudgetError, decode_upload
 from digitlab.serve.limits import Limits
 from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
@@ -81,8 +81,8 @@ def json_bytes(content: Any) -> bytes:
 #### (?preprocessed=true) the 28x28 the model saw: 784 numbers that were most of the answer's bytes and JSON time
 
 
-def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> np.ndarray:
-    """A request's payload -> the (28, 28) uint8 image the model will see."""
+def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> tuple[np.ndarray, float]:
+    """A request's payload -> the (28, 28) uint8 image the model will see, and its ink's extent in the picture."""
     kind, data = payload
     if kind == "pixels":
         return prepare_pixels(data)
@@ -91,7 +91,7 @@ def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> np.ndarray:
     raise JobError(500, f"unknown payload {kind!r}")
 
 
-def prepare_pixels(body: bytes) -> np.ndarray:
+def prepare_pixels(body: bytes) -> tuple[np.ndarray, float]:
     """JSON {"pixels": 28x28} -> MNIST pixels, or a 422 naming the first problem (as FastAPI's validation would)."""
     try:
         pixels = np.asarray(PixelsRequest.model_validate_json(body).pixels, dtype=np.float32)
@@ -99,12 +99,12 @@ def prepare_pixels(body: bytes) -> np.ndarray:
         errors = plain_errors(e.errors(include_url=False, include_context=False, include_input=False))
         raise JobError(422, describe_errors(errors), {"errors": errors}) from None
     try:
-        return canvas_to_mnist(pixels)
+        return canvas_to_mnist_measured(pixels)
     except ImageError as e:
         raise JobError(422, str(e)) from None
 
 
-def prepare_upload(data: bytes, limits: Limits) -> np.ndarray:
+def prepare_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, float]:
     """Image bytes -> MNIST pixels: the format allowlist and size from the header (415, 413), the pixel budget
     (413), a reduced-size decode (400 if unreadable), then preprocessing (422: no digit)."""
     from fastapi import HTTPException  # the header check answers as the app would
@@ -122,27 +122,27 @@ def prepare_upload(data: bytes, limits: Limits) -> np.ndarray:
     except ImageError as e:
         raise JobError(400, f"the uploaded image is unreadable: {e}") from None
     try:
-        return to_mnist(image, max_side=limits.max_image_side)
+        return to_mnist_measured(image, max_side=limits.max_image_side)
     except ImageError as e:
         raise JobError(422, str(e)) from None
     except MemoryError:
         raise JobError(413, "the uploaded image needs more memory than a worker may use") from None
 
 
-def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tuple[np.ndarray, bool]:
-    """The 28x28 image, and whether its answer echoes it."""
+def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tuple[np.ndarray, float, bool]:
+    """The 28x28 image, its ink's extent, and whether its answer echoes it."""
     kind, data, echo = payload
-    return prepare_image(ctx, (kind, data)), echo
+    return *prepare_image(ctx, (kind, data)), echo
 
 
-def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, bool]]) -> list[bytes]:
-    """One model call for the batch; each image's answer as the JSON body of POST /api/predict."""
-    probs = ctx.predictor.probabilities(np.stack([image for image, _ in items]))
+def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, float, bool]]) -> list[bytes]:
+    """One model call for the batch; each image's answer as the JSON body of POST /api/predict: label null and a
+    reason where the model's abstention refuses it (the probabilities stay)."""
+    judged = ctx.predictor.judge(np.stack([image for image, _, _ in items]), [extent for _, extent, _ in items])
     out = []
-    for (image, echo), p in zip(items, probs):
-        pred = ctx.predictor.describe_probs(p)
+    for (image, _, echo), pred in zip(items, judged):
         answer = {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
-                  "probabilities": pred.probabilities}
+                  "probabilities": pred.probabilities, "reason": pred.reason}
         if echo:
             answer["preprocessed"] = image.tolist()
         out.append(json_bytes({**answer, "model": ctx.model_info}))
@@ -157,7 +157,7 @@ register_job("predict", prepare_predict, run_predict)
 
 def prepare_explain(ctx: WorkerContext, payload: tuple) -> tuple:
     image, method, target, layers = payload
-    return prepare_image(ctx, image), method, target, layers
+    return prepare_image(ctx, image)[0], method, target, layers
 
 
 def run_explain(ctx: WorkerContext, items: list[tuple]) -> list[bytes]:

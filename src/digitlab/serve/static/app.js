@@ -173,9 +173,14 @@ function buildBars() {
 
 function showPrediction(answer) {
   errorEl.textContent = "";
-  predictionEl.textContent = classes.every((c) => c.length === 1) ? String(answer.label) : answer.class_name;
-  predictionEl.dataset.label = String(answer.label);
-  confidenceEl.textContent = percent(answer.probability) + confidenceWords(answer.model);
+  if (answer.label === null) showRefusal(answer);
+  else {
+    predictionEl.classList.remove("refused");
+    delete predictionEl.dataset.reason;
+    predictionEl.textContent = classes.every((c) => c.length === 1) ? String(answer.label) : answer.class_name;
+    predictionEl.dataset.label = String(answer.label);
+    confidenceEl.textContent = percent(answer.probability) + confidenceWords(answer.model);
+  }
   answer.probabilities.forEach((p, i) => {
     const bar = barsEl.querySelector(`[data-class="${i}"]`);
     if (!bar) return;
@@ -184,6 +189,22 @@ function showPrediction(answer) {
     bar.querySelector(".pct").textContent = percent(p);
   });
   drawPreview(answer.preprocessed);
+}
+
+// The model refused to name a digit (label null): say why; the bars still show its probabilities.
+const REFUSALS = {
+  "not a digit": ["Not a digit", "This does not look like a digit"],
+  "too small: draw it larger": ["Too small", "Draw it larger: the drawing is too small to read"],
+};
+
+function showRefusal(answer) {
+  const [title, words] = REFUSALS[answer.reason] || ["No digit", answer.reason || ""];
+  predictionEl.classList.add("refused");
+  predictionEl.textContent = title;
+  predictionEl.dataset.reason = answer.reason || "";
+  delete predictionEl.dataset.label;
+  confidenceEl.title = "";
+  confidenceEl.textContent = words;
 }
 
 function confidenceWords(model) {  // a calibrated probability is how sure; a raw softmax is only a score
@@ -335,7 +356,9 @@ function reset() {
   previewCtx.fillStyle = "#000";
   previewCtx.fillRect(0, 0, SIDE, SIDE);
   predictionEl.textContent = "–";
+  predictionEl.classList.remove("refused");
   delete predictionEl.dataset.label;
+  delete predictionEl.dataset.reason;
   confidenceEl.innerHTML = "&nbsp;";
   errorEl.textContent = "";
   hintEl.textContent = "Draw one digit, large and centred";
