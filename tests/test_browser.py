@@ -219,3 +219,32 @@ def test_shipped_model_reads_european_handwriting(shipped_page, tmp_path):
                 shutil.copyfile(shot, Path(os.environ["DIGITLAB_SCREENSHOT_DIR"]) / shot.name)
     wrong = {name: got for (label, name, _), (got, _) in zip(EUROPEAN, read.values()) if got != str(label)}
     assert not wrong, f"misread: {wrong}; bars: {read}"
+
+
+# Drawings that are not digits (tests/test_abstain.py draws the same through predict and the API)
+NOT_DIGITS = [
+    ("dot", [[(0.5, 0.5)]], "Too small"),
+    ("letter-k", [[(0.3, 0.15), (0.3, 0.85)], [(0.7, 0.15), (0.3, 0.55), (0.72, 0.85)]], "Not a digit"),
+    ("scribble", [[(0.2, 0.3), (0.8, 0.25), (0.25, 0.45), (0.8, 0.5), (0.2, 0.65), (0.75, 0.75), (0.3, 0.8)]],
+     "Not a digit"),
+]
+
+
+def test_shipped_page_says_when_a_drawing_is_not_a_digit(shipped_page, tmp_path):
+    """A dot, a letter K and a scribble: the page says "Too small" or "Not a digit" instead of naming a digit,
+    and says why under it. DIGITLAB_SCREENSHOT_DIR=docs saves each page as docs/not-a-digit/<name>.png."""
+    seen = {}
+    for name, strokes, title in NOT_DIGITS:
+        shipped_page.click("#clear")
+        seen[name] = (draw(shipped_page, strokes), shipped_page.text_content("#confidence").strip())
+        shipped_page.evaluate("Promise.all(document.getAnimations().map(a => a.finished)).then(() => true)")
+        shot = tmp_path / f"{name}.png"
+        shipped_page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("DIGITLAB_SCREENSHOT_DIR"):
+            folder = Path(os.environ["DIGITLAB_SCREENSHOT_DIR"]) / "not-a-digit"
+            folder.mkdir(exist_ok=True)
+            shutil.copyfile(shot, folder / shot.name)
+    assert {n: s[0] for n, s in seen.items()} == {n: t for n, _, t in NOT_DIGITS}, seen
+    assert "larger" in seen["dot"][1] and "does not look like a digit" in seen["scribble"][1]
+    shipped_page.click("#clear")
+    assert draw(shipped_page, [SEVEN]) == "7", "a real digit is still read"
