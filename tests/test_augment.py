@@ -1,6 +1,8 @@
 """Batched augmentation: shapes and devices kept, seeded, pixels really move, labels survive it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -92,15 +94,18 @@ def test_unknown_kind_is_refused(digits):
         make_config({}, augment="cutout")
 
 
-@pytest.mark.parametrize("kind", ["affine", "affine+elastic"])
-def test_labels_survive(kind, trained_run):
+@pytest.mark.parametrize("kind, floor", [("affine", 0.7), ("affine+elastic", 0.7), ("writers", 0.6)])
+def test_labels_survive(kind, floor, trained_run):
     """A CNN trained for 300 steps without augmentation (so not made invariant to it) still reads most augmented
-    test digits, far better than the same digits turned upside down, which does change what they are."""
+    test digits, far better than the same digits turned upside down, which does change what they are. "writers"
+    is applied to every image here (not half of them): its box-filled, coarse, binary digits are a format this
+    model never saw (about 70% read, upside down 37%; a model trained longer reads 93-96%), not other labels."""
     loaded = load_run(trained_run)
     ds = load_dataset("mnist")
     images, labels = ds.test_images[:2000], ds.test_labels[:2000]
     torch.manual_seed(0)
-    augmented = augment(normalize(images, loaded.normalization), kind)
+    spec = replace(AUGMENTATIONS[kind], share=1.0)
+    augmented = augment(normalize(images, loaded.normalization), spec)
     shift, scale = NORMALIZATIONS[loaded.normalization]  # back to uint8, which predict_logits normalises itself
     as_uint8 = ((augmented * scale + shift) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0]
 
@@ -109,7 +114,7 @@ def test_labels_survive(kind, trained_run):
 
     clean, moved, upside_down = accuracy(images), accuracy(as_uint8), accuracy(torch.rot90(images, 2, (1, 2)))
     assert clean > 0.95
-    assert moved > 0.7 and moved > upside_down + 0.3, f"{kind}: {clean:.2%} clean, {moved:.2%} augmented, " \
+    assert moved > floor and moved > upside_down + 0.3, f"{kind}: {clean:.2%} clean, {moved:.2%} augmented, " \
                                                       f"{upside_down:.2%} upside down"
 
 
