@@ -62,7 +62,8 @@ def test_threshold_refuses_at_most_one_percent_of_the_digits_it_was_fitted_on():
 
 def test_shipped_threshold_is_what_validation_data_gives(shipped):
     """Refitting on validation data alone (MNIST's hold-out, non_digits' validation seeds) gives the stored
-    threshold to the last digit: had test data been used, it would not."""
+    threshold and the stored validation figures: had MNIST's test digits set the threshold, or the test seeds'
+    non-digits chosen the score, they would differ."""
     from digitlab.calibrate import NON_DIGITS as COUNT, digit_extents, validation_split
 
     images, _ = validation_split("mnist", 5000)
@@ -73,6 +74,7 @@ def test_shipped_threshold_is_what_validation_data_gives(shipped):
     stored = shipped.abstention
     assert (record.score, record.min_extent) == (stored.score, stored.min_extent)
     assert record.threshold == pytest.approx(stored.threshold, abs=1e-4)
+    assert record.validation == pytest.approx(stored.validation)
     assert "validation" in stored.fitted_on
 
 
