@@ -275,8 +275,9 @@ def test_compare_skips_an_incomplete_run_with_a_warning(finished, tmp_path):
     shutil.copy(finished / "config.json", incomplete / "config.json")  # killed before its first evaluation
     proc = run_cli("compare", str(finished), str(incomplete), "-o", str(tmp_path / "c.png"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip() == f"digitlab: warning: skipping {incomplete}: it has no metrics.csv yet"
-    lines = proc.stdout.splitlines()
-    assert lines[1].split()[0] == finished.name and len(lines) == 3 and "1 runs" in lines[2]
-    one_line_error(run_cli("compare", str(incomplete), "-o", str(tmp_path / "d.png")), "no run to compare")
+    assert proc.stderr.strip() == (f"digitlab: warning: skipping {incomplete} (mlp, seed 0): unfinished, "
+                                   "no evaluation yet, epoch 0 of 1")
+    rows = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert finished.name in rows and incomplete.name not in rows
+    one_line_error(run_cli("compare", str(incomplete), "-o", str(tmp_path / "d.png")), "no finished run to compare")
     assert not (tmp_path / "d.png").exists()
