@@ -24,14 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from digitlab import non_digits  # noqa: E402
-from digitlab.abstain import NOT_A_DIGIT, TOO_SMALL, Abstention, fit_abstention, thickness  # noqa: E402
+from digitlab.abstain import NOT_A_DIGIT, TOO_SMALL, Abstention, Scored, fit_abstention, thickness  # noqa: E402
 from digitlab.calibrate import abstain_fitted_on, digit_extents, validation_split  # noqa: E402
 from digitlab.predict import Predictor  # noqa: E402
 
 
 def reasons_by_kind(record: Abstention, p: Predictor, images: np.ndarray, extents, kinds: list[str]) -> dict:
     """The share of each kind refused, and as which reason."""
-    reasons = np.array(record.reasons(p.logits(images), p.temperature, extents), dtype=object)
+    reasons = np.array(record.reasons(images, p.logits(images), p.temperature, extents), dtype=object)
     kinds_a = np.array(kinds)
     out = {}
     for kind in list(non_digits.KINDS) + ["all"]:
@@ -44,18 +44,16 @@ def reasons_by_kind(record: Abstention, p: Predictor, images: np.ndarray, extent
 
 def digits_refused(record: Abstention, p: Predictor, images: np.ndarray, extents) -> float:
     """The share of real digits refused."""
-    return float(np.mean([r is not None for r in record.reasons(p.logits(images), p.temperature, extents)]))
+    return float(np.mean([r is not None for r in record.reasons(images, p.logits(images), p.temperature, extents)]))
 
 
-def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as files would hold them (real_writers.as_picture), through to_mnist: images, extents."""
+def sklearn_digits() -> np.ndarray:
+    """scikit-learn's digits as files would hold them (real_writers.as_picture), through to_mnist."""
     from real_writers import as_picture, load_writers
 
-    from digitlab.preprocess import to_mnist_measured
+    from digitlab.preprocess import to_mnist
 
-    digits, _ = load_writers()
-    done = [to_mnist_measured(as_picture(d)) for d in digits]
-    return np.stack([i for i, _ in done]), np.array([e for _, e in done])
+    return np.stack([to_mnist(as_picture(d)) for d in load_writers()[0]])
 
 
 def validation(p: Predictor, n: int) -> tuple[Abstention, dict, dict]:
@@ -64,10 +62,17 @@ def validation(p: Predictor, n: int) -> tuple[Abstention, dict, dict]:
     images = images.numpy()
     extents = digit_extents(images)
     others, other_extents, kinds = non_digits.validation_set(n)
-    record, candidates = fit_abstention(p.logits(images), extents, p.logits(others), other_extents, p.temperature,
+    record, candidates = fit_abstention(Scored(images, p.logits(images), extents),
+                                        Scored(others, p.logits(others), other_extents), p.temperature,
                                         abstain_fitted_on(p.dataset, len(images), n))
-    per_kind = {name: reasons_by_kind(Abstention(name, c["threshold"], record.min_extent), p, others,
-                                      other_extents, kinds) for name, c in candidates.items()}
+    per_kind = {name: reasons_by_kind(Abstention(name, c["threshold"], record.min_extent,
+                                                 max_thickness=record.max_thickness), p, others, other_extents, kinds)
+                for name, c in candidates.items()}
+    per_kind["ink rules alone"] = reasons_by_kind(Abstention(min_extent=record.min_extent,
+                                                             max_thickness=record.max_thickness),
+                                                  p, others, other_extents, kinds)
+    per_kind["score alone (energy)"] = reasons_by_kind(Abstention("energy", candidates["energy"]["threshold"]),
+                                                       p, others, other_extents, kinds)
     depth = {"mnist": np.bincount(thickness(images), minlength=9).tolist(),
              **{k: np.bincount(thickness(others[np.array(kinds) == k]), minlength=9).tolist()
                 for k in non_digits.KINDS}}
@@ -81,20 +86,21 @@ def test(p: Predictor, record: Abstention, n: int) -> dict:
     others, extents, kinds = non_digits.test_set(n)
     ds = load_dataset(p.dataset, progress=False)
     mnist = ds.test_images.numpy()
-    sk, sk_extents = sklearn_digits()
+    sk = sklearn_digits()
     page, page_extents, _ = non_digits.page_digits(1000)
     return {"non_digits": reasons_by_kind(record, p, others, extents, kinds),
             "mnist_test_refused": digits_refused(record, p, mnist, digit_extents(mnist)),
-            "sklearn_refused": digits_refused(record, p, sk, sk_extents),
+            "sklearn_refused": digits_refused(record, p, sk, None),  # files: the score alone
             "page_digits_refused": digits_refused(record, p, page, page_extents)}
 
 
 def print_report(record: Abstention, val: dict, tested: dict) -> None:
     print(f"validation: {record.fitted_on}")
-    print(f"too small: ink extent under {record.min_extent:.3f} of the picture's side")
+    print(f"too small: ink extent under {record.min_extent:.3f} of the canvas, or thickness over "
+          f"{record.max_thickness:g}")
     print(f"{'score':<12}{'threshold':>10}{'digits':>8}" + "".join(f"{k:>10}" for k in [*non_digits.KINDS, "all"]))
-    for name, c in val["candidates"].items():
-        kinds = val["per_kind"][name]
+    for name, kinds in val["per_kind"].items():
+        c = val["candidates"].get(name, {"threshold": float("nan"), "digits": {"refused": float("nan")}})
         print(f"{name:<12}{c['threshold']:>10.4f}{c['digits']['refused']:>8.2%}"
               + "".join(f"{kinds[k]['refused']:>10.1%}" for k in [*non_digits.KINDS, "all"]))
     print("thickness (3x3 erosions the ink survives) counts, 0..8:")

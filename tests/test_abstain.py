@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from digitlab import non_digits
-from digitlab.abstain import NOT_A_DIGIT, TOO_SMALL, Abstention, fit_abstention, model_score
+from digitlab.abstain import NOT_A_DIGIT, TOO_SMALL, Abstention, Scored, fit_abstention, model_score, thickness
 from digitlab.predict import Predictor
 
 # Drawings in canvas fractions (0..1), as a person draws them on the page: one stroke per list
@@ -19,6 +19,8 @@ DOT = [[(0.5, 0.5)]]
 LETTER_K = [[(0.3, 0.15), (0.3, 0.85)], [(0.7, 0.15), (0.3, 0.55), (0.72, 0.85)]]
 SCRIBBLE = [[(0.2, 0.3), (0.8, 0.25), (0.25, 0.45), (0.8, 0.5), (0.2, 0.65), (0.75, 0.75), (0.3, 0.8)]]
 NON_DIGITS = {"dot": (DOT, TOO_SMALL), "letter K": (LETTER_K, NOT_A_DIGIT), "scribble": (SCRIBBLE, NOT_A_DIGIT)}
+# A file has no canvas to be small on (a 12-pixel digit on a scanned page is a digit): its dot is a thick blob
+FILE_REASONS = {"dot": TOO_SMALL, "letter K": NOT_A_DIGIT, "scribble": NOT_A_DIGIT}
 
 
 def canvas_of(strokes: list) -> np.ndarray:
@@ -52,10 +54,13 @@ def test_validation_and_test_seeds_are_disjoint():
 
 def test_threshold_refuses_at_most_one_percent_of_the_digits_it_was_fitted_on():
     rng = np.random.default_rng(0)
-    digits = rng.normal(0, 1, (1000, 10)) + np.eye(10)[rng.integers(0, 10, 1000)] * 8
-    others = rng.normal(0, 1, (200, 10))
-    record, candidates = fit_abstention(digits, np.full(1000, 0.7), others, np.full(200, 0.7), 1.0, "synthetic")
-    refused = np.mean([r is not None for r in record.reasons(digits, 1.0, [0.7] * 1000)])
+    strokes = np.zeros((1000, 28, 28), np.uint8)
+    strokes[:, 4:24, 13:16] = 255
+    digits = Scored(strokes, rng.normal(0, 1, (1000, 10)) + np.eye(10)[rng.integers(0, 10, 1000)] * 8,
+                    np.full(1000, 0.7))
+    others = Scored(strokes[:200], rng.normal(0, 1, (200, 10)), np.full(200, 0.7))
+    record, candidates = fit_abstention(digits, others, 1.0, "synthetic")
+    refused = np.mean([r is not None for r in record.reasons(digits.images, digits.logits, 1.0, digits.extents)])
     assert refused <= 0.01 and record.validation["non_digits_refused"] > 0.5
     assert record.score == max(candidates, key=lambda k: candidates[k]["non_digits"]["refused"])
 
@@ -69,13 +74,22 @@ def test_shipped_threshold_is_what_validation_data_gives(shipped):
     images, _ = validation_split("mnist", 5000)
     images = images.numpy()
     others, other_extents, _ = non_digits.validation_set(COUNT)
-    record, _ = fit_abstention(shipped.logits(images), digit_extents(images), shipped.logits(others), other_extents,
-                               shipped.temperature, "")
+    record, _ = fit_abstention(Scored(images, shipped.logits(images), digit_extents(images)),
+                               Scored(others, shipped.logits(others), other_extents), shipped.temperature, "")
     stored = shipped.abstention
-    assert (record.score, record.min_extent) == (stored.score, stored.min_extent)
+    assert (record.score, record.min_extent, record.max_thickness) == (stored.score, stored.min_extent,
+                                                                       stored.max_thickness)
     assert record.threshold == pytest.approx(stored.threshold, abs=1e-4)
     assert record.validation == pytest.approx(stored.validation)
     assert "validation" in stored.fitted_on
+
+
+def test_thickness_tells_a_blob_from_strokes():
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[0, 4:24, 13:16] = 255  # a stroke 3 pixels wide
+    yy, xx = np.mgrid[:28, :28]
+    images[1][(yy - 14) ** 2 + (xx - 14) ** 2 <= 100] = 255  # a disk 20 pixels across: a dot, enlarged
+    assert thickness(images).tolist() == [2, 8]
 
 
 def test_energy_score_is_minus_t_logsumexp():
@@ -85,7 +99,7 @@ def test_energy_score_is_minus_t_logsumexp():
 
 
 def test_record_round_trips_and_rejects_nonsense():
-    record = Abstention("energy", -2.5, 0.25, "x", {"digits_refused": 0.01})
+    record = Abstention("energy", -2.5, 0.25, "x", {"digits_refused": 0.01}, 4)
     assert Abstention.from_meta(json.loads(json.dumps(record.to_meta()))) == record
     for bad in ({**record.to_meta(), "score": "magic"}, {**record.to_meta(), "min_extent": 2}, "x"):
         with pytest.raises((TypeError, ValueError)):
@@ -94,7 +108,7 @@ def test_record_round_trips_and_rejects_nonsense():
 
 @pytest.mark.parametrize("name", NON_DIGITS)
 def test_predict_refuses_non_digits(name, tmp_path):
-    strokes, reason = NON_DIGITS[name]
+    strokes, reason = NON_DIGITS[name][0], FILE_REASONS[name]
     path = tmp_path / "drawing.png"
     Image.fromarray(255 - canvas_of(strokes)).save(path)  # dark ink on white paper, as a photo of it would be
     out = subprocess.run([sys.executable, "-m", "digitlab", "predict", "--json", str(path)], capture_output=True,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from digitlab import non_digits
-from digitlab.abstain import fit_abstention
+from digitlab.abstain import Scored, fit_abstention
 from digitlab.calibration import META_KEY, NO_HOLD_OUT, Calibration
 from digitlab.checkpoint import load_run, resolve_checkpoint, update_metadata
 from digitlab.errors import ConfigError, DigitlabError, RunError
@@ -54,18 +54,20 @@ def calibrate_file(path: Path, images: torch.Tensor, labels: torch.Tensor, datas
     if dataset == "mnist":  # the generated non-digits are MNIST-like drawings
         others, other_extents, _ = non_digits.validation_set(NON_DIGITS)
         other_logits = predict_logits(model, torch.from_numpy(others), loaded.normalization, 1000, device).numpy()
-        record, _ = fit_abstention(logits, digit_extents(images.cpu().numpy()), other_logits, other_extents,
-                                   calibration.temperature, abstain_fitted_on(dataset, val_size, NON_DIGITS))
+        pixels = images.cpu().numpy()
+        record, _ = fit_abstention(Scored(pixels, logits, digit_extents(pixels)),
+                                   Scored(others, other_logits, other_extents), calibration.temperature,
+                                   abstain_fitted_on(dataset, val_size, NON_DIGITS))
         calibration = replace(calibration, abstain=record.to_meta())
     update_metadata(path, {META_KEY: calibration.to_meta()})
     return Calibrated(path, calibration)
 
 
 def digit_extents(images: np.ndarray) -> np.ndarray:
-    """Each validation digit's ink extent as preprocessing measures a picture's (preprocess.ink_extent)."""
-    from digitlab.preprocess import to_mnist_measured
+    """Each validation digit's ink extent as if drawn on the page's canvas (canvas_to_mnist_measured)."""
+    from digitlab.preprocess import canvas_to_mnist_measured
 
-    return np.array([to_mnist_measured(image)[1] for image in images], np.float64)
+    return np.array([canvas_to_mnist_measured(image)[1] for image in images], np.float64)
 
 
 def abstain_fitted_on(dataset: str, val_size: int, others: int) -> str:
@@ -101,7 +103,8 @@ def abstain_summary(calibration: Calibration) -> str:
     if calibration.abstain is None:
         return ""
     a = calibration.abstention
-    return (f"; refuses as too small under {a.min_extent:.0%} of the picture's side, as not a digit when {a.score} > "
+    return (f"; refuses as too small under {a.min_extent:.0%} of the canvas or over {a.max_thickness:g} erosions "
+            f"thick, as not a digit when {a.score} > "
             f"{a.threshold:.4g} (validation: {a.validation['digits_refused']:.1%} of digits, "
             f"{a.validation['non_digits_refused']:.1%} of generated non-digits)")
 

@@ -120,16 +120,14 @@ class FileResult:
     error: str | None = None
 
 
-def _preprocess_file(path: Path) -> tuple[np.ndarray | None, str | None, float | None]:
-    """Read and preprocess one file (in a worker process for big folders): the image, or the error's message, and
-    the ink's extent in the picture (for the "too small" refusal)."""
-    from digitlab.preprocess import to_mnist_measured
+def _preprocess_file(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """Read and preprocess one file (in a worker process for big folders): the image, or the error's message."""
+    from digitlab.preprocess import to_mnist
 
     try:
-        image, extent = to_mnist_measured(path)
-        return image, None, extent
+        return to_mnist(path), None
     except DigitlabError as e:
-        return None, str(e), None
+        return None, str(e)
 
 
 def _onnxruntime_installed() -> bool:
@@ -330,18 +328,18 @@ class Predictor:
         return self.info.calibration.abstention
 
     def predict(self, images, top_k: int = 3, preprocess: bool = True) -> list[Prediction]:
-        """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors. A drawing that is not a
-        digit, or too small to read, gets label None and a reason."""
+        """Predict one image or a list: paths, bytes, PIL images, numpy arrays or tensors. One the model's abstention
+        refuses as not a digit gets label None and a reason (a picture's scale is unknown: "too small" is for
+        canvas drawings, whose extent judge() is given)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        measured = [self.measured_input(image, preprocess) for image in images]
-        return self.judge(np.stack([image for image, _ in measured]), [extent for _, extent in measured], top_k)
+        return self.judge(np.stack([self.to_input(image, preprocess) for image in images]), None, top_k)
 
     def judge(self, images, extents: list[float | None] | None = None, top_k: int = 3) -> list[Prediction]:
         """uint8 (N, 28, 28) images -> Predictions, refused (label None, reason) where the model's abstention says;
-        `extents`: each picture's ink extent before preprocessing (None where unknown)."""
+        `extents`: each canvas drawing's ink extent (canvas_to_mnist_measured; None where not a canvas)."""
         logits = self.logits(images)
-        reasons = self.abstention.reasons(logits, self.temperature, extents)
+        reasons = self.abstention.reasons(np.asarray(images).reshape(-1, 28, 28), logits, self.temperature, extents)
         return [self.describe_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,
@@ -369,12 +367,12 @@ class Predictor:
                     pending = pool.map_async(_preprocess_file, chunks[i + 1], chunksize=8)
                 yield from self._predict_chunk(part, done, top_k)
 
-    def _predict_chunk(self, paths: list[Path], done: list[tuple[np.ndarray | None, str | None, float | None]],
+    def _predict_chunk(self, paths: list[Path], done: list[tuple[np.ndarray | None, str | None]],
                        top_k: int) -> Iterator[FileResult]:
         """One model call for a chunk's readable images, then the results in the files' order."""
-        good = [(image, extent) for image, _, extent in done if image is not None]
-        judged = iter(self.judge(np.stack([i for i, _ in good]), [e for _, e in good], top_k) if good else [])
-        for path, (image, error, _) in zip(paths, done):
+        good = [image for image, _ in done if image is not None]
+        judged = iter(self.judge(np.stack(good), None, top_k) if good else [])
+        for path, (image, error) in zip(paths, done):
             yield FileResult(path, image, next(judged) if image is not None else None, error)
 
     @staticmethod
@@ -387,19 +385,13 @@ class Predictor:
 
         return to_mnist(image)
 
-    @staticmethod
-    def measured_input(image, preprocess: bool = True) -> tuple[np.ndarray, float | None]:
-        """to_input, and the ink's extent in the picture (None for an image given already MNIST-like)."""
-        if not preprocess:
-            return Predictor.to_input(image, False), None
-        from digitlab.preprocess import to_mnist_measured
-
-        return to_mnist_measured(image)
-
-    def describe_logits(self, logits, top_k: int = 3, extent: float | None = None) -> Prediction:
-        """One image's logits (from logits()) -> a Prediction (refused where the abstention says), for callers that
-        show the logits too."""
-        reason = self.abstention.reasons(np.asarray(logits)[None], self.temperature, [extent])[0]
+    def describe_logits(self, logits, top_k: int = 3, image=None) -> Prediction:
+        """One image's logits (from logits()) -> a Prediction, for callers that show the logits too; refused where
+        the abstention says when `image` (the 28x28 the model saw) is given."""
+        if image is None:
+            return self.describe_probs(self.calibrated(logits), top_k)
+        pixels = np.asarray(image.numpy() if _is_tensor(image) else image).reshape(1, 28, 28)
+        reason = self.abstention.reasons(pixels, np.asarray(logits)[None], self.temperature)[0]
         return self.describe_probs(self.calibrated(logits), top_k).refused(reason)
 
     def describe_probs(self, probs, top_k: int = 3) -> Prediction:

@@ -48,8 +48,7 @@ from digitlab.preprocess.constants import (BOX_LEVEL, CANVAS, CENTER, DARK_PAPER
                                            INK_LIKE, LABEL_GRID, LEVEL_SLACK, MARGIN, MAX_IMAGE_SIDE, MIN_CONTRAST,
                                            MIXED_EDGE, NARROW, PIECE_FRACTION, SPECK_FRACTION, STRIP, STROKE_SNR,
                                            TARGET_BOX, TWO_LEVELS, WORK_SIDE)
-from digitlab.preprocess.pipeline import (canvas_to_mnist, canvas_to_mnist_measured, ink_extent, to_mnist,
-                                          to_mnist_measured)
+from digitlab.preprocess.pipeline import canvas_to_mnist, canvas_to_mnist_measured, ink_extent, to_mnist
 from digitlab.preprocess.reading import ALPHA_MODES, ImageSource, load_image
 from digitlab.preprocess.strokes import BlankImageError
 
@@ -57,4 +56,4 @@ __all__ = ["ALPHA_MODES", "BOX_LEVEL", "BlankImageError", "CANVAS", "CENTER", "D
            "FIT_ROUNDS", "INK_LIKE", "ImageSource", "LABEL_GRID", "LEVEL_SLACK", "MARGIN", "MAX_IMAGE_SIDE",
            "MIN_CONTRAST", "MIXED_EDGE", "NARROW", "PIECE_FRACTION", "SPECK_FRACTION", "STRIP", "STROKE_SNR",
            "TARGET_BOX", "TWO_LEVELS", "WORK_SIDE", "canvas_to_mnist", "canvas_to_mnist_measured", "ink_extent",
-           "load_image", "to_mnist", "to_mnist_measured"]
+           "load_image", "to_mnist"]

@@ -68,17 +68,11 @@ def _measured_from_pixels(pixels: np.ndarray, ink: str) -> tuple[np.ndarray, flo
 def to_mnist(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
              max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:  # ink: "auto" (detect), "bright" or "dark"
     """Any digit picture (file, bytes, PIL image, array, tensor) -> the (28, 28) uint8 MNIST would make."""
-    return to_mnist_measured(image, ink, max_side)[0]
-
-
-def to_mnist_measured(image: ImageSource | np.ndarray | torch.Tensor, ink: str = "auto",
-                      max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray, float]:
-    """to_mnist, and the ink's extent in the picture (ink_extent): how large it was drawn."""
     if isinstance(image, np.ndarray) or _is_tensor(image):
         pixels = _array_pixels(image, max_side)
     else:
         pixels = _image_pixels(load_image(image, max_side))
-    return _measured_from_pixels(pixels, ink)
+    return _mnist_from_pixels(pixels, ink)
 
 
 def canvas_to_mnist(pixels: object) -> np.ndarray:
@@ -87,7 +81,7 @@ def canvas_to_mnist(pixels: object) -> np.ndarray:
 
 
 def canvas_to_mnist_measured(pixels: object) -> tuple[np.ndarray, float]:
-    """canvas_to_mnist, and the ink's extent on the canvas (ink_extent)."""
+    """canvas_to_mnist, and the ink's extent on the canvas (ink_extent): how large it was drawn, for "too small"."""
     try:
         a = (pixels.detach().cpu().numpy() if _is_tensor(pixels) else np.asarray(pixels))
         a = a.astype(np.float32)

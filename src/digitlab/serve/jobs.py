@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from digitlab.errors import ImageError
-from digitlab.preprocess import canvas_to_mnist_measured, to_mnist_measured
+from digitlab.preprocess import canvas_to_mnist_measured, to_mnist
 from digitlab.serve.decode import PixelBudgetError, decode_upload
 from digitlab.serve.limits import Limits
 from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
@@ -81,8 +81,9 @@ def json_bytes(content: Any) -> bytes:
 #### (?preprocessed=true) the 28x28 the model saw: 784 numbers that were most of the answer's bytes and JSON time
 
 
-def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> tuple[np.ndarray, float]:
-    """A request's payload -> the (28, 28) uint8 image the model will see, and its ink's extent in the picture."""
+def prepare_image(ctx: WorkerContext, payload: tuple[str, bytes]) -> tuple[np.ndarray, float | None]:
+    """A request's payload -> the (28, 28) uint8 image the model will see, and the ink's extent on the canvas (None
+    for an uploaded file: its scale is unknown, a small digit on a large page is still a digit)."""
     kind, data = payload
     if kind == "pixels":
         return prepare_pixels(data)
@@ -104,7 +105,7 @@ def prepare_pixels(body: bytes) -> tuple[np.ndarray, float]:
         raise JobError(422, str(e)) from None
 
 
-def prepare_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, float]:
+def prepare_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, None]:
     """Image bytes -> MNIST pixels: the format allowlist and size from the header (415, 413), the pixel budget
     (413), a reduced-size decode (400 if unreadable), then preprocessing (422: no digit)."""
     from fastapi import HTTPException  # the header check answers as the app would
@@ -122,20 +123,20 @@ def prepare_upload(data: bytes, limits: Limits) -> tuple[np.ndarray, float]:
     except ImageError as e:
         raise JobError(400, f"the uploaded image is unreadable: {e}") from None
     try:
-        return to_mnist_measured(image, max_side=limits.max_image_side)
+        return to_mnist(image, max_side=limits.max_image_side), None
     except ImageError as e:
         raise JobError(422, str(e)) from None
     except MemoryError:
         raise JobError(413, "the uploaded image needs more memory than a worker may use") from None
 
 
-def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tuple[np.ndarray, float, bool]:
+def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tuple[np.ndarray, float | None, bool]:
     """The 28x28 image, its ink's extent, and whether its answer echoes it."""
     kind, data, echo = payload
     return *prepare_image(ctx, (kind, data)), echo
 
 
-def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, float, bool]]) -> list[bytes]:
+def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, float | None, bool]]) -> list[bytes]:
     """One model call for the batch; each image's answer as the JSON body of POST /api/predict: label null and a
     reason where the model's abstention refuses it (the probabilities stay)."""
     judged = ctx.predictor.judge(np.stack([image for image, _, _ in items]), [extent for _, extent, _ in items])
