@@ -338,8 +338,13 @@ class Predictor:
     def judge(self, images, extents: list[float | None] | None = None, top_k: int = 3) -> list[Prediction]:
         """uint8 (N, 28, 28) images -> Predictions, refused (label None, reason) where the model's abstention says;
         `extents`: each canvas drawing's ink extent (canvas_to_mnist_measured; None where not a canvas)."""
-        logits = self.logits(images)
-        reasons = self.abstention.reasons(np.asarray(images).reshape(-1, 28, 28), logits, self.temperature, extents)
+        return self.judged(images, self.logits(images), extents, top_k)
+
+    def judged(self, images, logits: np.ndarray, extents: list[float | None] | None = None,
+               top_k: int = 3) -> list[Prediction]:
+        """judge() with the images' logits already computed (the server calls logits() itself)."""
+        pixels = images.numpy() if _is_tensor(images) else np.asarray(images)
+        reasons = self.abstention.reasons(pixels.reshape(-1, 28, 28), logits, self.temperature, extents)
         return [self.describe_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,

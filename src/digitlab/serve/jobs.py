@@ -139,7 +139,8 @@ def prepare_predict(ctx: WorkerContext, payload: tuple[str, bytes, bool]) -> tup
 def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, float | None, bool]]) -> list[bytes]:
     """One model call for the batch; each image's answer as the JSON body of POST /api/predict: label null and a
     reason where the model's abstention refuses it (the probabilities stay)."""
-    judged = ctx.predictor.judge(np.stack([image for image, _, _ in items]), [extent for _, extent, _ in items])
+    images = np.stack([image for image, _, _ in items])
+    judged = ctx.predictor.judged(images, ctx.predictor.logits(images), [extent for _, extent, _ in items])
     out = []
     for (image, _, echo), pred in zip(items, judged):
         answer = {"label": pred.label, "class_name": pred.class_name, "probability": pred.probability,
