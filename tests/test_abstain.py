@@ -48,8 +48,10 @@ def test_generator_is_seeded_and_makes_each_kind():
 
 
 def test_validation_and_test_seeds_are_disjoint():
-    v, t = non_digits.VALIDATION_SEEDS, non_digits.TEST_SEEDS
-    assert max(v.start, t.start) >= min(v.stop, t.stop)
+    ranges = [non_digits.VALIDATION_SEEDS, non_digits.TEST_SEEDS, non_digits.TRAIN_SEEDS]
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            assert max(a.start, b.start) >= min(a.stop, b.stop)
 
 
 def test_threshold_refuses_at_most_one_percent_of_the_digits_it_was_fitted_on():

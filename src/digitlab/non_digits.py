@@ -17,7 +17,8 @@ server does with it). Kinds (`KINDS`), one per seed in turn (seed % 5):
     from digitlab.non_digits import generate, VALIDATION_SEED_BASE
     images, extents, kinds = generate(1000, VALIDATION_SEED_BASE)   # (1000, 28, 28) uint8 as the model sees them
 
-Seeds: VALIDATION_SEEDS (choose thresholds on these) and TEST_SEEDS (report once), disjoint.
+Seeds: VALIDATION_SEEDS (choose thresholds on these), TEST_SEEDS (report once) and TRAIN_SEEDS (for a training
+that learns to refuse), disjoint.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ VALIDATION_SEED_BASE = 0
 TEST_SEED_BASE = 10**9
 VALIDATION_SEEDS = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 10**6)
 TEST_SEEDS = range(TEST_SEED_BASE, TEST_SEED_BASE + 10**6)
+TRAIN_SEEDS = range(2 * 10**9, 2 * 10**9 + 10**6)  # for a training that sees non-digits: never validates or tests
 CANVAS_SIDE = 280  # the page's canvas
 PEN = 20  # the page's pen width in canvas pixels
 SIDE = 28  # what the page sends: the canvas in 10x10 block averages
