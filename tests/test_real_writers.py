@@ -135,7 +135,7 @@ def test_reading_is_predictors_on_the_saved_files(sample_files):
         np.testing.assert_array_equal(seen[k], to_mnist(path))
         [expected] = shipped.predict(str(path))
         assert probs[k].tolist() == pytest.approx(expected.probabilities, abs=0)
-        assert rw.labels_of(probs)[k] == expected.label
+        assert rw.labels_of(probs)[k] == expected.top_k[0][0]  # the digit read, also where it is refused
 
 
 def test_reading_is_what_digitlab_predict_prints(sample_files):
@@ -145,7 +145,7 @@ def test_reading_is_what_digitlab_predict_prints(sample_files):
                          capture_output=True, text=True, check=True, cwd=ROOT)
     printed = [json.loads(line) for line in out.stdout.splitlines()]
     assert [Path(p["file"]).name for p in printed] == [p.name for p in sample_files]
-    assert [p["label"] for p in printed] == rw.labels_of(probs).tolist()
+    assert [p["top_k"][0][0] for p in printed] == rw.labels_of(probs).tolist()  # read, refused or not
     for row, p in zip(probs, printed):
         assert row.tolist() == pytest.approx(p["probabilities"], abs=1e-6)
     # the sample holds both kinds: digits read right and misread (so a reading that inverts polarity would show)
