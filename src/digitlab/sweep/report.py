@@ -126,17 +126,19 @@ def draw_figures(study, out: Path, report: StudyReport) -> None:
 
 def format_report(report: StudyReport) -> str:
     """The table a person reads."""
+    shown = [(row, params_words(row["params"])) for row in report.trials]
+    width = max([len("params"), *(len(words) for _, words in shown)])
     lines = [f"study {report.study} in {report.storage}: {len(report.trials)} trials "
-             f"({', '.join(f'{n} {s}' for s, n in state_counts(report.trials).items())})",
-             f"{'number':>6}  {'state':<9}{'value':>8}  {'params':<58}run"]
-    for row in report.trials:
+             f"({', '.join(f'{n} {s}' for s, n in state_counts(report.trials).items())}); a pruned trial's value "
+             "is its last validation accuracy",
+             f"{'number':>6}  {'state':<9}{'value':>8}  {'params':<{width}}  run"]
+    for row, words in shown:
         value = f"{row['value']:.2%}" if row["value"] is not None else "-"
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        lines.append(f"{row['number']:>6}  {row['state']:<9}{value:>8}  {params:<58}{row['run'] or '-'}")
+        lines.append(f"{row['number']:>6}  {row['state']:<9}{value:>8}  {words:<{width}}  {row['run'] or '-'}")
     if report.best:
         best = report.best
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-        lines.append(f"best: trial {best['number']}, validation accuracy {best['value']:.2%} ({params})")
+        lines.append(f"best: trial {best['number']}, validation accuracy {best['value']:.2%} "
+                     f"({params_words(best['params'])})")
         lines.append(f"best recipe: {report.best_config} (retrain: digitlab train --config {report.best_config})")
     else:
         lines.append("best: none yet (no trial has completed)")
@@ -144,6 +146,11 @@ def format_report(report: StudyReport) -> str:
         lines.append(f"wrote {', '.join(report.figures.values())}")
     lines += report.notes
     return "\n".join(lines)
+
+
+def params_words(params: dict) -> str:
+    """lr=0.0029, model_args.width=24: floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def state_counts(rows: list[dict]) -> dict[str, int]:
