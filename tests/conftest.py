@@ -111,7 +111,7 @@ def postgres_url():
     """The URL (postgresql://postgres@127.0.0.1:PORT/digitlab) of a real PostgreSQL server started for this
     session (tests/postgres_server.py; about 1 s to start), as a user gives it to `digitlab sweep --storage` to
     share a study between processes (SQLAlchemy, under Optuna, needs postgres_server.with_driver(url) to use
-    psycopg2). Every test that asks shares it, so each uses study names of its own; to see the database go away,
+    psycopg). Every test that asks shares it, so each uses study names of its own; to see the database go away,
     take `private_postgres` instead. Without PostgreSQL installed this fails, saying how to install it."""
     with PostgresServer() as server:
         yield server.url

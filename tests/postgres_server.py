@@ -6,7 +6,7 @@ cluster there; it is never used). Stopping it ends the postmaster and its childr
 
     with PostgresServer() as server:
         server.url                # postgresql://postgres@127.0.0.1:PORT/digitlab
-        optuna.create_study(storage=with_driver(server.url), study_name="s")   # postgresql+psycopg2://...
+        optuna.create_study(storage=with_driver(server.url), study_name="s")   # postgresql+psycopg://...
 
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` system user that Debian's package
 creates, in a folder owned by it. Missing binaries are an error that says how to install them, never a skip."""
@@ -73,9 +73,9 @@ def find_bindir() -> Path:
                                f"{INSTALL_HINT}")
 
 
-def with_driver(url: str, driver: str = "psycopg2") -> str:
-    """`url` naming its DBAPI driver (postgresql+psycopg2://...). For a plain postgresql:// URL SQLAlchemy picks
-    one itself: psycopg2 up to SQLAlchemy 2.0, psycopg (version 3) from 2.1 on, and fails if that one is missing."""
+def with_driver(url: str, driver: str = "psycopg") -> str:
+    """`url` naming its DBAPI driver (postgresql+psycopg://..., psycopg 3: the `sweep` extra's). For a plain
+    postgresql:// URL SQLAlchemy picks one itself: psycopg2 up to SQLAlchemy 2.0, psycopg from 2.1 on."""
     scheme, sep, rest = url.partition("://")
     assert sep and scheme.split("+")[0] == "postgresql", f"not a PostgreSQL URL: {url}"
     return f"postgresql+{driver}://{rest}"
@@ -131,7 +131,7 @@ def _cleanup(process: subprocess.Popen | None, folder: str) -> None:
 
 class PostgresServer:
     """A fresh PostgreSQL cluster on 127.0.0.1:`port` with the database `digitlab`. Use it as a context manager
-    (or call start() and close()). `url` is what a user types (with_driver(url) names psycopg2 for SQLAlchemy);
+    (or call start() and close()). `url` is what a user types (with_driver(url) names psycopg for SQLAlchemy);
     `pid` is the postmaster's; stop() ends the server early (the folder stays until close()), so a test can check
     what happens when the database is gone; `timings` holds the seconds that initdb, the start and the stop took."""
 

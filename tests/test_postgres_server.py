@@ -11,7 +11,7 @@ import sys
 import uuid
 
 import optuna
-import psycopg2
+import psycopg
 import pytest
 import sqlalchemy
 
@@ -36,8 +36,9 @@ print(json.dumps({"pid": os.getpid(), "number": trial.number, "x": x}))
 
 
 def query(url: str, sql: str):
-    """One row of `sql`, through psycopg2 (libpq reads the plain postgresql:// URL a user types)."""
-    connection = psycopg2.connect(url, connect_timeout=5)
+    """One row of `sql`, through psycopg, the `sweep` extra's driver (libpq reads the plain postgresql:// URL a
+    user types)."""
+    connection = psycopg.connect(url, connect_timeout=5)
     try:
         with connection.cursor() as cursor:
             cursor.execute(sql)
@@ -54,7 +55,7 @@ def test_the_server_is_postgresql_with_the_digitlab_database(postgres_url):
 
 
 def test_a_study_is_shared_between_processes(postgres_url):
-    storage = with_driver(postgres_url)  # SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, not psycopg2
+    storage = with_driver(postgres_url)  # named, as digitlab's sweep names it: SQLAlchemy's default differs
     name = f"shared-{uuid.uuid4().hex}"
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     assert study.trials == []
@@ -87,7 +88,7 @@ def test_a_stopped_server_is_unreachable_and_leaves_nothing_behind(private_postg
     server.stop()
     assert not server.running
     assert [pid for pid in processes if os.path.exists(f"/proc/{pid}")] == []
-    with pytest.raises(psycopg2.OperationalError, match="Connection refused"):
+    with pytest.raises(psycopg.OperationalError, match="Connection refused"):
         query(url, "SELECT 1")
     with pytest.raises(sqlalchemy.exc.OperationalError, match="Connection refused"):
         optuna.load_study(study_name="before-the-stop", storage=with_driver(url))

@@ -2,7 +2,7 @@
 
     (no --storage)                        sqlite:///runs/sweeps.db: embedded, nothing to start, one machine
     --storage postgresql://user@host/db   every machine that runs `digitlab sweep` with this URL adds trials to
-                                          the same study (Optuna's RDB storage; psycopg2 is the driver)
+                                          the same study (Optuna's RDB storage; psycopg is the driver)
 
 A trial records the host and pid of the process running it. A trial whose process is gone (kill -9, a crash of
 the machine) is marked FAIL: at once by `digitlab sweep` on the same host (the pid is not alive), and by Optuna's
