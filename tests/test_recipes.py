@@ -1,6 +1,7 @@
-"""digitlab's own presets (fast, best, best-fashion), checked through the paths that use them: the config
-`digitlab train --preset X` hands to training, and the optimiser, learning-rate schedule, model and
-augmentation that training builds from it. docs/results.md has the measurements behind each recipe."""
+"""digitlab's own presets (fast, best, best-fashion, other-writers), checked through the paths that use them:
+the config `digitlab train --preset X` hands to training, and the optimiser, learning-rate schedule, model and
+augmentation that training builds from it. docs/results.md and docs/real_writers.md have the measurements behind
+each recipe."""
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,7 @@ from digitlab.optim import LeanAdamW, build_optimizer, lr_at
 from digitlab.presets import preset_config
 from helpers import mnist_slice
 
-OWN = ("fast", "best", "best-fashion")
+OWN = ("fast", "best", "best-fashion", "other-writers")
 TRAIN_IMAGES = 60_000  # MNIST and Fashion-MNIST alike
 
 
@@ -138,3 +139,22 @@ def test_ema_and_augmentation_resume_exactly(tmp_path, mnist):
     x = torch.randn(8, 1, 28, 28)
     a, b = load_run(whole.run_dir, "last").model, load_run(split.run_dir, "last").model
     assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_other_writers_adds_other_writers_formats_to_realworld(monkeypatch):
+    """other-writers: realworld's data (12,000 pen digits, MNIST less the 5,000-image hold-out, selected on
+    it) at width 24 for 4 epochs, with the "writers" formats on 60% of each batch: 1s filled up to a square box,
+    grids of 7-16 cells, binary bitmaps, thicker pens only (docs/real_writers.md has the measurements)."""
+    cfg = config_from_cli(monkeypatch, "--preset", "other-writers")
+    base = config_from_cli(monkeypatch, "--preset", "realworld")
+    assert (cfg.model, cfg.model_args, cfg.epochs) == ("digitnet", {"width": 24}, 4)
+    assert (cfg.pen_digits, cfg.val_size, cfg.fixed_schedule) == (12_000, 5_000, False)
+    same = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "label_smoothing", "batch_size", "pen_digits")
+    assert all(getattr(cfg, k) == getattr(base, k) for k in same) and base.augment == "none"
+    assert cfg.augment == "writers"
+    spec = AUGMENTATIONS[cfg.augment]
+    assert (spec.share, spec.fill, spec.coarse, spec.binarize) == (0.6, 0.8, 0.7, 0.7)
+    assert spec.fill_aspect == (0.6, 1.0) and spec.coarse_cells == (7.0, 16.0)
+    assert spec.stroke == 1.0 and spec.thicken
+    assert not (spec.degrees or spec.scale or spec.shift or spec.shear or spec.aspect or spec.elastic or spec.erase)
+    assert sum(p.numel() for p in create_model(cfg.model, **cfg.model_args).parameters()) == 170_242

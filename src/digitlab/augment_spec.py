@@ -48,5 +48,5 @@ AUGMENTATIONS: dict[str, AugmentSpec | None] = {
     "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
     "flip+shift+erase": AugmentSpec(shift=2.0, flip=True, erase=0.5),  # + random erasing (Zhong et al. 2017)
     # other writers' formats on half of each batch: box-filled (1s as wide as tall), coarse grids, binary bitmaps
-    "writers": AugmentSpec(share=0.5, fill=0.6, coarse=0.7, binarize=0.5, stroke=1.0, thicken=True),
+    "writers": AugmentSpec(share=0.6, fill=0.8, coarse=0.7, binarize=0.7, stroke=1.0, thicken=True),
 }
