@@ -51,7 +51,7 @@ def test_seeded_and_deterministic(kind, digits):
 def test_moves_pixels_and_keeps_the_background(kind, digits):
     out = augment(digits, kind, torch.Generator().manual_seed(0))
     changed = (out - digits).abs().flatten(1).amax(1) > 0.5  # per image: some pixel changed a lot
-    share = AUGMENTATIONS[kind].share  # "writers" changes half of each batch and leaves the rest as it is
+    share = AUGMENTATIONS[kind].share  # "writers" changes 60% of each batch and leaves the rest as it is
     assert (0.9 if share == 1 else share - 0.15) < changed.float().mean() < share + 0.15
     background = digits.amin()
     blank = (out[:, 0, 0, 0] - background).abs() < 1e-4  # corners stay blank; a digit filling its box may reach one
@@ -98,7 +98,7 @@ def test_unknown_kind_is_refused(digits):
 def test_labels_survive(kind, floor, trained_run):
     """A CNN trained for 300 steps without augmentation (so not made invariant to it) still reads most augmented
     test digits, far better than the same digits turned upside down, which does change what they are. "writers"
-    is applied to every image here (not half of them): its box-filled, coarse, binary digits are a format this
+    is applied to every image here (not 60% of them): its box-filled, coarse, binary digits are a format this
     model never saw (about 70% read, upside down 37%; a model trained longer reads 93-96%), not other labels."""
     loaded = load_run(trained_run)
     ds = load_dataset("mnist")

@@ -47,6 +47,6 @@ AUGMENTATIONS: dict[str, AugmentSpec | None] = {
     "affine+elastic": AugmentSpec(degrees=12.0, scale=0.1, shift=2.5, elastic=0.8),  # + stroke wobble
     "flip+shift": AugmentSpec(shift=2.0, flip=True),  # Fashion-MNIST's standard: mirror + small shift
     "flip+shift+erase": AugmentSpec(shift=2.0, flip=True, erase=0.5),  # + random erasing (Zhong et al. 2017)
-    # other writers' formats on half of each batch: box-filled (1s as wide as tall), coarse grids, binary bitmaps
+    # other writers' formats on 60% of each batch: box-filled (1s as wide as tall), coarse grids, binary bitmaps
     "writers": AugmentSpec(share=0.6, fill=0.8, coarse=0.7, binarize=0.7, stroke=1.0, thicken=True),
 }
