@@ -154,3 +154,12 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_a_run_that_reads_no_test_image_reports_validation(tmp_path):
+    """--no-eval-test (what a sweep's trials run with): the summary names the validation figure and says why."""
+    proc = run_cli("train", "--model", "mlp", "--max-steps", "30", "--val-size", "500", "--no-eval-test",
+                   "--threads", "1", "--no-progress", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "validation accuracy (the test set was not read): " in proc.stdout and "Traceback" not in proc.stderr
+    assert "best checkpoint, selected on validation accuracy" in proc.stdout and "its test" not in proc.stdout

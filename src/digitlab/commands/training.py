@@ -37,13 +37,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports for all ranks
     final, best = result.final, result.best_row
     print(f"run: {result.run_dir}")
-    print(f"test accuracy: {final['test_accuracy']:.2%} (loss {final['test_loss']:.4f}) after "
+    scored = "test" if final.get("test_accuracy") is not None else "val"  # --no-eval-test reads no test image
+    words = "test accuracy" if scored == "test" else "validation accuracy (the test set was not read)"
+    print(f"{words}: {final[f'{scored}_accuracy']:.2%} (loss {final[f'{scored}_loss']:.4f}) after "
           f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s")
     if result.selected_on == "nothing":
         print("best checkpoint: the last epoch's weights (a fixed schedule: nothing was selected)")
     else:
+        its_test = f" (its test accuracy {best['test_accuracy']:.2%})" if best.get("test_accuracy") is not None else ""
         print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
-              f"{best['step']} (its test accuracy {best['test_accuracy']:.2%})")
+              f"{best['step']}{its_test}")
     return 0
 
 
