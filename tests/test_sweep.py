@@ -283,3 +283,30 @@ def test_a_worker_killed_mid_trial_leaves_the_study_usable(postgres_url, tmp_pat
     after = [t.state.name for t in study_trials(postgres_url, "killed")]
     assert len(after) == len(states) + 2 and after.count("FAIL") == 1 and "RUNNING" not in after
     assert after.count("COMPLETE") == len(after) - 1  # the killed trial is never counted complete
+
+
+def open_fresh(url: str, answers) -> None:
+    """A process opening the study storage, as each machine of a shared sweep does when it starts."""
+    from digitlab.sweep.storage import open_storage
+
+    try:
+        open_storage(url)
+        answers.put("ok")
+    except Exception as e:  # noqa: BLE001 - the test reports whatever went wrong
+        answers.put(repr(e))
+
+
+@pytest.mark.slow
+def test_machines_starting_together_on_an_empty_database_all_get_the_study(private_postgres):
+    """Several processes creating Optuna's tables at once on a new database: the losers of that race (a duplicate
+    key in PostgreSQL's catalogue) open it again instead of failing."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    openers = [context.Process(target=open_fresh, args=(private_postgres.url, answers)) for _ in range(6)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(timeout=120)
+    assert [answers.get(timeout=5) for _ in openers] == ["ok"] * 6

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ DEFAULT_STORAGE_FILE = Path("runs") / "sweeps.db"
 HEARTBEAT_S = 10  # how often a running trial says it is alive
 HEARTBEAT_GRACE_S = 60  # after this long without a beat, any sweep process marks the trial failed
 CONNECT_TIMEOUT_S = 10  # an unreachable database is an error in seconds, not a hang
+SCHEMA_ATTEMPTS = 5  # opening a new database races another machine's table creation at most a few times
 SQLITE_LOCK_WAIT_S = 60  # a trial's writes take milliseconds; a minute covers any queue of --jobs workers
 
 
@@ -60,17 +62,24 @@ def open_storage(url: str, heartbeat: bool = True):
     """Optuna's RDBStorage on `url`, with the trial heartbeat, connected now: an unreachable or refusing database is
     a SweepError in one line before any trial runs."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
     url = with_driver(check_url(url))
     engine_kwargs = {"connect_args": connect_args(url)}
     beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": HEARTBEAT_GRACE_S} if heartbeat else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat: years old
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        raise SweepError(f"cannot open the study storage {redact(url)}: {one_line(e)}") from None
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat: years old
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+        except (IntegrityError, ProgrammingError) as e:
+            # Two machines starting on an empty database both create Optuna's tables; the loser's CREATE fails on
+            # the winner's (a duplicate key in pg_type). Once the winner's tables exist, opening again just works.
+            if attempt == SCHEMA_ATTEMPTS:
+                raise SweepError(f"cannot open the study storage {redact(url)}: {one_line(e)}") from None
+            time.sleep(0.2 * attempt)
+        except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+            raise SweepError(f"cannot open the study storage {redact(url)}: {one_line(e)}") from None
 
 
 def connect_args(url: str) -> dict:
