@@ -34,15 +34,15 @@ CHUNKS = 300_000
 
 
 def serve(http: str, loop: str, port: int) -> None:
-    """The app of `digitlab serve` under uvicorn with this parser and loop ("guarded": serve/protocol.py's)."""
+    """The app of `digitlab serve` under uvicorn with this parser and loop ("guarded": serve/http_connection.py's)."""
     import uvicorn
 
     from digitlab.predict import Predictor
     from digitlab.serve import create_app
-    from digitlab.serve.protocol import ConnectionLimits, guarded_protocol
+    from digitlab.serve.http_connection import ConnectionLimits, bounded_http_protocol
 
     app = create_app(Predictor.from_run(runtime="onnx"))
-    protocol = guarded_protocol(ConnectionLimits()) if http == "guarded" else http
+    protocol = bounded_http_protocol(ConnectionLimits()) if http == "guarded" else http
     uvicorn.run(app, host="127.0.0.1", port=port, http=protocol, loop=loop, log_level="warning",
                 limit_concurrency=None)
 

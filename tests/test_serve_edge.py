@@ -224,7 +224,7 @@ def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(serve):
 @pytest.fixture()
 def small_server(shipped) -> Iterator[tuple[str, object]]:
     """make_server with 8 connections at most and a long header deadline, so only the cap closes anything."""
-    from digitlab.serve.protocol import ConnectionLimits
+    from digitlab.serve.http_connection import ConnectionLimits
     from digitlab.serve.server import make_server
 
     port = free_port()

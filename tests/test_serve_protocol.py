@@ -20,7 +20,7 @@ import pytest
 
 from digitlab.predict import Predictor
 from digitlab.serve.limits import Limits
-from digitlab.serve.protocol import ConnectionLimits
+from digitlab.serve.http_connection import ConnectionLimits
 from digitlab.serve.server import make_server
 from helpers import free_port, server_in_thread
 

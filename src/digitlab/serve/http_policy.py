@@ -11,8 +11,8 @@ From the outside in, each refusing before the body is read, as JSON {"detail": .
   POSTs to any origin without a preflight; CORS only hides the answer, the server would still do the work.
 - CORSMiddleware (Starlette's), only when `cors_origins` are given: those origins may call the API from a page.
 - InFlightLimit: past `max_in_flight` requests being handled at once, 503. It counts requests, not connections
-  (idle sockets are the connection layer's business, serve/protocol.py); GET/HEAD of /healthz and /metrics are
-  never refused, so probes see a busy server as alive.
+  (idle sockets are the connection layer's business, serve/http_connection.py); GET/HEAD of /healthz and
+  /metrics are never refused, so probes see a busy server as alive.
 - CloseAfterRefusal: a 408 or 413 answer closes the connection (`connection: close`): the rest of its body
   may never come, or may be large, and reading it only to reuse the connection serves the sender alone.
 - PageHeaders: the page headers (CSP, nosniff, no referrer) on every text/html response, static files and

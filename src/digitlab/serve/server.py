@@ -2,7 +2,8 @@
 run_server(pool=pool, host=..., port=...). The server listens only once every worker has loaded the model.
 
 The connection layer is uvicorn's httptools protocol with a header deadline, a header size cap and a cap on
-open connections (serve/protocol.py), so idle or half-sent connections are closed, not counted against requests.
+open connections (serve/http_connection.py), so idle or half-sent connections are closed, not counted against
+requests.
 uvicorn's own `limit_concurrency` is off: it counted connections, so 64 idle sockets made every request 503.
 Requests in flight are limited by the app (serve/http_policy.py, 503 beyond HttpPolicy.max_in_flight), and the
 app's Limits bound each request's body, time and image.
@@ -27,7 +28,7 @@ from digitlab.serve.worker import ModelSpec
 if TYPE_CHECKING:
     import uvicorn
 
-    from digitlab.serve.protocol import ConnectionLimits
+    from digitlab.serve.http_connection import ConnectionLimits
 
 EVENT_LOOP = "asyncio"  # uvloop measured no faster here (docs/benchmarks.md), so not one more dependency
 
@@ -89,12 +90,13 @@ def make_server(predictor: Predictor | None = None, host: str = "127.0.0.1", por
     around `pool`, or around `predictor` in this process's threads."""
     import uvicorn
 
-    from digitlab.serve.protocol import ConnectionLimits, default_max_connections, guarded_protocol  # httptools
+    from digitlab.serve.http_connection import (  # httptools
+        ConnectionLimits, bounded_http_protocol, default_max_connections)
 
     policy = policy or HttpPolicy(allowed_hosts=default_allowed_hosts(host))
     connections = connections or ConnectionLimits(max_connections=default_max_connections())
     app = create_app(predictor, limits, policy, pool=pool)
-    protocol = guarded_protocol(connections, on_close=app.state.metrics.reject)
+    protocol = bounded_http_protocol(connections, on_close=app.state.metrics.reject)
     return uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP, limit_concurrency=None,
         backlog=connections.backlog, timeout_keep_alive=connections.keep_alive_s, timeout_graceful_shutdown=5,
