@@ -1,6 +1,6 @@
-"""The connection layer under uvicorn: httptools' parser, plus the two guards uvicorn lacks.
+"""The HTTP connection layer under uvicorn: httptools' parser, with the bounds uvicorn lacks.
 
-    protocol = guarded_protocol(ConnectionLimits(), on_close=metrics.connection_closed)
+    protocol = bounded_http_protocol(ConnectionLimits(), on_close=metrics.connection_closed)
     uvicorn.run(app, http=protocol, limit_concurrency=None, ...)
 
 uvicorn (0.54) closes a keep-alive connection that stays silent after a response, but nothing closes one that
@@ -58,9 +58,9 @@ class TooManyChunks(Exception):
     """Raised from the parser's chunk callback to stop parsing a body at once."""
 
 
-class GuardedProtocol(HttpToolsProtocol):
+class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline, caps on header size and body chunks, and a cap on
-    open connections. Configured through class attributes by guarded_protocol(), since uvicorn creates one
+    open connections. Configured through class attributes by bounded_http_protocol(), since uvicorn creates one
     instance per connection with its own fixed arguments."""
 
     limits = ConnectionLimits()
@@ -86,7 +86,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def make_room(self) -> bool:
         """Close the connection idle the longest (waiting for a request, not answering one); False if none is."""
-        idle = [c for c in self.connections if c is not self and isinstance(c, GuardedProtocol) and c.is_idle()]
+        idle = [c for c in self.connections if c is not self and isinstance(c, BoundedHttpProtocol) and c.is_idle()]
         if not idle:
             return False
         oldest = min(idle, key=lambda c: c.idle_since)
@@ -181,9 +181,9 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def guarded_protocol(limits: ConnectionLimits, on_close: Callable[[str], None] | None = None) -> type:
-    """A GuardedProtocol class with these limits, for uvicorn.run(http=...)."""
+def bounded_http_protocol(limits: ConnectionLimits, on_close: Callable[[str], None] | None = None) -> type:
+    """A BoundedHttpProtocol class with these limits, for uvicorn.run(http=...)."""
     attrs: dict = {"limits": limits}
     if on_close is not None:
         attrs["on_close"] = staticmethod(on_close)
-    return type("DigitlabHttpProtocol", (GuardedProtocol,), attrs)
+    return type("DigitlabHttpProtocol", (BoundedHttpProtocol,), attrs)
