@@ -6,9 +6,12 @@ import hashlib
 import http.server
 import shutil
 import threading
+import tracemalloc
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +182,104 @@ def test_shipped_files_match_published_checksums():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(DataError, match="choose one of: mnist, fashion-mnist"):
         data.load_dataset("kmnist")
+
+
+# ---- hostile files: a gzip bomb, a header that lies, a mirror that never stops --------------------------------
+
+def gzip_bomb(path: Path, header: bytes, zeros: int) -> None:
+    """`header` followed by `zeros` zero bytes, gzipped: 200 MB of zeros compress to about 200 KB."""
+    chunk = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for _ in range(zeros // len(chunk)):
+            f.write(chunk)
+
+
+def peak_python_memory(call) -> int:
+    """Peak bytes Python allocated while `call()` ran (it is expected to raise DataError)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    peak_python_memory.error = str(err.value)
+    return peak
+
+
+def read_as_loading_does(path: Path) -> np.ndarray:
+    """What load_dataset does with each file it found (its other files would count in a memory peak)."""
+    stem = path.name.removesuffix(".gz")
+    return data.read_verified_cached("mnist", stem, path, data.DATASETS["mnist"].md5[stem])
+
+
+def test_gzip_bomb_is_refused_once_past_the_files_known_size(tmp_path):
+    bomb = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels_header = bytes([0, 0, 8, 1]) + (10_000).to_bytes(4, "big")  # a true header: 10,008 bytes promised
+    gzip_bomb(bomb, labels_header, 200 << 20)
+    peak = peak_python_memory(lambda: read_as_loading_does(bomb))
+    assert "t10k-labels-idx1-ubyte.gz: holds more than the 10,008 bytes" in peak_python_memory.error
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB allocated to refuse a 200 MB bomb"
+
+
+def test_idx_header_promising_another_size_is_refused_before_reading_on(tmp_path):
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    huge = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (1 << 20, 56, 56))  # 3 GiB promised
+    gzip_bomb(bomb, huge, 64 << 20)
+    peak = peak_python_memory(lambda: read_as_loading_does(bomb))
+    assert "header promises 3,288,334,352 bytes, but a train-images-idx3-ubyte file has 47,040,016" \
+        in peak_python_memory.error
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB allocated to refuse a lying header"
+
+
+def test_uncompressed_file_larger_than_its_known_size_is_refused_unread(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for src in MNIST_DIR.glob("*.gz"):
+        (folder / src.stem).write_bytes(gzip.decompress(src.read_bytes()))
+    with open(folder / "t10k-labels-idx1-ubyte", "ab") as f:
+        f.truncate(1 << 30)  # a sparse GiB: nothing to read but the size
+    with pytest.raises(DataError, match="is 1,073,741,824 bytes, more than the 10,008 bytes"):
+        data.load_dataset("mnist", tmp_path)
+
+
+def test_download_announcing_more_than_the_published_size_is_refused(mirror, monkeypatch, tmp_path):
+    root, url = mirror
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(1 << 20))
+    use_mirror(monkeypatch, tmp_path, url)
+    monkeypatch.setitem(data.DATASETS, "mnist", replace(data.DATASETS["mnist"], gz_sizes=MNIST_GZ_SIZES))
+    with pytest.raises(DataError, match="announces 1,048,576 bytes, more than the 4,542 of t10k-labels"):
+        data.load_dataset("mnist", progress=False)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+class EndlessResponse:
+    """A mirror's answer with no Content-Length that goes on far past the file's size: zeros, up to 64 MB (so
+    that a download without a cap fails this test instead of filling the disk)."""
+
+    headers: dict = {}
+    sent = 0
+
+    def read(self, n: int) -> bytes:
+        n = min(n, (64 << 20) - EndlessResponse.sent)
+        EndlessResponse.sent += n
+        return bytes(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_download_stops_at_the_published_size(monkeypatch, tmp_path):
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: EndlessResponse())
+    spec = replace(data.DATASETS["mnist"], mirrors=("http://mirror.invalid/",), gz_sizes=MNIST_GZ_SIZES)
+    with pytest.raises(DataError, match="sent more than the 9,912,422 bytes of train-images-idx3-ubyte.gz"):
+        data.download(spec, "train-images-idx3-ubyte", tmp_path, progress=False)
+    assert EndlessResponse.sent <= 9_912_423 and not list(tmp_path.iterdir())
+
+
+MNIST_GZ_SIZES = {"train-images-idx3-ubyte": 9_912_422, "train-labels-idx1-ubyte": 28_881,
+                  "t10k-images-idx3-ubyte": 1_648_877, "t10k-labels-idx1-ubyte": 4_542}

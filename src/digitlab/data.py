@@ -10,7 +10,10 @@ for in this order, and the first folder that has a file wins for that file:
 4. the system dataset folder ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``)
 5. otherwise the file is downloaded from the public mirrors into the user cache
 
-Every file is checked against the MD5 of its uncompressed content before use. A verified file is also kept
+Every file is checked against the MD5 of its uncompressed content before use. It is read in bounded chunks and
+never past the size a file of its name has (IDX_SIZES; its IDX header must promise the same), so a damaged or
+hostile file (a gzip bomb: a few MB that inflate to GBs) is refused after reading at most that many bytes, and a
+download stops at the published size of its .gz file. A verified file is also kept
 decoded, as a .npy under ``~/.cache/digitlab/decoded/<name>/`` named by that MD5 and by the source file's size
 and modification time: later loads of the same unchanged file read it back (about 50 ms for MNIST's 55 MB)
 instead of unzipping and hashing it again (most of a second, a large share of `fast`'s few seconds); a file
@@ -43,6 +46,17 @@ SPLIT_FILES = {
 }
 
 
+# Bytes of each file uncompressed, its IDX header included: the same for MNIST and Fashion-MNIST. Reading stops
+# here, whatever a file's header or gzip stream claims.
+IDX_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
+READ_CHUNK = 1 << 20  # bytes decompressed (or downloaded) at a time
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one dataset from another: where it lives, what its classes are."""
@@ -51,6 +65,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     md5: dict[str, str]  # file stem -> MD5 of the uncompressed bytes
     mirrors: tuple[str, ...]  # base URLs, tried in order
+    gz_sizes: dict[str, int] = field(default_factory=dict)  # file stem -> bytes of the published .gz file
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -67,6 +82,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "http://yann.lecun.com/exdb/mnist/",
         ),
+        gz_sizes={
+            "train-images-idx3-ubyte": 9_912_422,
+            "train-labels-idx1-ubyte": 28_881,
+            "t10k-images-idx3-ubyte": 1_648_877,
+            "t10k-labels-idx1-ubyte": 4_542,
+        },
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -79,6 +100,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
         },
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        gz_sizes={
+            "train-images-idx3-ubyte": 26_421_880,
+            "train-labels-idx1-ubyte": 29_515,
+            "t10k-images-idx3-ubyte": 4_422_102,
+            "t10k-labels-idx1-ubyte": 5_148,
+        },
     ),
 }
 
@@ -138,20 +165,76 @@ def find_file(stem: str, dirs: list[Path]) -> Path | None:
     return None
 
 
-def read_bytes(path: Path) -> bytes:
-    """The uncompressed content of an IDX file, gzipped or not."""
+def read_bytes(path: Path, size: int | None = None) -> bytes | bytearray:
+    """The uncompressed content of an IDX file, gzipped or not, read in chunks and never past `size` bytes
+    (IDX_SIZES of its name by default): a larger file, or one whose header promises another size, is refused
+    as soon as that shows. A shorter one is returned as it is, for the checksum to refuse."""
+    size = size if size is not None else IDX_SIZES.get(path.name.removesuffix(".gz"))
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with open(path, "rb") as raw:
+            if raw.read(2) != b"\x1f\x8b":
+                raw.seek(0)
+                return read_bounded(raw, path, size, os.fstat(raw.fileno()).st_size)
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw) as stream:
+                return read_bounded(stream, path, size)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: damaged deflate data
         raise DataError(f"{path}: cannot be read ({e}); delete it and let digitlab fetch it again") from e
 
 
-def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
+def read_bounded(stream, path: Path, size: int | None, stored: int | None = None) -> bytes | bytearray:
+    """At most `size` bytes of `stream` (all of it when no size is known), checked against the IDX header's
+    promise first; `stored` is the file's size on disk when it is not compressed."""
+    if size is None:
+        return stream.read()
+    if stored is not None and stored > size:
+        raise too_large(path, size, f"is {stored:,} bytes, more")
+    header = stream.read(4)
+    if len(header) == 4 and header[:3] == b"\x00\x00\x08":
+        header += stream.read(4 * header[3])
+        promised = idx_size(header)
+        if promised is not None and promised != size:
+            raise DataError(f"{path}: its IDX header promises {promised:,} bytes, but a "
+                            f"{path.name.removesuffix('.gz')} file has {size:,}; the file is corrupted or not "
+                            "the dataset's. Delete it so digitlab can fetch it again, or replace it with the original")
+    buf = bytearray(max(size, len(header)))
+    buf[:len(header)] = header
+    filled = len(header) + read_into(stream, memoryview(buf)[len(header):size])
+    if filled > size or stream.read(1):
+        raise too_large(path, size, "holds more")
+    return buf if filled == len(buf) else buf[:filled]
+
+
+def read_into(stream, view: memoryview) -> int:
+    """Fill `view` from `stream` a chunk at a time (a gzip stream inflates no more than each chunk asks for);
+    the bytes read, fewer at the end of the stream."""
+    filled = 0
+    while filled < len(view):
+        n = stream.readinto(view[filled:filled + READ_CHUNK])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def idx_size(header: bytes) -> int | None:
+    """The bytes an IDX file of unsigned bytes promises (header included), or None for an incomplete header."""
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return None
+    count = 1
+    for i in range(ndim):
+        count *= int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big")
+    return 4 + 4 * ndim + count
+
+
+def too_large(path: Path, size: int, what: str) -> DataError:
+    return DataError(f"{path}: {what} than the {size:,} bytes of a {path.name.removesuffix('.gz')} file "
+                     "uncompressed; refused before reading further (a damaged file, or one built to fill memory). "
+                     "Delete it so digitlab can fetch it again, or replace it with the original")
+
+
+def parse_idx(raw: bytes | bytearray, source: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes (uint8 payload) into an array whose shape comes from the header."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{source}: not an IDX file of unsigned bytes (bad magic number)")
@@ -168,31 +251,61 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
 
 
 def download(spec: DatasetSpec, stem: str, dest_dir: Path, progress: bool = True) -> Path:
-    """Fetch `stem.gz` from the first mirror that answers into `dest_dir`, atomically. The progress bar shows
-    only on a terminal: redrawn into a log file or a pipe it is noise."""
-    from tqdm import tqdm
-
-    show_bar = progress and sys.stderr.isatty()
-
+    """Fetch `stem.gz` from the first mirror that answers into `dest_dir`, atomically, stopping at the published
+    size of the file (download_cap): a mirror sending more is refused before it fills the disk. The progress bar
+    shows only on a terminal: redrawn into a log file or a pipe it is noise."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{stem}.gz"
     errors = []
     for base in spec.mirrors:
         url = base + f"{stem}.gz"
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tmp")
-                with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                                       desc=f"{stem}.gz", disable=not show_bar) as bar:
-                    while chunk := response.read(1 << 16):
-                        out.write(chunk)
-                        bar.update(len(chunk))
+            tmp = fetch_capped(url, dest_dir, f"{stem}.gz", download_cap(spec, stem), progress)
             os.replace(tmp, dest)
             return dest
         except OSError as e:
             errors.append(f"{url}: {e}")
     raise DataError(f"could not download {stem}.gz for {spec.name}: " + "; ".join(errors))
+
+
+def download_cap(spec: DatasetSpec, stem: str) -> int:
+    """The most bytes a download of `stem.gz` may have: its published size, else (a mirror of other files) what
+    gzip can make of the file's uncompressed size at worst (stored blocks: a few bytes per 64 KiB, plus headers)."""
+    if stem in spec.gz_sizes:
+        return spec.gz_sizes[stem]
+    size = IDX_SIZES.get(stem, 64 << 20)
+    return size + size // 1000 + 1024
+
+
+class DownloadTooLarge(OSError):
+    """A mirror announced or sent more than the file's known size."""
+
+
+def fetch_capped(url: str, dest_dir: Path, name: str, cap: int, progress: bool) -> str:
+    """Download `url` into a temporary file in `dest_dir`, at most `cap` bytes; its path. Anything larger (by
+    Content-Length, or by what arrives) is a DownloadTooLarge, and the partial file is removed."""
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        if total is not None and total > cap:
+            raise DownloadTooLarge(f"the mirror announces {total:,} bytes, more than the {cap:,} of {name}")
+        fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=name,
+                                                   disable=not (progress and sys.stderr.isatty())) as bar:
+                received = 0
+                while chunk := response.read(min(READ_CHUNK, cap + 1 - received)):
+                    received += len(chunk)
+                    if received > cap:
+                        raise DownloadTooLarge(f"the mirror sent more than the {cap:,} bytes of {name}; stopped")
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return tmp
 
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, download_missing: bool = True,
@@ -216,9 +329,10 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download_missin
     return paths
 
 
-def read_verified(path: Path, expected_md5: str) -> np.ndarray:
-    """Read one IDX file, refusing it unless its uncompressed MD5 is the published one."""
-    raw = read_bytes(path)
+def read_verified(path: Path, expected_md5: str, size: int | None = None) -> np.ndarray:
+    """Read one IDX file (at most `size` bytes uncompressed: read_bytes), refusing it unless its uncompressed MD5
+    is the published one."""
+    raw = read_bytes(path, size)
     digest = hashlib.md5(raw).hexdigest()
     if digest != expected_md5:
         raise DataError(f"{path}: checksum mismatch (MD5 {digest}, expected {expected_md5}); the file "
@@ -276,7 +390,7 @@ def read_verified_cached(name: str, stem: str, path: Path, expected_md5: str) ->
     cached = decoded_path(name, stem, expected_md5, path)
     array = read_decoded(cached)
     if array is None:
-        array = read_verified(path, expected_md5)
+        array = read_verified(path, expected_md5, IDX_SIZES.get(stem))
         write_decoded(cached, array)
     return array
 
