@@ -44,6 +44,9 @@ class TrainConfig:
     augment: str = "none"  # none | affine (rotate/scale/shift on the device) | affine+elastic | flip+shift
     ema: float = 0.0  # weight averaging decay per step (e.g. 0.999); 0 turns it off
     pen_digits: int = 0  # MNIST only: append this many procedural pen digits (seeds 0.., synthetic.py) to training
+    non_digits: int = 0  # MNIST only: outlier exposure, this many generated non-digits (+ half as many page-drawn
+    # digits) in training, their answer pushed towards uniform so that "not a digit" can be told (abstain.py)
+    outlier_weight: float = 0.5  # with non_digits: the weight of their loss (cross-entropy to uniform)
     # --- evaluation and logging
     val_size: int = 0  # training images held out for validation (stratified, same for every seed); 0: none
     # With a hold-out, the best checkpoint and target_accuracy go by validation accuracy and the test set is
@@ -88,7 +91,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
         non_negative = ("momentum", "weight_decay", "eval_every", "max_steps", "threads", "ema", "schedule_epochs",
-                        "val_size", "pen_digits")
+                        "val_size", "pen_digits", "non_digits", "outlier_weight")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)!r}")
@@ -100,6 +103,10 @@ class TrainConfig:
             raise ConfigError("ema must be below 1")
         if self.pen_digits and self.dataset != "mnist":
             raise ConfigError(f"pen_digits are handwritten digits: they only go with mnist, not {self.dataset}")
+        if self.non_digits and self.dataset != "mnist":
+            raise ConfigError(f"non_digits teach a digit reader to refuse: they only go with mnist, not {self.dataset}")
+        if self.non_digits > 10**6:  # non_digits.TRAIN_SEEDS holds 10^6 seeds
+            raise ConfigError(f"non_digits can be at most 1000000 (the training seeds), got {self.non_digits}")
         if self.pen_digits > 10**6:  # pen.TRAIN_SEEDS holds 10^6 seeds; the rest are the benchmark's
             raise ConfigError(f"pen_digits can be at most 1000000 (the training seeds), got {self.pen_digits}")
         if self.fixed_schedule and self.target_accuracy:

@@ -6,6 +6,7 @@ benchmark: the digits come from seeds in pen.TRAIN_SEEDS only (pen.check_trainin
 benchmark's range), and never from fonts (an independent evaluation uses handwriting fonts).
 
     images, labels = pen_training_set(10_000, seed=0)     # uint8 (10000, 28, 28), int64 (10000,)
+    x, y = with_non_digits(x, y, 6000)   # outlier exposure: 6,000 non-digits (label OUTLIER) + 3,000 page digits
 
 Each digit is rendered 64x64 (dark on light) and passed through preprocess.to_mnist, exactly as a picture
 sent to `digitlab predict` is, so training sees what prediction will see. Rendering costs about 5-13 ms a
@@ -37,23 +38,48 @@ def cache_root() -> Path:
 
 
 def pen_version() -> str:
-    """A hash of the code that makes a training digit (generator and preprocessing): the cache key's version."""
+    """A hash of the code that makes a training sample (generators and preprocessing): the cache key's version."""
+    from digitlab import non_digits
+
     digest = hashlib.sha256()
     # the preprocess package is several modules: every one of them shapes the digits
-    for path in [Path(pen.__file__), *sorted(Path(preprocess.__file__).parent.glob("*.py"))]:
+    for path in [Path(pen.__file__), Path(non_digits.__file__), *sorted(Path(preprocess.__file__).parent.glob("*.py"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def render_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds start .. stop - 1 rendered and read through to_mnist: uint8 (n, 28, 28) and int64 labels."""
+def render_pictures(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pen seeds start .. stop - 1 as pictures (64x64, dark on light) read through to_mnist: uint8 (n, 28, 28)
+    and int64 labels: the format of a photo or scan sent to `digitlab predict`."""
     images, labels, _ = pen.generate(stop - start, start)
     return np.stack([preprocess.to_mnist(im) for im in images]) if len(images) else \
         np.zeros((0, 28, 28), np.uint8), labels
 
 
-def chunk_path(index: int, version: str) -> Path:
-    return cache_root() / f"chunk{CHUNK}-{index:06d}-{version}.npz"
+def render_page_digits(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pen seeds start .. stop - 1 drawn on the page's canvas (non_digits.page_digit) and read as the server reads
+    them: the page's format (a round pen, nearly no full-brightness ink), labelled seed % 10."""
+    from digitlab import non_digits
+
+    images, _, labels = non_digits.page_digits(stop - start, start)
+    return images, labels.astype(np.int64)
+
+
+def render_non_digits(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-digit seeds start .. stop - 1 (non_digits.TRAIN_SEEDS) as the model sees them, labelled OUTLIER."""
+    from digitlab import non_digits
+
+    images, _, _ = non_digits.generate(stop - start, start)
+    return images, np.full(stop - start, OUTLIER, np.int64)
+
+
+OUTLIER = -1  # the label of a training image that is no class: its loss pushes the answer towards uniform
+RENDERERS = {"pen": render_pictures, "page": render_page_digits, "non-digit": render_non_digits}
+
+
+def chunk_path(index: int, version: str, kind: str = "pen") -> Path:
+    prefix = "" if kind == "pen" else f"{kind}-"
+    return cache_root() / f"{prefix}chunk{CHUNK}-{index:06d}-{version}.npz"
 
 
 def load_chunk(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -81,32 +107,37 @@ def save_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def cached_chunks(indices: list[int], workers: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The chunks with these indices, from the cache or rendered (in `workers` processes) and cached."""
+def cached_chunks(indices: list[int], workers: int, kind: str = "pen") -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The chunks of `kind` (RENDERERS) with these indices, from the cache or rendered (in `workers` processes)
+    and cached."""
     version = pen_version()
-    found = {i: load_chunk(chunk_path(i, version)) for i in indices}
+    found = {i: load_chunk(chunk_path(i, version, kind)) for i in indices}
     missing = [i for i, c in found.items() if c is None]
     if missing:
         with ProcessPoolExecutor(max(1, min(workers, len(missing)))) as pool:
-            rendered = pool.map(render_chunk, [i * CHUNK for i in missing], [(i + 1) * CHUNK for i in missing])
+            rendered = pool.map(RENDERERS[kind], [i * CHUNK for i in missing], [(i + 1) * CHUNK for i in missing])
             for i, (images, labels) in zip(missing, rendered):
-                save_chunk(chunk_path(i, version), images, labels)
+                save_chunk(chunk_path(i, version, kind), images, labels)
                 found[i] = (images, labels)
     return found
+
+
+def chunked_set(kind: str, seeds: range, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of `kind` for these seeds, assembled from cached chunks of CHUNK consecutive seeds."""
+    if not len(seeds):
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
+    first, last = seeds.start // CHUNK, (seeds.stop - 1) // CHUNK
+    chunks = cached_chunks(list(range(first, last + 1)), workers or os.cpu_count() or 1, kind)
+    images = np.concatenate([chunks[i][0] for i in range(first, last + 1)])
+    labels = np.concatenate([chunks[i][1] for i in range(first, last + 1)])
+    offset = seeds.start - first * CHUNK
+    return images[offset:offset + len(seeds)], labels[offset:offset + len(seeds)]
 
 
 def pen_training_set(n: int, seed: int = 0, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pen digits of seeds seed .. seed + n - 1 (all in pen.TRAIN_SEEDS, or a PenError) as MNIST images:
     uint8 (n, 28, 28) bright ink on black, and int64 labels (seed % 10: balanced to within one per class)."""
-    seeds = pen.check_training_range(seed, n)
-    if not n:
-        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
-    first, last = seeds.start // CHUNK, (seeds.stop - 1) // CHUNK
-    chunks = cached_chunks(list(range(first, last + 1)), workers or os.cpu_count() or 1)
-    images = np.concatenate([chunks[i][0] for i in range(first, last + 1)])
-    labels = np.concatenate([chunks[i][1] for i in range(first, last + 1)])
-    offset = seeds.start - first * CHUNK
-    return images[offset:offset + n], labels[offset:offset + n]
+    return chunked_set("pen", pen.check_training_range(seed, n), workers)
 
 
 def with_pen_digits(images: torch.Tensor, labels: torch.Tensor, n: int,
@@ -118,6 +149,29 @@ def with_pen_digits(images: torch.Tensor, labels: torch.Tensor, n: int,
     """
     if not n:
         return images, labels
-    extra_x, extra_y = pen_training_set(n, seed)
+    return appended(images, labels, *pen_training_set(n, seed))
+
+
+def appended(images: torch.Tensor, labels: torch.Tensor, extra_x: np.ndarray,
+             extra_y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.cat([images, torch.from_numpy(extra_x).to(images.device)]),
             torch.cat([labels, torch.from_numpy(extra_y).to(labels.device, labels.dtype)]))
+
+
+PAGE_SEED_BASE = 500_000  # page-drawn training digits take pen.TRAIN_SEEDS from here: apart from the pictures'
+
+
+def with_non_digits(images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outlier exposure: n generated non-digits (non_digits.TRAIN_SEEDS, label OUTLIER) and n // 2 real digits
+    drawn the same way on the page's canvas, appended to the training images.
+
+    Why the page digits: every non-digit is drawn with the page's round pen, whose strokes look unlike MNIST's
+    scans; without digits in that format the model could learn "drawn on the page" as "not a digit" and refuse
+    the page's users' digits."""
+    if not n:
+        return images, labels
+    from digitlab import non_digits
+
+    others = chunked_set("non-digit", range(non_digits.TRAIN_SEEDS.start, non_digits.TRAIN_SEEDS.start + n))
+    page = chunked_set("page", pen.check_training_range(PAGE_SEED_BASE, n // 2))
+    return appended(*appended(images, labels, *others), *page)

@@ -209,6 +209,10 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
         from digitlab.synthetic import with_pen_digits
 
         train_x, train_y = with_pen_digits(train_x, train_y, cfg.pen_digits)  # pen digits only train, never validate
+    if cfg.non_digits:
+        from digitlab.synthetic import with_non_digits
+
+        train_x, train_y = with_non_digits(train_x, train_y, cfg.non_digits)  # labelled OUTLIER (-1)
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
     model = create_model(cfg.model, **cfg.model_args).to(device)
     if not resume:  # a resumed run has its data-dependent layers in the checkpoint
@@ -319,9 +323,10 @@ class EpochTally:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, t_batch: float, t_ready: float) -> None:
         """Count one step: its loss and hits, and its times from t_batch (start) and t_ready (batch ready)."""
-        self.sums[0] += loss.detach().double() * y.numel()
+        digits = (y >= 0).sum()  # outlier-exposure images (label -1) count in the loss, not in the accuracy
+        self.sums[0] += loss.detach().double() * digits
         self.sums[1] += (logits.argmax(1) == y).sum()
-        self.sums[2] += y.numel()
+        self.sums[2] += digits
         self.steps += 1
         self.data_s += t_ready - t_batch
         self.step_s += time.perf_counter() - t_batch
@@ -366,7 +371,7 @@ def train_step(run: RunState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     cfg, progress = run.cfg, run.progress
     with run.autocast:
         logits = run.net(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        loss = training_loss(logits.float(), y, cfg)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     set_lr(run.optimizer, lr_at(progress.step, cfg, run.steps_per_epoch))
@@ -375,6 +380,19 @@ def train_step(run: RunState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
         update_ema(run.ema, run.model, cfg.ema, progress.step)
     progress.step += 1
     return loss, logits
+
+
+def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy on the digits; with outlier exposure (cfg.non_digits), plus outlier_weight times the
+    cross-entropy of the non-digits (label -1) to the uniform answer, so that the model learns low confidence
+    on what is no digit and an energy threshold can refuse it."""
+    if not cfg.non_digits:
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    digit = (y >= 0).to(logits.dtype)  # masks rather than indexing: no host sync on CUDA, no empty-batch NaN
+    ce = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=cfg.label_smoothing, reduction="none")
+    to_uniform = -F.log_softmax(logits, dim=1).mean(dim=1)
+    return ((ce * digit).sum() / digit.sum().clamp(min=1)
+            + cfg.outlier_weight * (to_uniform * (1 - digit)).sum() / (1 - digit).sum().clamp(min=1))
 
 
 def next_batch(run: RunState, perm: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
