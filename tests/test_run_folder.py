@@ -196,7 +196,7 @@ def test_the_lock_of_a_killed_training_is_taken_over(tmp_path):
 
 
 def test_lock_rules(tmp_path):
-    """Live pid: refused. Dead pid on this host: taken over. Another host: refused (it cannot be checked).
+    """Held (flock) by another open file: refused. Held by nobody: taken over, whatever pid or host it names.
     Release removes only the caller's own lock."""
     path = tmp_path / LOCK_NAME
     messages: list[str] = []
@@ -222,21 +222,86 @@ def test_lock_rules(tmp_path):
     second.release()
     assert not path.exists()
 
-    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
-    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: kill(pid, 0) still succeeds
-    path.write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(), "token": "zombie"}))
-    third = RunLock(tmp_path)
-    third.acquire(messages.append)
-    zombie.wait()
-    assert messages[-1].endswith(f"pid {zombie.pid}, which is no longer running")
-    third.release()
+    for left_behind in ({"pid": 1, "host": "elsewhere.example", "token": "x"}, "garbage"):
+        path.write_text(left_behind if isinstance(left_behind, str) else json.dumps(left_behind))
+        third = RunLock(tmp_path)
+        third.acquire(messages.append)  # nobody holds it: the host that wrote it, or what it says, does not matter
+        assert json.loads(path.read_text())["token"] == third.token
+        third.release()
+    assert messages[-2:] == [f"{tmp_path}: taking over the lock of pid 1, which is no longer running",
+                             f"{tmp_path}: taking over the lock of a training, which is no longer running"]
 
-    path.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "token": "x"}))
-    with pytest.raises(RunError, match="in use .*pid 1 on elsewhere.example.*delete"):
-        RunLock(tmp_path).acquire(messages.append)
-    path.write_text("garbage")
-    with pytest.raises(RunError, match="cannot tell who holds it"):
-        RunLock(tmp_path).acquire(messages.append)
+
+@pytest.mark.parametrize("pid", [1, "own"])
+def test_lock_left_by_a_training_whose_pid_is_alive_again_is_taken_over(tmp_path, pid):
+    """A training killed as pid 1 in a container leaves a lock naming pid 1, which is alive again in the next
+    container (the resuming training itself): no open file holds the lock, so it is stale all the same."""
+    pid = os.getpid() if pid == "own" else pid
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "token": "killed"}))
+    messages: list[str] = []
+    lock = RunLock(tmp_path)
+    lock.acquire(messages.append)
+    assert messages == [f"{tmp_path}: taking over the lock of pid {pid}, which is no longer running"]
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+HOLD_LOCK = """
+import sys
+from digitlab.runs import RunLock
+
+RunLock(sys.argv[1]).acquire()
+print("HELD", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_lock_held_by_a_live_process_is_refused_whatever_pid_it_names(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(RunError, match=rf"in use by another training \(pid {holder.pid} on"):
+            RunLock(tmp_path).acquire()
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 999_999_999, "host": "gone.example", "token": "x"}))
+        with pytest.raises(RunError, match="in use by another training"):
+            RunLock(tmp_path).acquire()  # the holder's flock decides, not what the file says
+    finally:
+        holder.communicate("done\n", timeout=WAIT_S)
+
+
+TAKE_LOCK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a lock read without end fails here, not the machine
+from digitlab.errors import RunError
+from digitlab.runs import RunLock
+
+try:
+    RunLock(sys.argv[1]).acquire()
+except RunError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("kind", ["link to a FIFO", "FIFO", "link to /dev/zero", "link to a regular file"])
+def test_lock_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    """A .lock planted as a FIFO (or a link to one) would block the open or the read forever, a link to
+    /dev/zero would be read until memory runs out: each is a one-line error in well under the timeout."""
+    lock = tmp_path / LOCK_NAME
+    if "FIFO" in kind:
+        os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "elsewhere").write_text("{}")
+    target = {"link to a FIFO": tmp_path / "fifo", "link to /dev/zero": Path("/dev/zero"),
+              "link to a regular file": tmp_path / "elsewhere"}
+    if kind == "FIFO":
+        os.rename(tmp_path / "fifo", lock)
+    else:
+        lock.symlink_to(target[kind])
+    proc = subprocess.run([sys.executable, "-c", TAKE_LOCK, str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    expected = "is not a regular file" if kind == "FIFO" else "is a symbolic link, not a lock digitlab wrote"
+    assert expected in proc.stdout, (proc.stdout, proc.stderr)
+    assert (tmp_path / "elsewhere").read_text() == "{}"  # never written through the link
 
 
 # ---------------------------------------------------------------------------------------------

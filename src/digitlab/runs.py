@@ -9,7 +9,7 @@ a folder from being damaged.
                              (both .safetensors: the temperature fitted on the hold-out in their metadata)
         curves.png           loss and accuracy curves
         events.out.tfevents.*  TensorBoard's scalars, hparams and final figures (tracking.py)
-        .lock                while a training runs in it: that process's pid and host
+        .lock                while a training runs in it: flocked by it, with its pid and host
 
 claim_run_dir() is how a training takes a folder: a new run only gets an empty (or new) folder, unless
 force=True, which first removes the files of a previous run; a resume only continues a run with its own recipe
@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 from dataclasses import asdict
@@ -218,13 +221,16 @@ def clear_for_new_run(run_dir: Path, force: bool, log: Callable[[str], None]) ->
 
 
 class RunLock:
-    """RUN/.lock: the pid, host and a random token of the training using the folder.
+    """RUN/.lock: an advisory lock (flock) held on the open file for the whole training, with the pid, host and a
+    random token of the training written in it for the messages.
 
-    The file appears whole or not at all: it is written under a unique name and hard-linked into place, which
-    fails if a lock exists (O_CREAT|O_EXCL with a write after it would leave an empty lock if killed between
-    the two). A lock whose pid is no longer alive on this host is stale (its training was killed) and is taken
-    over; one from another host cannot be checked and is refused. release() removes the lock only while it is
-    still this object's own (token match).
+    The kernel drops a flock when its holder dies, however it dies, so a lock file nobody holds is stale and is
+    taken over: no pid is compared, and a training that ran as pid 1 in a container (whose pid is the next one's
+    too), or on a host that is gone, is resumed all the same. Only on a file system without flock is the pid the
+    test (holder_alive), as before. The file is opened without following a symbolic link and without blocking,
+    must be a regular file, and is read a few hundred bytes at most, so a .lock that is a FIFO, a device or a
+    link to one is a one-line error, never a hang or a read without end. release() removes the file only while it
+    is still this object's own (same file, same token).
     """
 
     def __init__(self, run_dir: Path):
@@ -232,92 +238,124 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.token = uuid.uuid4().hex
         self.held = False
+        self.fd: int | None = None
 
     def acquire(self, log: Callable[[str], None] = print) -> None:
-        text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token})
-        for _attempt in range(5):  # a retry only follows the removal of a stale lock
-            if self._place(text):
-                self.held = True
+        for _attempt in range(5):  # a retry only follows a lock file removed or replaced while we took it
+            fd = open_lock_file(self.path)
+            try:
+                if not self._lock(fd):
+                    holder = parse_holder(read_lock_text(fd, self.path), self.path)
+                    raise RunError(f"{self.run_dir} is in use by another training (pid {holder['pid']} on "
+                                   f"{holder['host']}, lock {self.path}); wait for it to end, or delete "
+                                   f"{self.path} if no training is running there")
+                if not same_file(fd, self.path):
+                    os.close(fd)
+                    continue
+                self._take(fd, log)
+                self.fd, self.held = fd, True
                 return
-            holder = self._read_holder()
-            if holder is None:  # gone between our attempt and the read: try again
-                continue
-            if holder_alive(holder):
-                raise RunError(f"{self.run_dir} is in use by another training (pid {holder['pid']} on "
-                               f"{holder['host']}, lock {self.path}); wait for it to end, or delete {self.path} "
-                               "if no training is running there")
-            if self._remove_stale(holder):
-                log(f"{self.run_dir}: taking over the lock of pid {holder['pid']}, which is no longer running")
+            except BaseException:
+                if self.fd != fd:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                raise
         raise RunError(f"{self.run_dir}: could not take its lock {self.path}: other trainings keep taking it")
 
-    def _place(self, text: str) -> bool:
-        """Put our lock file in place; False if a lock is there already."""
-        tmp = self.run_dir / f"{LOCK_NAME}.{self.token}"
+    def _lock(self, fd: int) -> bool:
+        """flock the open file without waiting; False if another open file holds it. Where the file system
+        has no flock, the pid written in the file decides (holder_alive)."""
         try:
-            tmp.write_text(text)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise RunError(f"cannot lock {self.path} ({e.strerror or e})") from None
+        text = read_lock_text(fd, self.path)
+        return not text or not holder_alive(parse_holder(text, self.path))
+
+    def _take(self, fd: int, log: Callable[[str], None]) -> None:
+        """Write our pid, host and token over what a training that is gone left in the file (and say so)."""
+        previous = read_lock_text(fd, self.path)
+        if previous:
             try:
-                os.link(tmp, self.path)
-                return True
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links: exclusive create, then write
-                return self._place_exclusive(text)
+                who = f"pid {parse_holder(previous, self.path)['pid']}"
+            except RunError:
+                who = "a training"
+            log(f"{self.run_dir}: taking over the lock of {who}, which is no longer running")
+        text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token})
+        try:  # written over, then cut to length: a reader never finds the file empty
+            os.pwrite(fd, text.encode(), 0)
+            os.ftruncate(fd, len(text.encode()))
         except OSError as e:
             raise RunError(f"cannot write the lock {self.path} ({e.strerror or e})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _place_exclusive(self, text: str) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
-
-    def _read_holder(self) -> dict | None:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as e:
-            raise RunError(f"cannot read the lock {self.path} ({e})") from None
-        try:
-            holder = json.loads(text)
-            if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str):
-                return {**holder, "text": text}
-        except json.JSONDecodeError:
-            pass
-        raise RunError(f"{self.run_dir} has a lock {self.path} that digitlab cannot tell who holds it; delete it "
-                       "if no training is running in that folder")
-
-    def _remove_stale(self, holder: dict) -> bool:
-        """Move the stale lock aside and delete it; if what was moved is not that lock any more (another process
-        took the stale lock over in the meantime), put it back. True when a stale lock was removed."""
-        aside = self.run_dir / f"{LOCK_NAME}.stale.{self.token}"
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return False
-        try:
-            if aside.read_text() == holder["text"]:
-                return True
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)
-            return False
-        finally:
-            aside.unlink(missing_ok=True)
 
     def release(self) -> None:
-        if not self.held:
+        """Remove the lock file if it is still ours, then let the lock go (closing the file)."""
+        if not self.held or self.fd is None:
             return
-        self.held = False
+        fd, self.fd, self.held = self.fd, None, False
         try:
-            if json.loads(self.path.read_text()).get("token") == self.token:
-                self.path.unlink()
-        except (OSError, ValueError, AttributeError):
+            if same_file(fd, self.path) and json.loads(read_lock_text(fd, self.path)).get("token") == self.token:
+                self.path.unlink()  # before the close: nobody can take the flock of a file still named .lock
+        except (OSError, ValueError, AttributeError, RunError):
             pass  # gone or replaced: it is not ours to remove
+        finally:
+            os.close(fd)
+
+
+LOCK_READ_LIMIT = 512  # bytes read from a lock file: its JSON is about 100
+
+
+def open_lock_file(path: Path) -> int:
+    """Open (creating it) the lock file for reading and writing: never through a symbolic link, never waiting
+    (a FIFO would block the open), and only if it is a regular file."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunError(f"{path} is a symbolic link, not a lock digitlab wrote; delete it if no training is "
+                           "running in that folder") from None
+        raise RunError(f"cannot open the lock {path} ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{path} is not a regular file (a FIFO, a device or a socket), not a lock digitlab wrote; "
+                       "delete it if no training is running in that folder")
+    return fd
+
+
+def read_lock_text(fd: int, path: Path) -> str:
+    """What the lock file says, read from its start and at most LOCK_READ_LIMIT bytes."""
+    try:
+        raw = os.pread(fd, LOCK_READ_LIMIT, 0)
+    except OSError as e:
+        raise RunError(f"cannot read the lock {path} ({e.strerror or e})") from None
+    return raw.decode("utf-8", "replace")
+
+
+def parse_holder(text: str, path: Path) -> dict:
+    """The pid and host a lock file names, or a RunError saying it cannot tell."""
+    try:
+        holder = json.loads(text)
+        if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str):
+            return holder
+    except json.JSONDecodeError:
+        pass
+    raise RunError(f"{path.parent} has a lock {path} that digitlab cannot tell who holds it; delete it "
+                   "if no training is running in that folder")
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the open file `fd` (not removed, or replaced, since it was opened)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def holder_alive(holder: dict) -> bool:
