@@ -246,6 +246,63 @@ def upload(http: httpx.Client, url: str, name: str, data: bytes, kind: str) -> i
         return 0
 
 
+#### Pipelined requests that are never read, and headers sent in one read
+
+
+PIPELINED_GET = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@dataclass
+class Flood:
+    """What flood_pipelined did: bytes the server accepted, connections opened, and those the server closed."""
+
+    sent: int = 0
+    opened: int = 0
+    closed: int = 0
+
+
+def flood_pipelined(port: int, stop: threading.Event, sockets: int = 4, per_write: int = 1000,
+                    rcvbuf: int = 4096) -> Flood:
+    """`sockets` connections with a `rcvbuf`-byte receive buffer, each writing `per_write` pipelined
+    GET /healthz per send and never reading an answer, until `stop` is set; a connection the server closes
+    is reopened at once, as an attacker would. Run it in a thread."""
+    batch = PIPELINED_GET * per_write
+    selector = selectors.DefaultSelector()
+    flood = Flood()
+
+    def open_one() -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: the window is set then
+        s.connect(("127.0.0.1", port))
+        s.setblocking(False)
+        selector.register(s, selectors.EVENT_WRITE, [0])  # data: where in `batch` the next send starts
+        flood.opened += 1
+
+    for _ in range(sockets):
+        open_one()
+    try:
+        while not stop.is_set():
+            for key, _ in selector.select(timeout=0.05):
+                offset = key.data
+                try:
+                    sent = key.fileobj.send(batch[offset[0]:])
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # reset or closed by the server
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    flood.closed += 1
+                    open_one()
+                    continue
+                flood.sent += sent
+                offset[0] = (offset[0] + sent) % len(batch)
+    finally:
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+        selector.close()
+    return flood
+
+
 #### The attacks
 
 

@@ -28,9 +28,14 @@ from digitlab.predict import Predictor
 from digitlab.serve import create_app
 from helpers import REPO, free_port, run_cli, server_in_thread
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import attack  # noqa: E402  (benchmarks/attack.py: the attacks this module replays, one definition of each)
+
 TIMEOUT_S = 20
 HEADER_TIMEOUT_S = 5.0  # ConnectionLimits' default, the one `digitlab serve` uses
 PREDICT = "/api/predict"
+PIPELINE_ATTACK_S = 15  # how long the pipelining attack runs
+MAX_GROWTH_MB = 300  # what the serving process may grow by under it
 HALF_HEADERS = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Slow: "
 
 
@@ -54,8 +59,8 @@ def zero_pixels() -> dict:
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory) -> Iterator[str]:
-    """`python -m digitlab serve` (shipped model, default options) on a free port; yields its URL."""
+def serve_process(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python -m digitlab serve` (shipped model, default options) on a free port; yields its URL and process."""
     port = free_port()
     log = tmp_path_factory.mktemp("edge") / "serve.log"
     with open(log, "w") as out:
@@ -72,7 +77,7 @@ def serve(tmp_path_factory) -> Iterator[str]:
                     break
             except OSError:
                 time.sleep(0.2)
-        yield url
+        yield url, process
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     finally:
         process.terminate()
@@ -83,8 +88,22 @@ def serve(tmp_path_factory) -> Iterator[str]:
             process.wait(timeout=15)
 
 
+@pytest.fixture(scope="module")
+def serve(serve_process) -> str:
+    """The URL of serve_process."""
+    return serve_process[0]
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of one process, from /proc (the serving process: HTTP lives there, not in workers)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def wait_for_eof(sock: socket.socket, timeout_s: float) -> bytes:
@@ -216,6 +235,37 @@ def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(serve):
     took = time.monotonic() - started
     assert status == 408 and "body took longer" in json.loads(body)["detail"], (status, body)
     assert 9 < took < 13, f"answered and closed after {took:.1f} s; the read timeout is 10 s"
+
+
+def test_pipelined_requests_that_are_never_read_do_not_grow_the_server(serve_process, zero_pixels):
+    """4 connections with a 4 KiB receive buffer, each sending GET /healthz a thousand times per write and never
+    reading an answer (benchmarks/attack.py's flood_pipelined): uvicorn queued every request it parsed and read on
+    after each answer, and the server grew by 1.4 GB in 12 s. Now a connection is not read while requests wait on
+    it or its unsent answers fill the write buffer, and one that sends more than the pipelining cap at once is
+    closed: over PIPELINE_ATTACK_S the server grows by at most MAX_GROWTH_MB, and a prediction sent every 0.1 s
+    meanwhile is answered within 1 s."""
+    url, process = serve_process
+    stop, floods = threading.Event(), []
+    flooder = threading.Thread(target=lambda: floods.append(attack.flood_pipelined(port_of(url), stop)))
+    before = peak = rss_mb(process.pid)
+    worst = 0.0
+    flooder.start()
+    try:
+        with httpx.Client(base_url=url, timeout=TIMEOUT_S) as http:
+            deadline = time.monotonic() + PIPELINE_ATTACK_S
+            while time.monotonic() < deadline and peak - before <= MAX_GROWTH_MB:  # stop at once on a failure
+                start = time.perf_counter()
+                r = http.post(PREDICT, json=zero_pixels)
+                worst = max(worst, time.perf_counter() - start)
+                assert r.status_code == 200 and r.json()["label"] == 7, r.text
+                peak = max(peak, rss_mb(process.pid))
+                stop.wait(0.1)  # the pace of a user's predictions, not a wait for an event
+    finally:
+        stop.set()
+        flooder.join(TIMEOUT_S)
+    assert floods and floods[0].sent > 1_000_000, f"the attack sent too little to mean anything: {floods}"
+    assert peak - before <= MAX_GROWTH_MB, f"the server grew from {before:,.0f} to {peak:,.0f} MB ({floods[0]})"
+    assert worst < 1.0, f"a prediction took {worst:.2f} s during the attack"
 
 
 # ---- the cap on open connections (a real uvicorn in a thread, configured as `digitlab serve` configures it)

@@ -17,6 +17,7 @@ import time
 from typing import Iterator
 
 import pytest
+import uvicorn
 
 from digitlab.predict import Predictor
 from digitlab.serve.limits import Limits
@@ -29,17 +30,26 @@ HEADER_TIMEOUT_S = 1.5  # the connection's header deadline here (5 s in `digitla
 DRIP_S = 0.1  # one body byte this often: far faster than any idle timeout would notice
 DECLARED = 100_000  # the Content-Length the client announces and never sends
 GIVE_UP_S = 15  # the client stops dripping after this long: a server that never cuts it off fails here
+WRITE_STALL_S = 1.5  # how long a connection's write buffer may stay full here (15 s in `digitlab serve`)
+MAX_PIPELINED = 16  # ConnectionLimits' default
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[int]:
-    """make_server around the shipped model, with the short deadlines above; yields its port."""
+def running() -> Iterator[tuple[int, uvicorn.Server]]:
+    """make_server around the shipped model, with the short deadlines above; yields its port and the server."""
     port = free_port()
     server = make_server(Predictor.from_run(runtime="onnx"), port=port, log_level="warning",
                          limits=Limits(read_timeout_s=READ_TIMEOUT_S),
-                         connections=ConnectionLimits(header_timeout_s=HEADER_TIMEOUT_S, keep_alive_s=HEADER_TIMEOUT_S))
+                         connections=ConnectionLimits(header_timeout_s=HEADER_TIMEOUT_S, keep_alive_s=HEADER_TIMEOUT_S,
+                                                      write_stall_s=WRITE_STALL_S))
     with server_in_thread(server):
-        yield port
+        yield port, server
+
+
+@pytest.fixture(scope="module")
+def server(running) -> int:
+    return running[0]
 
 
 def drip(port: int, head: bytes) -> tuple[bytes, float, float | None]:
@@ -94,3 +104,65 @@ def test_a_dripped_body_that_no_route_reads_ends_at_the_header_deadline(server, 
     assert answered < 1, f"answered after {answered:.1f} s"
     assert closed is not None, f"the connection was still open after {GIVE_UP_S} s of dripping"
     assert closed - answered < HEADER_TIMEOUT_S + 3, f"closed {closed - answered:.1f} s after the answer"
+
+
+def read_to_eof(s: socket.socket, timeout_s: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took; fails after
+    `timeout_s`."""
+    s.settimeout(timeout_s)
+    received, start = b"", time.monotonic()
+    while chunk := s.recv(65536):
+        received += chunk
+        assert time.monotonic() - start < timeout_s, f"the connection was still open after {timeout_s} s"
+    return received, time.monotonic() - start
+
+
+def test_pipelining_past_the_cap_is_answered_up_to_it_then_closed(server):
+    """40 GET /healthz in one write: the first is answered while MAX_PIPELINED wait behind it; parsing stops at
+    the next, those are answered, the last with `connection: close`, and the server hangs up (before, uvicorn
+    queued all 40, however many a read held)."""
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+        s.sendall(HEALTHZ * 40)
+        answer, took = read_to_eof(s, HEADER_TIMEOUT_S + 5)
+    answers = answer.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 1 + MAX_PIPELINED and all(a.startswith(b"200 ") for a in answers), answer[:300]
+    assert b"connection: close" in answers[-1] and not any(b"connection: close" in a for a in answers[:-1])
+    assert took < HEADER_TIMEOUT_S, f"closed {took:.1f} s after the answers, not after the last one"
+
+
+def stalled_connections(server: uvicorn.Server) -> list:
+    """The server's connections whose write buffer is full (uvicorn's flow control says writing is paused)."""
+    return [c for c in list(server.server_state.connections) if c.flow is not None and c.flow.write_paused]
+
+
+def rejections(port: int, reason: str) -> float:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        text, _ = read_to_eof(s, 5)
+    for line in text.decode().splitlines():
+        if line.startswith(f'digitlab_rejections_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_client_that_reads_no_answer_is_not_read_and_is_dropped_at_the_write_stall_deadline(running):
+    """Three pipelined requests for Swagger UI's 1.5 MB script from a client with a 4 KiB receive buffer that
+    reads nothing: once its unsent answer fills the write buffer, the connection is read no more, and after
+    WRITE_STALL_S of that it is dropped with its buffer (before, it was held, and its buffer, for as long as the
+    client kept it open)."""
+    port, server = running
+    before = rejections(port, "write_stall")
+    request = b"GET /docs-assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request * 3)
+        start = time.monotonic()
+        while not stalled_connections(server):
+            assert time.monotonic() - start < 5, "the unread answer never filled the write buffer"
+            time.sleep(0.01)
+        assert not any(c.transport.is_reading() for c in stalled_connections(server)), "read while stalled"
+        while rejections(port, "write_stall") == before:
+            assert time.monotonic() - start < WRITE_STALL_S + 5, "the stalled connection was not dropped"
+            time.sleep(0.05)
+    assert time.monotonic() - start > WRITE_STALL_S - 0.5, "dropped before the deadline"

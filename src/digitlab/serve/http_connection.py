@@ -16,7 +16,15 @@ subclass of uvicorn's own httptools protocol (the parser and the ASGI cycle stay
   the event loop (~0.5 us in httptools, ~1 us with uvicorn's handler, ~7 us in h11), so 300,000 one-byte chunks
   held the loop for 0.3 s (2 s in h11) and stalled every other request; real clients send far fewer;
 - a cap on open connections: past `max_connections`, the connection that has been idle (waiting for a request)
-  the longest is closed to make room; if none is idle, the new one is refused, so file descriptors stay bounded.
+  the longest is closed to make room; if none is idle, the new one is refused, so file descriptors stay bounded;
+- bounded pipelining: uvicorn queues a request that arrives while the one before is answered, but reads on after
+  every answer, and httptools parses a whole read (up to 256 KiB: 6,000 small GETs) at once; a client that
+  pipelines without reading its answers grew the server by 1.4 GB in 12 s. Here a connection is not read while
+  a request waits on it, while its unsent answers fill the write buffer (`write_buffer_bytes`), or while a body
+  waits for the app (uvicorn's 64 KiB); a read holding more than `max_pipelined` waiting requests stops being
+  parsed, and the connection closes after answering those (real clients pipeline a few, if any);
+- a write-stall deadline: a connection whose write buffer stays full for `write_stall_s` (its client reads
+  none of its answers) is dropped, buffered answers and all.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -45,6 +54,9 @@ class ConnectionLimits:
     max_body_chunks: int = 1024  # chunks in one chunked body (2 MiB in 1,024 chunks: 2 KiB each); more is 413
     max_connections: int = 2048  # open connections; past it the longest-idle one is closed, or the new one refused
     backlog: int = 2048  # connections the kernel queues before they are accepted
+    max_pipelined: int = 16  # requests one read may queue behind the one being answered; more: closed after them
+    write_buffer_bytes: int = 64 * 1024  # unsent answers a connection may buffer; past it, it is not read
+    write_stall_s: float = 15.0  # a connection whose write buffer stays full this long is dropped
 
 
 def json_response(status: int, reason: str, detail: str) -> bytes:
@@ -54,8 +66,26 @@ def json_response(status: int, reason: str, detail: str) -> bytes:
             f"connection: close\r\n\r\n").encode() + body
 
 
-class TooManyChunks(Exception):
-    """Raised from the parser's chunk callback to stop parsing a body at once."""
+class StopParsing(Exception):
+    """Raised from a parser callback to stop parsing the read at once: httptools turns it into an
+    HttpParserCallbackError, and uvicorn then calls send_400_response, which answers `reason` instead."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class GatedFlowControl(FlowControl):
+    """uvicorn's flow control, which resumes reading after every answer and whenever the app asks for more body;
+    this one resumes only when `may_read()` says the connection has room for what it would read."""
+
+    def __init__(self, transport: asyncio.Transport, may_read: Callable[[], bool]):
+        super().__init__(transport)
+        self.may_read = may_read
+
+    def resume_reading(self) -> None:
+        if self.may_read():
+            super().resume_reading()
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -68,10 +98,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.header_timer: asyncio.TimerHandle | None = None
+        self.write_stall_timer: asyncio.TimerHandle | None = None
         self.in_headers = True  # the bytes arriving belong to a request's headers (counted against the cap)
         self.header_bytes = 0
+        self.stopped: str | None = None  # why parsing stopped (StopParsing), until send_400_response answers it
         self.idle_since = time.monotonic()
         super().connection_made(transport)
+        self.flow = GatedFlowControl(transport, self.may_read)
+        transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes)
         if self.over_cap() and not self.make_room():
             self.on_close("connection_cap")
             transport.write(json_response(503, "Service Unavailable", "the server has too many open connections"))
@@ -140,7 +174,23 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                     f"the request line and headers are larger than {self.limits.max_header_bytes:,} bytes"))
             self.close()
 
+    def may_read(self) -> bool:
+        """Whether the connection has room for what a read brings: no request waiting behind the one being
+        answered, its answers sent (the write buffer under its mark), no body piling up that the app has not
+        taken, and the parser still in use."""
+        cycle = self.cycle
+        return (self.stopped is None and not self.pipeline and not self.flow.write_paused
+                and (cycle is None or cycle.response_complete or len(cycle.body) <= HIGH_WATER_LIMIT))
+
+    def stop_parsing(self, reason: str) -> None:
+        """Stop parsing this read here; send_400_response then answers `reason`."""
+        self.stopped = reason
+        raise StopParsing(reason)
+
     def on_headers_complete(self) -> None:
+        answering = self.cycle is not None and not self.cycle.response_complete  # so this request would wait
+        if answering and len(self.pipeline) >= self.limits.max_pipelined:
+            self.stop_parsing("pipeline_cap")
         self.cancel_header_timer()
         self.in_headers = False
         self.body_chunks = 0
@@ -151,16 +201,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_chunk_header(self) -> None:
-        """httptools calls this once per chunk of a chunked body; past the cap, parsing stops here (the raise
-        makes feed_data fail, and uvicorn answers through send_400_response, below)."""
+        """httptools calls this once per chunk of a chunked body; past the cap, parsing stops here."""
         self.body_chunks += 1
         if self.body_chunks > self.limits.max_body_chunks:
-            raise TooManyChunks
+            self.stop_parsing("too_many_chunks")
 
     def send_400_response(self, msg: str) -> None:
-        if getattr(self, "body_chunks", 0) <= self.limits.max_body_chunks:
+        """uvicorn's answer to a request httptools could not parse, or to a StopParsing raised above."""
+        answers = {"too_many_chunks": self.refuse_chunks, "pipeline_cap": self.close_after_queued}
+        if self.stopped is None:
             return super().send_400_response(msg)
-        self.on_close("too_many_chunks")
+        self.on_close(self.stopped)
+        answers[self.stopped]()
+
+    def close_after_queued(self) -> None:
+        """Past the pipelining cap: the requests already queued are answered, nothing more is read (the parser
+        stopped mid-read), and the connection closes after the last answer."""
+        self.flow.pause_reading()
+        last = self.pipeline[0][0] if self.pipeline else self.cycle  # queued on the left, started from the right
+        last.keep_alive = False
+
+    def refuse_chunks(self) -> None:
+        """Past the chunk cap: 413, unless an answer is already under way, and the connection is closed."""
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app stops waiting for the body; nothing more is sent for it
             self.cycle.message_event.set()
@@ -170,14 +232,41 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.close()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # resumes reading (if may_read), then starts the next queued request
+        self.flow.resume_reading()  # so reading resumes once that request was the last one waiting
         # uvicorn armed its keep-alive timer unless a pipelined request was started or the connection is closing;
         # any byte received cancels that timer, so the header deadline bounds a client that dribbles
         if self.timeout_keep_alive_task is not None and not self.transport.is_closing():
             self.await_headers()
 
+    def pause_writing(self) -> None:
+        """The transport's write buffer passed `write_buffer_bytes`: read nothing more until the client has read
+        some of its answers, and drop the connection if it reads none for `write_stall_s`."""
+        super().pause_writing()
+        self.flow.pause_reading()
+        if self.write_stall_timer is None:
+            self.write_stall_timer = self.loop.call_later(self.limits.write_stall_s, self.write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.cancel_write_stall_timer()
+        self.flow.resume_reading()  # if may_read: nothing else holds reading back
+
+    def write_stalled(self) -> None:
+        """Dropped (abort, not close: close waits for a buffer this client will not read)."""
+        self.write_stall_timer = None
+        self.on_close("write_stall")
+        self.cancel_header_timer()
+        self.transport.abort()
+
+    def cancel_write_stall_timer(self) -> None:
+        if self.write_stall_timer is not None:
+            self.write_stall_timer.cancel()
+            self.write_stall_timer = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_header_timer()
+        self.cancel_write_stall_timer()
         super().connection_lost(exc)
 
 
