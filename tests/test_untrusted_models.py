@@ -9,6 +9,11 @@ fine on the probe's images but give NaN, or loop, on a full-white image. The PyT
 with one weight set to NaN. Before this check existed, the Loop hung forever, the NaN model printed bare `NaN`
 in --json output, the 2-class model raised IndexError, the rank-1 one an IndexError/AxisError, the 3-logit one
 was accepted, and `serve --runtime torch` of the NaN weights answered 200 with `"probability": null`.
+
+Some files attack onnxruntime's session creation itself, before any call and its deadline: a Tile of a constant
+to 2.4 GB (2.6 GB of RSS in `predict --onnx` before the probe process), 990 constant MatMuls (tens of seconds
+of constant folding; 300 took 10.6 s), more than 1,000 nodes, an operator of a custom domain, weights "stored"
+in /dev/zero. The first two are refused by the capped probe process (onnx_guard), the others by its static check.
 """
 from __future__ import annotations
 
@@ -51,8 +56,11 @@ def const(name: str, value) -> onnx.TensorProto:
 
 
 def model_bytes(nodes: list, output_shape: list, classes: list[str] | None = None, inits: list | None = None,
-                input_shape: list | None = None, outputs: list | None = None, metrics: dict | None = None) -> bytes:
-    """images (N, 1, 28, 28) -> Flatten -> MatMul (784, 10) -> "raw", then `nodes`, which must produce "logits"."""
+                input_shape: list | None = None, outputs: list | None = None, metrics: dict | None = None,
+                check: bool = True, edit=None) -> bytes:
+    """images (N, 1, 28, 28) -> Flatten -> MatMul (784, 10) -> "raw", then `nodes`, which must produce "logits".
+    `edit(model)` changes the ModelProto before it is serialised; `check=False` skips onnx's checker, which
+    refuses some of the hostile files below before any loader sees them."""
     w = (np.random.default_rng(0).normal(size=(784, 10)) * 0.01).astype(np.float32)
     first = [helper.make_node("Flatten", ["images"], ["flat"], axis=1),
              helper.make_node("MatMul", ["flat", "w"], ["raw"])]
@@ -65,7 +73,10 @@ def model_bytes(nodes: list, output_shape: list, classes: list[str] | None = Non
     model.ir_version = 8  # what onnxruntime 1.1x reads
     helper.set_model_props(model, encode_metadata({"model": "crafted", "normalization": "standard",
                                                    "classes": classes or CLASSES, "metrics": metrics}))
-    onnx.checker.check_model(model)
+    if edit is not None:
+        edit(model)
+    if check:
+        onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
@@ -111,6 +122,31 @@ def loop_when_bright() -> list:
         helper.make_node("Mul", ["bright_int", "endless"], ["trips"])] + endless_loop("trips")
 
 
+def ignore(name: str) -> list:
+    """`name` (a float tensor) times 0, added to "raw": the model computes `name`, and its answer stays finite."""
+    return [helper.make_node("ReduceSum", [name], ["total_ignored"], keepdims=0),
+            helper.make_node("Mul", ["total_ignored", "zero"], ["nothing"]),
+            helper.make_node("Add", ["raw", "nothing"], ["logits"])]
+
+
+def constant_matmuls(count: int, size: int = 512) -> list:
+    """`count` MatMuls of a constant (size, size) matrix by itself, chained: all folded while the session is
+    created, before any call (300 of them: about 10 s of onnxruntime on one core)."""
+    nodes = [helper.make_node("MatMul", ["c" if i == 0 else f"m{i - 1}", "c"], [f"m{i}"]) for i in range(count)]
+    return nodes + ignore(f"m{count - 1}")
+
+
+def external_weights(model) -> None:
+    """The MatMul's weights "stored" in /dev/zero: onnxruntime would read from whatever path the file names."""
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "/dev/zero"
+
+
+CONSTANT = (np.random.default_rng(1).normal(size=(512, 512)) / 23).astype(np.float32)  # keeps the powers finite
+TILE_REPEATS = 600_000  # 1,024 floats repeated: 2.4 GB, from a 31 KB file
 N10 = ["N", 10]
 THREE = ("logits", "extra1", "extra2")
 MODELS = {
@@ -141,6 +177,18 @@ MODELS = {
                                                  inits=SUM_INITS + [const("hundred", np.float32(100))]),
     "endless Loop for bright images": lambda: model_bytes(loop_when_bright(), N10,
                                                           inits=SUM_INITS + [const("endless", np.int64(ENDLESS))]),
+    "Tile of 2.4 GB": lambda: model_bytes(
+        [helper.make_node("Tile", ["ones", "repeats"], ["tiled"])] + ignore("tiled"), N10,
+        inits=[const("ones", np.ones(1024, np.float32)), const("repeats", np.array([TILE_REPEATS], np.int64)),
+               const("zero", np.float32(0))]),
+    "990 constant MatMuls": lambda: model_bytes(constant_matmuls(990), N10,
+                                                inits=[const("c", CONSTANT), const("zero", np.float32(0))]),
+    "1,001 nodes": lambda: model_bytes(
+        [helper.make_node("Identity", ["raw" if i == 0 else f"x{i - 1}"], [f"x{i}"]) for i in range(999)]
+        + [helper.make_node("Identity", ["x998"], ["logits"])], N10),
+    "a custom-domain operator": lambda: model_bytes(
+        [helper.make_node("Gelu", ["raw"], ["logits"], domain="com.microsoft")], N10, check=False),
+    "weights in another file": lambda: model_bytes(identity(), N10, check=False, edit=external_weights),
 }
 REFUSED_AT_LOAD = {  # model -> what the one-line error must say
     "endless Loop": "deadline",
@@ -152,6 +200,10 @@ REFUSED_AT_LOAD = {  # model -> what the one-line error must say
     "infinite output (1/0)": "NaN or infinity",
     "fixed batch of 1": "onnxruntime failed",
     "classes a number": "'classes' of the wrong type",
+    "Tile of 2.4 GB": "needed more than 1,024 MB of memory",
+    "1,001 nodes": "more than 1,000 nodes",
+    "a custom-domain operator": "'Gelu' of domain 'com.microsoft'",
+    "weights in another file": "data is in another file",
 }
 
 
@@ -229,6 +281,37 @@ def test_from_onnx_refuses_at_load(models, name):
     assert "\n" not in message and REFUSED_AT_LOAD[name] in message, message
     if name == "endless Loop":
         assert isinstance(e.value, ModelError) and time.monotonic() - started < 30 * DEADLINE
+
+
+def test_slow_session_creation_is_stopped_at_the_load_limit(models, monkeypatch):
+    """990 constant MatMuls (just under the node cap) keep onnxruntime's InferenceSession busy for tens of seconds,
+    before any call and its deadline: the probe process is killed at its time limit and the file refused. The limit
+    is set from the good model's own load time, so a busy machine slows both alike."""
+    from digitlab import onnx_guard
+
+    started = time.monotonic()
+    Predictor.from_onnx(models["good"], threads=1, deadline_s=DEADLINE)
+    limit_s = 2 * (time.monotonic() - started) + 1
+    monkeypatch.setattr(onnx_guard, "LOAD_LIMIT_S", limit_s)
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="took more than") as e:
+        Predictor.from_onnx(models["990 constant MatMuls"], threads=1, deadline_s=DEADLINE)
+    took = time.monotonic() - started
+    assert "\n" not in str(e.value) and took < limit_s + DEADLINE + 10, (took, limit_s)
+
+
+def test_vetted_bytes_skip_the_probe_process_only_while_unchanged(models, monkeypatch):
+    """A serving worker loads the file its parent vetted: the same bytes (same sha256) skip the probe process,
+    any other bytes (the file replaced since) are vetted again."""
+    from digitlab import onnx_guard
+
+    digest = onnx_guard.vet(models["good"].read_bytes(), "good.onnx", DEADLINE)
+    probes = []
+    monkeypatch.setattr(onnx_guard, "probe_in_child", lambda *args: probes.append(args))
+    Predictor.from_onnx(models["good"], threads=1, vetted_sha256=digest)
+    assert probes == []
+    Predictor.from_onnx(models["good"], threads=1, vetted_sha256="0" * 64)
+    assert len(probes) == 1
 
 
 def test_nan_in_the_metadata_reads_as_null(models):
@@ -367,7 +450,10 @@ def test_predict_onnx_json_never_prints_nan(models, tmp_path, capsys):
 
 def test_json_writer_is_strict_even_past_the_model_checks(models, seven, capsys, monkeypatch):
     """The last line of defence: with the Predictor's output checks switched off, --json still prints no NaN."""
+    from digitlab import onnx_guard
+
     monkeypatch.setattr(Predictor, "checked", lambda self, logits, images, first=0: np.asarray(logits, np.float32))
+    monkeypatch.setattr(onnx_guard, "probe_in_child", lambda *args: None)  # it would run the checks in a child
     code = main(["predict", "--onnx", str(models["NaN output (0/0)"]), str(seven), "--json"])
     out, err = capsys.readouterr()
     assert code == 1 and out == "" and err.count("\n") == 1 and "NaN or infinity as JSON" in err, (out, err)

@@ -12,7 +12,9 @@ The ONNX format's names and metadata live here too, so export.py (which writes .
 (which reads them) share them without importing each other's heavy dependencies. onnxruntime is imported only
 when an OnnxBackend is created: the `onnx` extra is optional.
 
-An .onnx file is untrusted input: its graph can loop for ever (a `Loop` of 10^12 iterations), so every
+An .onnx file is untrusted input. Creating its session can itself take seconds and gigabytes, so
+Predictor.from_onnx first tries a file in a capped probe process (digitlab.onnx_guard); OnnxBackend itself
+trusts its caller for that. Its graph can loop for ever (a `Loop` of 10^12 iterations), so every
 OnnxBackend call runs under a deadline, enforced by onnxruntime itself (RunOptions.terminate, checked between
 graph nodes) and set by one watchdog thread. Whether its output makes sense (shape, class count, finite
 numbers) is checked by the Predictor, for every backend, on load (a probe) and on every call.
@@ -76,6 +78,12 @@ def metadata_checks(meta: dict) -> dict[str, bool]:
             "model_args": isinstance(meta.get("model_args", {}), dict),
             "dataset": isinstance(meta.get("dataset", "mnist"), str),
             "metrics": isinstance(meta.get("metrics"), (dict, type(None)))}
+
+
+def check_deadline(deadline_s: float) -> None:
+    """A RunError unless `deadline_s` is a positive number of seconds (NaN is not)."""
+    if not deadline_s > 0:
+        raise RunError(f"the inference deadline must be a positive number of seconds, got {deadline_s!r}")
 
 
 def deadline_for(deadline_s: float, images: int) -> float:
@@ -177,8 +185,7 @@ class OnnxBackend:
                  deadline_s: float = DEADLINE_S):
         """`model` is an .onnx path or its bytes; `source` names bytes in messages; `deadline_s` as deadline_for."""
         self.source = source or (str(model) if not isinstance(model, bytes) else "<onnx bytes>")
-        if not deadline_s > 0:
-            raise RunError(f"the inference deadline must be a positive number of seconds, got {deadline_s!r}")
+        check_deadline(deadline_s)
         self.ort = ort = require("onnx", "onnxruntime", "predicting with ONNX Runtime")
         if not isinstance(model, bytes) and not Path(model).is_file():
             what = "is not a regular file" if Path(model).exists() else "does not exist"

@@ -41,6 +41,7 @@ from digitlab.atomic import commit, write_tmp
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.evaluate import predict_logits
 from digitlab.extras import require
+from digitlab.onnx_guard import static_check
 from digitlab.normalize import normalize
 from digitlab.checkpoint import LoadedModel, load_run
 
@@ -219,6 +220,8 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
     dataset = load_dataset(loaded.dataset, data_dir, progress=False)
     images = dataset.test_images[:check_images]
     data = onnx_model_bytes(loaded, dynamo) if fmt == "onnx" else torchscript_model_bytes(loaded)
+    if fmt == "onnx":  # a file the loaders would refuse (an exporter that changed) fails here, not at load
+        static_check(data, str(output))
     tmp = output.with_name(output.name + ".tmp")
     try:
         write_tmp(output, lambda path: path.write_bytes(data))

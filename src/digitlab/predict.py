@@ -241,18 +241,40 @@ class Predictor:
         `digitlab predict`'s start-up (1.5 s of CPU against 0.05 s). A DEFAULT_ONNX left behind by a retrained
         DEFAULT_WEIGHTS (its recorded sha256 differs) is never used."""
         if DEFAULT_ONNX.is_file() and _onnxruntime_installed():
-            predictor = cls.from_onnx(DEFAULT_ONNX, threads)
+            predictor = cls.from_onnx(DEFAULT_ONNX, threads, vet=False)  # installed with digitlab, not a download
             if predictor.backend.meta.get(WEIGHTS_SHA256) == weights_sha256(DEFAULT_WEIGHTS):
                 return predictor
         return cls.from_run(None)
 
     @classmethod
     def from_onnx(cls, model: str | Path | bytes, threads: int = 0, source: str | None = None,
-                  deadline_s: float = DEADLINE_S) -> "Predictor":
+                  deadline_s: float = DEADLINE_S, vet: bool = True, vetted_sha256: str | None = None) -> "Predictor":
         """An .onnx file written by `digitlab export` (or its bytes): the file alone says how to feed it. The file
-        is untrusted: it is probed on load, and each call runs under `deadline_s` (backends.deadline_for)."""
+        is untrusted: with `vet` it is first loaded and probed in a capped child process (onnx_guard.vet: creating a
+        hostile file's session can take many seconds and gigabytes, out of any call's deadline), then loaded here
+        from the same bytes and probed again; each call runs under `deadline_s` (backends.deadline_for).
+        `vetted_sha256`: the sha256 of bytes already vetted (by a serving parent process): the same bytes skip the
+        child, any others are vetted. `vet=False` is for files digitlab wrote itself (the shipped model)."""
+        if vet:
+            model, source = cls._vetted_bytes(model, source, deadline_s, vetted_sha256)
         backend = OnnxBackend(model, threads, source, deadline_s)
         return cls(backend, ModelInfo.from_meta(backend.meta, backend.source))
+
+    @staticmethod
+    def _vetted_bytes(model: str | Path | bytes, source: str | None, deadline_s: float,
+                      vetted_sha256: str | None) -> tuple[bytes, str]:
+        """The model's bytes, read once (what is vetted is what is loaded), and its name, after onnx_guard.vet."""
+        from digitlab import onnx_guard
+        from digitlab.backends import check_deadline
+        from digitlab.extras import require
+
+        require("onnx", "onnxruntime", "predicting with ONNX Runtime")
+        check_deadline(deadline_s)
+        source = source or (str(model) if not isinstance(model, bytes) else "<onnx bytes>")
+        data = model if isinstance(model, bytes) else onnx_guard.read_onnx(model)
+        if vetted_sha256 is None or hashlib.sha256(data).hexdigest() != vetted_sha256:
+            onnx_guard.vet(data, source, deadline_s)
+        return data, source
 
     @property
     def classes(self) -> tuple[str, ...]:

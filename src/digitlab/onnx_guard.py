@@ -1,0 +1,296 @@
+"""Vetting an untrusted .onnx file before this process loads it: a static look at its bytes, then a probe process.
+
+    data = read_onnx("model.onnx")                 # the bytes, refused over MAX_BYTES
+    digest = vet(data, "model.onnx")               # a RunError or ModelError (one line), else the bytes' sha256
+
+Why a probe process: onnxruntime does its heaviest work on a file while creating the InferenceSession (constant
+folding, pre-packing weights), before any per-call deadline can apply. A graph of 300 MatMuls over constant
+512x512 matrices keeps `InferenceSession` busy for about 10 s; a 31 KB file whose Tile node repeats a constant
+600,000 times reaches 2.6 GB of memory. So the session is first created, and the Predictor's load check (two
+fixed images under the call deadline) run, in a child process (`python -m digitlab.onnx_guard`) whose address
+space is capped (RLIMIT_AS: what it has once onnxruntime is imported, plus MEMORY_MB and 4x the file) and which
+is killed once it passes LOAD_LIMIT_S plus the call deadline. Only a file that passes is loaded here, from the
+same bytes (never re-read from disk, which another process may have changed meanwhile).
+
+Why the static look first: it costs well under a millisecond for the files `digitlab export` writes (a walk over
+the protobuf's fields in pure Python: importing the `onnx` package instead costs about 1 s of CPU, as much as
+the rest of `predict --onnx`'s start-up), and it refuses at once what no exported file holds: more than
+MAX_NODES nodes (subgraphs included; exported models have 12-30), operators outside the standard ONNX domain,
+model-local functions, and tensors whose data lives in other files (onnxruntime would read any path they name).
+
+What this does not bound: a file that behaves on the probe's two images but allocates without end for another
+input. Each call's time is bounded (backends.deadline_for); its memory is bounded in `serve`'s worker processes
+(serve/worker.py caps their address space), not in `predict --onnx`'s own process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from digitlab.errors import ModelError, RunError
+
+MAX_BYTES = 512 * 2**20  # the largest .onnx file read (AlexNet, the largest registered model, exports 227 MB)
+MAX_NODES = 1000  # nodes in the graph and its subgraphs; exported models have 12-30
+MAX_DEPTH = 16  # nesting of subgraphs (a Loop's body inside an If's branch...)
+LOAD_LIMIT_S = 10.0  # the probe process's start, session creation and metadata checks; the probe's call has more
+MEMORY_MB = 1024  # address space the probe process may add once onnxruntime is imported, beyond 4x the file
+EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+ONNX_DOMAINS = ("", "ai.onnx")  # the standard operator set: all `digitlab export` writes
+
+
+class Malformed(Exception):
+    """The bytes are not a protobuf message of the expected shape."""
+
+
+def read_onnx(path: str | Path) -> bytes:
+    """The file's bytes, refused (RunError) if it is not a regular file or larger than MAX_BYTES."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise RunError(f"{path} {what} (expected an .onnx file written by `digitlab export`)")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise RunError(f"{path} is {size / 2**20:,.0f} MB: larger than any model digitlab exports "
+                       f"(limit {MAX_BYTES / 2**20:,.0f} MB)")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise RunError(f"cannot read {path} ({e.strerror or e})") from None
+
+
+def vet(data: bytes, source: str, deadline_s: float) -> str:
+    """Refuse `data` unless it passes static_check and the probe process; returns its sha256 (hex), which lets a
+    process that reads the same file later (a serving worker) skip the probe for the very same bytes."""
+    static_check(data, source)
+    probe_in_child(data, source, deadline_s)
+    return hashlib.sha256(data).hexdigest()
+
+
+#### The static check: a walk over the protobuf wire format
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise Malformed
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview | None]]:
+    """(field number, value) of one message: an int for varints, bytes for length-delimited, None for fixed."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        value: int | memoryview | None = None
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value = buf[pos:pos + size]
+            pos += size
+        else:  # groups (3, 4) are not used by ONNX; 6 and 7 do not exist
+            raise Malformed
+        if pos > len(buf) or number == 0:
+            raise Malformed
+        yield number, value
+
+
+class GraphCount:
+    """Walks a graph and its subgraphs, counting nodes; raises Refused at the first thing no exported file holds."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def graph(self, buf: memoryview, depth: int) -> None:
+        """GraphProto: node = 1, initializer = 5, sparse_initializer = 15."""
+        if depth > MAX_DEPTH:
+            raise Refused(f"subgraphs nested more than {MAX_DEPTH} deep")
+        for number, value in fields(buf):
+            if number == 1 and isinstance(value, memoryview):
+                self.node(value, depth)
+            elif number in (5, 15) and isinstance(value, memoryview):
+                tensor(value)
+
+    def node(self, buf: memoryview, depth: int) -> None:
+        """NodeProto: op_type = 4, domain = 7, attribute = 5."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise Refused(f"more than {MAX_NODES:,} nodes (models digitlab exports have at most a few dozen)")
+        op, domain = "", ""
+        for number, value in fields(buf):
+            if number == 4 and isinstance(value, memoryview):
+                op = bytes(value).decode(errors="replace")[:60]
+            elif number == 7 and isinstance(value, memoryview):
+                domain = bytes(value).decode(errors="replace")[:60]
+            elif number == 5 and isinstance(value, memoryview):
+                self.attribute(value, depth)
+        if domain not in ONNX_DOMAINS:
+            raise Refused(f"operator {op!r} of domain {domain!r}, outside the standard ONNX operators")
+
+    def attribute(self, buf: memoryview, depth: int) -> None:
+        """AttributeProto: t = 5, g = 6, tensors = 10, graphs = 11."""
+        for number, value in fields(buf):
+            if number in (6, 11) and isinstance(value, memoryview):
+                self.graph(value, depth + 1)
+            elif number in (5, 10) and isinstance(value, memoryview):
+                tensor(value)
+
+
+class Refused(Exception):
+    """The static check's reason to refuse a well-formed file."""
+
+
+def tensor(buf: memoryview) -> None:
+    """TensorProto: external_data = 13, data_location = 14 (1: EXTERNAL)."""
+    for number, value in fields(buf):
+        if number == 13 or (number == 14 and value == EXTERNAL):
+            raise Refused("a tensor whose data is in another file (exported models hold all their weights)")
+
+
+def static_check(data: bytes, source: str) -> None:
+    """Refuse (RunError, one line) a file that is not an ONNX protobuf, or holds what no exported file does.
+    ModelProto: graph = 7, functions = 25."""
+    count = GraphCount()
+    try:
+        graphs = 0
+        for number, value in fields(memoryview(data)):
+            if number == 7 and isinstance(value, memoryview):
+                graphs += 1
+                count.graph(value, 0)
+            elif number == 25:
+                raise Refused("model-local functions (exported models have none)")
+        if graphs != 1:
+            raise Malformed
+    except Malformed:
+        raise RunError(f"{source} is not a readable ONNX model (not an ONNX protobuf with one graph)") from None
+    except Refused as e:
+        raise RunError(f"refusing the model {source}: it holds {e}") from None
+
+
+#### The probe process
+
+
+def probe_in_child(data: bytes, source: str, deadline_s: float) -> None:
+    """Create the session and run the Predictor's load check in a capped child; raise what it refused with."""
+    limit_s = LOAD_LIMIT_S + deadline_s
+    memory_mb = MEMORY_MB + 4 * len(data) // 2**20
+    command = [sys.executable, "-m", "digitlab.onnx_guard", source, repr(deadline_s), str(memory_mb),
+               repr(limit_s)]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(data, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise ModelError(f"refusing the model {source}: onnxruntime took more than {limit_s:g} s to load it and "
+                         "answer two images") from None
+    verdict = last_json_line(out)
+    if verdict.get("ok"):
+        return
+    if verdict.get("memory"):
+        raise ModelError(f"refusing the model {source}: loading it and answering two images needed more than "
+                         f"{memory_mb:,} MB of memory")
+    if "message" not in verdict:  # a crash that says nothing: name how it ended
+        raise ModelError(f"refusing the model {source}: the process that tried it {how_it_ended(child, err)} "
+                         f"(its memory limit: {memory_mb:,} MB)")
+    error = ModelError if verdict.get("error") == "ModelError" else RunError
+    raise error(str(verdict["message"]).splitlines()[0])
+
+
+def how_it_ended(child: subprocess.Popen, err: bytes) -> str:
+    """A crashed probe process's end in a few words: the signal that killed it (onnxruntime aborts on some failed
+    allocations) or its last line on stderr."""
+    if child.returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-child.returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-child.returncode}"
+    tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+    return f"failed ({tail[0][:200]})"
+
+
+def last_json_line(out: bytes) -> dict:
+    """The child's verdict (its last stdout line, a JSON object), or {} if it wrote none."""
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        verdict = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    return verdict if isinstance(verdict, dict) else {}
+
+
+def vm(key: str) -> int:
+    """This process's address space in bytes, now ("VmSize") or at its largest ("VmPeak"); 0 without /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cap_memory(extra_mb: int) -> int:
+    """Cap this process's address space at its current size plus `extra_mb`; returns the cap in bytes (0: no
+    /proc to measure from, and no cap: the time limit still holds)."""
+    size = vm("VmSize")
+    if not size:
+        return 0
+    cap = size + extra_mb * 2**20
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:  # a lower limit set from outside (ulimit -v) stays
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
+
+
+def out_of_memory(error: Exception, cap: int) -> bool:
+    """Whether a refusal in the probe process came from its memory cap: onnxruntime reports a failed allocation
+    as any other failure, naming its arena or the allocation; or the process grew to within 64 MB of the cap."""
+    text = str(error).lower()
+    return bool(cap) and (any(word in text for word in ("alloc", "bfc_arena")) or vm("VmPeak") > cap - 64 * 2**20)
+
+
+def child_main(argv: list[str]) -> int:
+    """The probe process: model bytes on stdin, one JSON verdict line on stdout."""
+    source, deadline_s, memory_mb, limit_s = argv[0], float(argv[1]), int(argv[2]), float(argv[3])
+    cpu = int(limit_s) + 5  # a backstop should the parent be gone: CPU seconds, then SIGXCPU
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    data = sys.stdin.buffer.read()
+    import onnxruntime  # noqa: F401 (before the cap: what it maps is not the file's doing)
+
+    from digitlab.errors import DigitlabError
+    from digitlab.predict import Predictor
+
+    cap = cap_memory(memory_mb)
+    try:
+        Predictor.from_onnx(data, threads=1, source=source, deadline_s=deadline_s, vet=False)
+        verdict: dict = {"ok": True}
+    except MemoryError:
+        verdict = {"memory": True}
+    except DigitlabError as e:
+        verdict = {"memory": True} if out_of_memory(e, cap) else {"error": type(e).__name__, "message": str(e)}
+    print(json.dumps(verdict), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))
