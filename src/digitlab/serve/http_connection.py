@@ -11,7 +11,8 @@ subclass of uvicorn's own httptools protocol (the parser and the ASGI cycle stay
 - a header deadline: a connection has `header_timeout_s` from when it opens, or from its previous answer, to
   complete the headers of its next request; otherwise it is closed (408 if it had sent part of them);
 - a header size cap: `max_header_bytes` of request line and headers (httptools itself has none; h11 has 16 KiB),
-  answered 431;
+  answered 431: counted on the bytes of headers still incomplete after a read, and on the headers the parser
+  hands over, so that neither headers that never end nor 10,000 that end within one read pass it;
 - a cap on the chunks of a chunked body: `max_body_chunks`, answered 413. Each chunk costs a parser callback on
   the event loop (~0.5 us in httptools, ~1 us with uvicorn's handler, ~7 us in h11), so 300,000 one-byte chunks
   held the loop for 0.3 s (2 s in h11) and stalled every other request; real clients send far fewer;
@@ -168,11 +169,34 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # this holds for a pipelined request's headers too, which arrive while the one before is answered
         if self.in_headers and not self.transport.is_closing() and self.header_bytes > self.limits.max_header_bytes:
             self.on_close("header_too_large")
-            if self.cycle is None or self.cycle.response_complete:  # not in the middle of another answer
-                self.transport.write(json_response(
-                    431, "Request Header Fields Too Large",
-                    f"the request line and headers are larger than {self.limits.max_header_bytes:,} bytes"))
-            self.close()
+            self.refuse_headers()
+
+    def on_message_begin(self) -> None:
+        self.parsed_header_bytes = 0  # of this request, as the parser hands them over, within a read or across
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self.count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def count_header_bytes(self, size: int) -> None:
+        """The cap on complete headers: data_received's count sees only bytes still unparsed after a read, so
+        10,000 headers that end within one read would pass it; past the cap, parsing stops here."""
+        self.parsed_header_bytes += size
+        if self.parsed_header_bytes > self.limits.max_header_bytes:
+            self.stop_parsing("header_too_large")
+
+    def refuse_headers(self) -> None:
+        """431, unless another answer is under way on this connection, and the connection is closed."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(json_response(
+                431, "Request Header Fields Too Large",
+                f"the request line and headers are larger than {self.limits.max_header_bytes:,} bytes"))
+        self.close()
 
     def may_read(self) -> bool:
         """Whether the connection has room for what a read brings: no request waiting behind the one being
@@ -208,7 +232,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request httptools could not parse, or to a StopParsing raised above."""
-        answers = {"too_many_chunks": self.refuse_chunks, "pipeline_cap": self.close_after_queued}
+        answers = {"too_many_chunks": self.refuse_chunks, "pipeline_cap": self.close_after_queued,
+                   "header_too_large": self.refuse_headers}
         if self.stopped is None:
             return super().send_400_response(msg)
         self.on_close(self.stopped)
