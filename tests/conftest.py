@@ -1,6 +1,7 @@
 """Shared fixtures: MNIST read once per session, a small model trained once per session, a real
 `digitlab serve` on 127.0.0.1, and a real PostgreSQL server (tests/postgres_server.py). Plain helpers (free port,
-MNIST slices, PNG bytes, the renderer) are in helpers.py."""
+MNIST slices, PNG bytes, the renderer) are in helpers.py. A test marked slow may run for SLOW_TIMEOUT_S instead of
+pyproject.toml's timeout."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,14 @@ from helpers import REPO, free_port
 from postgres_server import PostgresServer
 
 SERVER_START_TIMEOUT_S = 60
+SLOW_TIMEOUT_S = 1200  # a slow test trains on real MNIST; on a busy 2-core machine a full epoch takes minutes
+
+
+def pytest_collection_modifyitems(items):
+    """A test marked slow gets SLOW_TIMEOUT_S unless it sets its own @pytest.mark.timeout."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
