@@ -1,9 +1,10 @@
 """Shared fixtures: MNIST read once per session, a small model trained once per session, a real
 `digitlab serve` on 127.0.0.1, and a real PostgreSQL server (tests/postgres_server.py). Plain helpers (free port,
-MNIST slices, PNG bytes, the renderer) are in helpers.py. A test marked slow may run for SLOW_TIMEOUT_S instead of
-pyproject.toml's timeout."""
+MNIST slices, PNG bytes, the renderer) are in helpers.py. Every test leaves the process as it found it
+(process_state_restored), and a test marked slow may run for SLOW_TIMEOUT_S instead of pyproject.toml's timeout."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,43 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
+@pytest.fixture(autouse=True)
+def process_state_restored():
+    """After each test, put back what it changed for the whole process: torch's thread count (train() and the
+    servers set it) and default dtype, the environment variables, the working directory, and the root logger's
+    level, handlers and logging.disable(). torch's inter-op thread count cannot be set twice in a process, so a
+    test that changes it fails here. A fixture shared by several tests that changes any of these restores it
+    itself when it is torn down (trained_run does)."""
+    import torch
+
+    threads, interop, dtype = torch.get_num_threads(), torch.get_num_interop_threads(), torch.get_default_dtype()
+    environ, cwd = _environ(), os.getcwd()
+    root = logging.getLogger()
+    level, handlers, disabled = root.level, list(root.handlers), logging.root.manager.disable
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    now = _environ()
+    for name in now.keys() - environ.keys():
+        del os.environ[name]
+    for name, value in environ.items():
+        if now.get(name) != value:
+            os.environ[name] = value
+    os.chdir(cwd)
+    root.setLevel(level)
+    logging.disable(disabled)
+    for handler in root.handlers[:]:
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest."):  # pytest's log capture
+            root.removeHandler(handler)
+    assert torch.get_num_interop_threads() == interop, \
+        "torch.set_num_interop_threads holds for the whole process: call it in a subprocess"
+
+
+def _environ() -> dict[str, str]:
+    """os.environ without PYTEST_CURRENT_TEST, which pytest itself sets in each phase of a test."""
+    return {name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"}
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """Real MNIST (data/mnist in the repo), read once per session; a missing dataset fails, never skips.
@@ -43,12 +81,18 @@ def trained_run(tmp_path_factory) -> Path:
     """A CNN trained for 300 steps on MNIST (about 10 s of one core, 97% test accuracy): good enough to read a
     7 drawn in a browser, and independent of the model shipped in the package. One thread: on a busy machine
     torch's threads wait on each other and training gets many times slower."""
+    import torch
+
     from digitlab import make_config, train
 
     out = tmp_path_factory.mktemp("run") / "cnn"
     cfg = make_config({"model": "cnn", "epochs": 1, "max_steps": 300, "batch_size": 128, "optimizer": "adam",
                        "device": "cpu", "threads": 1, "out": str(out)})
-    result = train(cfg, progress=False, log=lambda *_: None)
+    threads = torch.get_num_threads()
+    try:
+        result = train(cfg, progress=False, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)  # train() set 1 for the whole process
     assert result.best_accuracy > 0.95, f"the fixture model reached only {result.best_accuracy:.2%}"
     return out
 

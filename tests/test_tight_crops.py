@@ -47,9 +47,12 @@ THIN_ONES = [1_000_001_141, 1_000_001_281, 1_000_001_641]
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
+def predictor():
+    """The shipped model on one thread for this module's tests; torch's count is put back after them."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return Predictor.from_run()
+    yield Predictor.from_run()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
