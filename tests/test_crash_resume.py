@@ -277,3 +277,37 @@ def test_resume_with_a_schedule_continues_the_planned_run(small, tmp_path, one_t
     train(make_config(cfg, max_steps=30, out=str(tmp_path / "split")), dataset=small, progress=False, log=quiet)
     train(resume_config(tmp_path / "split", max_steps=0), dataset=small, resume=True, progress=False, log=quiet)
     assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+@pytest.mark.slow
+def test_a_run_cut_by_max_steps_goes_on_mid_epoch_as_the_uninterrupted_run(small, tmp_path, one_thread):
+    """--max-steps 15 (half of epoch 1), then --resume --max-steps 45, then --resume --max-steps 0: each resume
+    goes on from the step it stopped at, in the same epoch and data order, and the epochs in metrics.csv say
+    where each evaluation stood. The weights at the end, and the test figures at each epoch's end, are the
+    uninterrupted run's (cosine schedule: the learning rate follows the global step)."""
+    cfg = dict(BASE, schedule="cosine")
+    straight = train(make_config(cfg, out=str(tmp_path / "straight")), dataset=small, progress=False, log=quiet)
+    split = tmp_path / "split"
+    train(make_config(cfg, max_steps=15, out=str(split)), dataset=small, progress=False, log=quiet)
+    assert read_state(split / "last.state.pt")["epoch"] == 0 and read_state(split / "last.state.pt")["epoch_step"] == 15
+    logged: list[str] = []
+    train(resume_config(split, max_steps=45), dataset=small, resume=True, progress=False, log=logged.append)
+    assert logged[0].endswith("at epoch 0, step 15 (its step 15 of epoch 1)"), logged
+    train(resume_config(split, max_steps=0), dataset=small, resume=True, progress=False, log=quiet)
+    rows = read_metrics(split)
+    assert [(r["step"], r["epoch"]) for r in rows] == [(15, 0.5), (30, 1.0), (45, 1.5), (60, 2.0)]
+    epoch_ends = [{k: r[k] for k in ("step", "epoch", "test_loss", "test_accuracy", "lr")} for r in rows[1::2]]
+    assert epoch_ends == [{k: r[k] for k in epoch_ends[0]} for r in without_timing(read_metrics(straight.run_dir))]
+    wa, wb = load_run(straight.run_dir, "last").model.state_dict(), load_run(split, "last").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_a_one_epoch_run_cut_by_max_steps_takes_more_steps_on_resume(small, tmp_path, one_thread):
+    """`--max-steps 10` then `--resume --max-steps 20` of a 1-epoch run: the epoch was not finished, so there is
+    work left (not "already trained 1 epoch of 1"), and step 20 is two thirds of the way through it."""
+    train(make_config(BASE, epochs=1, max_steps=10, out=str(tmp_path / "run")), dataset=small, progress=False,
+          log=quiet)
+    resumed = train(resume_config(tmp_path / "run", max_steps=20), dataset=small, resume=True, progress=False,
+                    log=quiet)
+    assert [(r["step"], r["epoch"]) for r in resumed.history] == [(10, 0.3333), (20, 0.6667)]

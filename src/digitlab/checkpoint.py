@@ -116,6 +116,9 @@ def check_state_fields(state: dict, path: Path) -> None:
     for key in ("step", "epoch"):
         if not isinstance(state.get(key), int) or isinstance(state[key], bool) or state[key] < 0:
             raise RunError(f"{path}: {key!r} is missing or not a whole number ({state.get(key)!r})")
+    epoch_step = state.get("epoch_step", 0)
+    if not isinstance(epoch_step, int) or isinstance(epoch_step, bool) or epoch_step < 0:
+        raise RunError(f"{path}: 'epoch_step' is not a whole number ({epoch_step!r})")
     if not isinstance(state.get("best_accuracy"), (int, float)):
         raise RunError(f"{path}: 'best_accuracy' is missing or not a number")
     history = state.get("history")

@@ -88,8 +88,8 @@ class ConsoleProgress(Subscriber):
 
         self.epoch = epoch
         if self.show_bars:
-            self.bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False,
-                            unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=run.steps_per_epoch, initial=run.progress.epoch_step, leave=False, unit="step",
+                            desc=f"epoch {epoch + 1}/{run.cfg.epochs}", dynamic_ncols=True)
 
     def on_step(self, run: RunState, tally: EpochTally) -> None:
         if self.bar is None:

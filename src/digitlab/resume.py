@@ -28,6 +28,7 @@ class Progress:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
+    epoch_step: int = 0  # steps taken in epoch `epoch` (a run cut by max_steps stops mid-epoch): where it goes on
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = -1.0  # best selection accuracy so far (validation with val_size, else test)
     averaged_weights: dict | None = None  # with EMA, the saved average (the .safetensors file)
@@ -61,8 +62,11 @@ def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistCon
         write_config(run_dir, cfg)
     else:  # only rank 0's RNG state is saved; the others get a fresh, distinct stream
         set_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
-    log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}")
-    return Progress(state["epoch"], state["step"], state["history"], state["best_accuracy"], weights)
+    epoch_step = state.get("epoch_step", 0)  # absent in checkpoints written only at epoch ends
+    within = f" (its step {epoch_step} of epoch {state['epoch'] + 1})" if epoch_step else ""
+    log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}{within}")
+    return Progress(epoch=state["epoch"], step=state["step"], epoch_step=epoch_step, history=state["history"],
+                    best_accuracy=state["best_accuracy"], averaged_weights=weights)
 
 
 def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext, resume: bool, force: bool,

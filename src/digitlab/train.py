@@ -8,7 +8,9 @@ A run is: setup() (threads, seed, data and its validation hold-out, run folder, 
 EMA, DDP/compile), then the loop in run_epochs() and train_one_epoch(), which reads top to bottom:
 
     per epoch:  each step (batch, forward, loss, zero_grad, backward, lr, step, EMA), with an evaluation every
-                cfg.eval_every steps; at the end of the epoch an evaluation, then the `last` checkpoint
+                cfg.eval_every steps; at the end of the epoch an evaluation, then the `last` checkpoint (a run
+                that max_steps or its target stops mid-epoch checkpoints there too, with its step in the epoch:
+                a resume goes on with the same epoch's data order from that step)
     evaluate(): score the validation hold-out and the test set, append the metrics row, keep `best`
 
 Everything that reports (metrics.csv, the progress bar and epoch lines, curves.png, TensorBoard, a sweep's pruner)
@@ -37,7 +39,7 @@ from digitlab.data import Dataset, load_dataset
 from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast,
                              training_threads, use_channels_last)
 from digitlab.ema import make_ema, update_ema
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, RunError
 from digitlab.evaluate import predict_logits
 from digitlab.events import Events, Subscriber, default_subscribers
 from digitlab.models import create_model
@@ -185,7 +187,7 @@ class RunState:
     meta: dict  # what every saved weights file records: model, options, normalisation, dataset, classes
     progress: Progress
     t_start: float  # perf_counter at the run's start, moved back by the elapsed time of a resumed run
-    checkpoint: tuple[int, int] | None  # (epoch, step) of the `last` checkpoint on disk, None before the first
+    checkpoint: tuple[float, int] | None  # (epochs done, step) of the `last` checkpoint on disk, None before the first
     train_size: int  # the dataset's training images, before the hold-out and any pen digits
     selection: Selection  # what picks `best` and stops at target_accuracy
     events: Events = field(default_factory=lambda: Events([]))  # who hears the loop (set once the run starts)
@@ -224,6 +226,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     if cfg.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
         log("cpu_amp: this CPU has no native bf16 (AMX or AVX512-BF16), so training stays fp32")
     n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
+    steps_per_epoch = math.ceil(n // ctx.world_size / local_batch)
     meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
             "dataset": cfg.dataset, "classes": list(ds.classes), "preset": cfg.preset}
     elapsed = progress.history[-1]["elapsed_s"] if progress.history else 0.0
@@ -232,8 +235,8 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
         net=wrap_for_training(model, cfg, ctx, device), scored=ema or model, ema=ema, optimizer=optimizer,
         autocast=training_autocast(device, cfg.amp, cfg.cpu_amp), memory_format=memory_format,
         train_x=train_x.to(device), train_y=train_y.to(device), eval_sets=eval_sets, local_batch=local_batch,
-        steps_per_epoch=math.ceil(n // ctx.world_size / local_batch), meta=meta, progress=progress,
-        t_start=time.perf_counter() - elapsed, checkpoint=(progress.epoch, progress.step) if progress.epoch else None,
+        steps_per_epoch=steps_per_epoch, meta=meta, progress=progress, t_start=time.perf_counter() - elapsed,
+        checkpoint=(progress.epoch + progress.epoch_step / steps_per_epoch, progress.step) if progress.step else None,
         train_size=ds.train_images.shape[0], selection=Selection.for_config(cfg))
 
 
@@ -294,18 +297,21 @@ def run_epochs(run: RunState) -> TrainResult:
         # train: every step of the epoch, with the evaluations eval_every asks for in between
         tally = train_one_epoch(run, epoch)
         check_finite(tally.sums[0], progress.step, run.run_dir, run.model)  # before the checkpoint: never save NaN
-        # evaluate at the epoch's end (unless a mid-epoch evaluation reached the target and ended it)
-        row = tally.target_row or evaluate(run, epoch + tally.steps / run.steps_per_epoch, tally, epoch_end=True)
+        # evaluate at the epoch's end, or where max_steps stopped it (unless a mid-epoch evaluation reached the
+        # target and ended it)
+        position = epoch + progress.epoch_step / run.steps_per_epoch
+        row = tally.target_row or evaluate(run, position, tally, epoch_end=True)
         run.events.emit("on_epoch_end", run, row)
-        # checkpoint: `last` holds the weights, the optimiser, the RNGs and the history, to resume from
-        progress.epoch = epoch + 1
+        # checkpoint: `last` holds the weights, the optimiser, the RNGs, the history and the step in the epoch
+        if progress.epoch_step == run.steps_per_epoch:
+            progress.epoch, progress.epoch_step = epoch + 1, 0
         save_epoch_checkpoint(run, row)
         run.events.emit("on_checkpoint", run, row)
         dist.barrier()
         # stop: at the target, or at max_steps
         reached, at_max_steps = run.selection.reached(row), progress.step == cfg.max_steps
         if reached or at_max_steps:
-            planned_end = at_max_steps or (epoch == cfg.epochs - 1 and tally.steps == run.steps_per_epoch)
+            planned_end = at_max_steps or progress.epoch == cfg.epochs
             stopped_early = reached and not planned_end
             break
     return TrainResult(run.run_dir, progress.history, progress.best_accuracy, stopped_early, run.selected_on)
@@ -339,18 +345,21 @@ class EpochTally:
 
 
 def train_one_epoch(run: RunState, epoch: int) -> EpochTally:
-    """One pass over this rank's shard of the epoch's permutation (or up to max_steps), with the mid-epoch
-    evaluations eval_every asks for; ends early if one of them reaches target_accuracy."""
+    """One pass over this rank's shard of the epoch's permutation (or up to max_steps), from the step in the epoch
+    a resumed run stopped at, with the mid-epoch evaluations eval_every asks for; ends early if one of them
+    reaches target_accuracy. The tally counts only the steps taken here."""
     cfg, progress = run.cfg, run.progress
+    start = resume_position(run)
     perm = rank_shard(run.train_x.shape[0], cfg.seed, epoch, run.ctx.rank, run.ctx.world_size).to(run.device)
     tally = EpochTally(torch.zeros(3, dtype=torch.float64, device=run.device))
     run.net.train()
     run.events.emit("on_epoch_start", run, epoch)
-    for i in range(run.steps_per_epoch):
+    for i in range(start, run.steps_per_epoch):
         t_batch = time.perf_counter()
         x, y = next_batch(run, perm, i)
         t_ready = time.perf_counter()
         loss, logits = train_step(run, x, y)
+        progress.epoch_step = i + 1
         tally.add(loss, logits, y, t_batch, t_ready)
         if run.device.type == "cpu" or progress.step % cfg.log_every == 0:  # on CUDA, .item() would sync each step
             check_finite(loss, progress.step, run.run_dir)
@@ -363,6 +372,16 @@ def train_one_epoch(run: RunState, epoch: int) -> EpochTally:
                 tally.target_row = row
                 break
     return tally
+
+
+def resume_position(run: RunState) -> int:
+    """The step in the current epoch to go on from: 0, or where a run cut by max_steps stopped. One past the
+    epoch's last step cannot be (the checkpoint was saved with another world size, or tampered with)."""
+    start = run.progress.epoch_step
+    if start >= run.steps_per_epoch:
+        raise RunError(f"{run.run_dir}: the checkpoint stopped at step {start} of an epoch, but an epoch here has "
+                       f"{run.steps_per_epoch} steps; resume it with the number of processes it was trained with")
+    return start
 
 
 def train_step(run: RunState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,13 +468,13 @@ def save_epoch_checkpoint(run: RunState, row: dict) -> None:
         return
     progress = run.progress
     state = {"optimizer": run.optimizer.state_dict(), "epoch": progress.epoch, "step": progress.step,
-             "history": progress.history, "best_accuracy": progress.best_accuracy, "rng": rng_state(),
+             "epoch_step": progress.epoch_step, "history": progress.history, "best_accuracy": progress.best_accuracy, "rng": rng_state(),
              "config": json.dumps(asdict(run.cfg))}
     if run.ema:  # resuming needs the raw weights too; the .safetensors file holds the average
         state["train_weights"] = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
     with interrupts_deferred():
         save_checkpoint(run.run_dir, "last", run.scored, {**run.meta, "step": progress.step, "metrics": row}, state)
-        run.checkpoint = (progress.epoch, progress.step)
+        run.checkpoint = (progress.epoch + progress.epoch_step / run.steps_per_epoch, progress.step)
 
 
 @contextlib.contextmanager
@@ -485,7 +504,7 @@ def interrupted_message(run: RunState) -> str:
         return (f"interrupted before the first epoch ended: no checkpoint was saved in {run.run_dir}; "
                 f"`{resume}` starts it from the beginning")
     epoch, step = run.checkpoint
-    return (f"interrupted; saved: the checkpoint of epoch {epoch} (step {step}) in {run.run_dir}. "
+    return (f"interrupted; saved: the checkpoint of epoch {epoch:.4g} (step {step}) in {run.run_dir}. "
             f"Continue with: {resume}")
 
 
