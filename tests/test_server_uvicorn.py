@@ -213,3 +213,28 @@ def test_port_in_use_is_one_line_error(live_server, trained_run):
     r = run_cli("serve", str(trained_run), "--port", str(live_server.port), timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and f"cannot listen on 127.0.0.1:{live_server.port}" in r.stderr
+
+
+def test_access_log_shortens_long_urls(live_server):
+    """A 63 KB URL (under the 64 KiB header cap) is logged as its first 200 characters and "...", not whole."""
+    marker = f"long-url-{time.monotonic_ns()}"
+    url = f"/{marker}/" + "a" * 63_000
+    response = raw_exchange(live_server.port, f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                                              .encode())
+    assert status_of(response) == 404
+    wait_until(lambda: marker in live_server.output(), "the access log line of the long URL")
+    line = next(line for line in live_server.output().splitlines() if marker in line)
+    assert f'"GET {url[:200]}... HTTP/1.1" 404' in line and len(line) < 400, line[:500]
+
+
+def test_access_log_escapes_control_characters():
+    """httptools refuses raw control characters in a URL, so this is the filter alone, on the record uvicorn
+    makes: a URL carrying a newline or a terminal escape stays on one line, escaped."""
+    import logging
+
+    from digitlab.serve.access_log import UrlFilter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/a\r\nINFO: forged\x1b[2J\x9b", "1.1", 404), None)
+    assert UrlFilter().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /a\\x0d\\x0aINFO: forged\\x1b[2J\\x9b HTTP/1.1" 404'

@@ -10,13 +10,15 @@ app's Limits bound each request's body, time and image.
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
 import torch
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import ConfigError, DigitlabError
 from digitlab.predict import Predictor
+from digitlab.serve.access_log import install_url_filter
 from digitlab.serve.app import create_app
 from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
 from digitlab.serve.limits import Limits
@@ -53,11 +55,29 @@ def start_pool(model: Predictor | ModelSpec | None = None, limits: Limits = Limi
     settings.check()
     if isinstance(model, Predictor):
         return InlinePool(model, limits, settings.queue_size)
-    spec = model or ModelSpec()
+    spec = vetted(model or ModelSpec())
     if settings.workers == 0:
-        predictor = Predictor.from_run(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads)
+        predictor = Predictor.from_path(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads,
+                                        vetted_sha256=spec.vetted_sha256)
         return InlinePool(predictor, limits, settings.queue_size)
     return ProcessPool(spec, settings, limits).start()
+
+
+def vetted(spec: ModelSpec) -> ModelSpec:
+    """`spec`, and for an .onnx file the sha256 of its bytes once onnx_guard has vetted them here, once: each
+    worker then loads those bytes without a probe process of its own (other bytes, it vets again)."""
+    from digitlab.predict import is_onnx_file
+
+    if not is_onnx_file(spec.run) or spec.vetted_sha256 is not None:
+        return spec
+    if spec.runtime != "onnx":
+        raise ConfigError(f"{spec.run} is an ONNX file: it runs in ONNX Runtime only, not with runtime "
+                          f"{spec.runtime!r}")
+    from digitlab import onnx_guard
+    from digitlab.backends import DEADLINE_S
+
+    digest = onnx_guard.vet(onnx_guard.read_onnx(spec.run), spec.run, DEADLINE_S)
+    return dataclasses.replace(spec, vetted_sha256=digest)
 
 
 def run_server(model: Predictor | ModelSpec | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -97,7 +117,9 @@ def make_server(predictor: Predictor | None = None, host: str = "127.0.0.1", por
     connections = connections or ConnectionLimits(max_connections=default_max_connections())
     app = create_app(predictor, limits, policy, pool=pool)
     protocol = bounded_http_protocol(connections, on_close=app.state.metrics.reject)
-    return uvicorn.Server(uvicorn.Config(
+    config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP, limit_concurrency=None,
         backlog=connections.backlog, timeout_keep_alive=connections.keep_alive_s, timeout_graceful_shutdown=5,
-        server_header=False))
+        server_header=False)
+    install_url_filter()  # after Config, which configures uvicorn's loggers
+    return uvicorn.Server(config)
