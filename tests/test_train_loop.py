@@ -17,6 +17,7 @@ import torch
 from digitlab import load_dataset, make_config, train
 from digitlab.checkpoint import read_state
 from digitlab.models import create_model
+from digitlab.runs import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")
@@ -159,6 +160,23 @@ def test_ctrl_c_after_a_checkpoint_says_what_was_saved_and_how_to_resume(tmp_pat
     resumed = start_training(run, "--resume", str(run), "--epochs", str(state["epoch"] + 1))
     out, err = resumed.communicate(timeout=EVENT_TIMEOUT_S)
     assert resumed.returncode == 0 and f"epoch {state['epoch'] + 1}/{state['epoch'] + 1}:" in out, err
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_training_as_ctrl_c_does(tmp_path):
+    """`kill` (a container or scheduler stopping the job) once a checkpoint exists: the same message as Ctrl-C
+    naming SIGTERM, no traceback, the run folder's lock released, exit status 143 (128 + 15)."""
+    run = tmp_path / "run"
+    proc = start_training(run, "--model", "mlp", "--epochs", "500", "--batch-size", "100")
+    wait_for((run / "last.state.pt").is_file, proc, "first checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 143, (out, err)
+    assert "Traceback" not in out + err and "epoch 500/500" not in out
+    state = read_state(run / "last.state.pt")
+    assert (f"digitlab: terminated (SIGTERM); saved: the checkpoint of epoch {state['epoch']} (step {state['step']}) "
+            f"in {run}. Continue with: digitlab train --resume {run}\n") in err, err
+    assert not (run / LOCK_NAME).exists()
 
 
 @pytest.mark.slow

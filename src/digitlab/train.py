@@ -57,12 +57,19 @@ class TrainingError(DigitlabError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training. Still a KeyboardInterrupt; its message says what was saved and how to go on."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a container or a scheduler stopping the job) during training: raised where Ctrl-C raises
+    KeyboardInterrupt, so both end a run the same way (the lock released, the last checkpoint kept, a message)."""
 
-    def __init__(self, message: str, run_dir: Path):
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during training. Still a KeyboardInterrupt; its message says what was saved and how to
+    go on; exit_code is the shell's for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, run_dir: Path, exit_code: int = 130):
         super().__init__(message)
         self.run_dir = run_dir
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -134,7 +141,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
     device = dist.rank_device(ctx, pick_device(cfg.device))
     dist.setup(ctx, device)
     try:
-        with contextlib.ExitStack() as held:  # the run folder's lock and the subscribers, closed on every way out
+        # the run folder's lock and the subscribers, closed on every way out (SIGTERM's too)
+        with sigterm_as_interrupt(), contextlib.ExitStack() as held:
             run = None
             try:
                 run = setup(cfg, dataset, resume, progress and ctx.is_main, log if ctx.is_main else _quiet, ctx,
@@ -146,12 +154,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
                 run.events.emit("on_start", run)
                 result = run_epochs(run)
                 run.events.emit("on_finish", run, result)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
                 if run is None:  # still setting up: no run folder content to speak of
                     raise
                 # The selection line is logged only once `run` exists, so a Ctrl-C sent on seeing it always
                 # gets the message saying what was saved.
-                raise TrainingInterrupted(interrupted_message(run), run.run_dir) from None
+                terminated = isinstance(e, Terminated)
+                raise TrainingInterrupted(interrupted_message(run, "terminated (SIGTERM)" if terminated else
+                                                              "interrupted"), run.run_dir,
+                                          143 if terminated else 130) from None
         dist.barrier()  # every rank has finished with the group before any tears it down
         return result
     finally:
@@ -478,33 +489,57 @@ def save_epoch_checkpoint(run: RunState, row: dict) -> None:
 
 
 @contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated, as Ctrl-C raises KeyboardInterrupt: without it, Python dies at
+    once on SIGTERM, silently, leaving the run folder's .lock behind. Only the main thread can set signal
+    handlers; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum, _frame) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block until the block is done, then deliver it.
+    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block until the block is done, then deliver it.
     Only the main thread can set signal handlers; elsewhere the block runs as is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):  # each signal once, in the order they came
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)  # Python's SIGINT handler raises KeyboardInterrupt, sigterm_as_interrupt's Terminated
+        elif handler == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
 
 
-def interrupted_message(run: RunState) -> str:
-    """What a Ctrl-C left behind and the command that goes on from there."""
+def interrupted_message(run: RunState, what: str = "interrupted") -> str:
+    """What a Ctrl-C (or SIGTERM: `what`) left behind and the command that goes on from there."""
     resume = f"digitlab train --resume {run.run_dir}"
     if run.checkpoint is None:
-        return (f"interrupted before the first epoch ended: no checkpoint was saved in {run.run_dir}; "
+        return (f"{what} before the first epoch ended: no checkpoint was saved in {run.run_dir}; "
                 f"`{resume}` starts it from the beginning")
     epoch, step = run.checkpoint
-    return (f"interrupted; saved: the checkpoint of epoch {epoch:.4g} (step {step}) in {run.run_dir}. "
+    return (f"{what}; saved: the checkpoint of epoch {epoch:.4g} (step {step}) in {run.run_dir}. "
             f"Continue with: {resume}")
 
 

@@ -14,7 +14,7 @@ from digitlab.errors import ConfigError, RunError
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.config import field_types, make_config
     from digitlab.resume import resume_config
-    from digitlab.train import TrainingInterrupted, train
+    from digitlab.train import Terminated, TrainingInterrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
     if args.resume:
@@ -30,7 +30,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                        force=args.force)
     except TrainingInterrupted as e:
         print(f"digitlab: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except Terminated:  # before the run had a folder to speak of
+        print("digitlab: terminated (SIGTERM) before training started", file=sys.stderr)
+        return 143
     from digitlab.distributed import context_from_env
 
     if not context_from_env().is_main:
