@@ -11,12 +11,14 @@ import asyncio
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -58,34 +60,46 @@ def zero_pixels() -> dict:
     return {"pixels": load_dataset("mnist", progress=False).test_images[0].tolist()}
 
 
-@pytest.fixture(scope="module")
-def serve_process(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`python -m digitlab serve` (shipped model, default options) on a free port; yields its URL and process."""
+def start_serve(log: Path) -> tuple[str, subprocess.Popen]:
+    """`python -m digitlab serve` (shipped model, default options) on a free port, its output in `log`; returns its
+    URL and process once /healthz answers (within 60 s)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("edge") / "serve.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", str(port)], stdout=out,
                                    stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise AssertionError(f"no /healthz within 60 s:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                return url, process
+        except OSError:
+            time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the server lingers past 15 s."""
+    process.terminate()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no /healthz within 60 s:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def serve_process(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """start_serve's server, shared by the module; yields its URL and process."""
+    log = tmp_path_factory.mktemp("edge") / "serve.log"
+    url, process = start_serve(log)
+    try:
         yield url, process
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +288,27 @@ def test_pipelined_requests_that_are_never_read_do_not_grow_the_server(serve_pro
     assert floods and floods[0].sent > 1_000_000, f"the attack sent too little to mean anything: {floods}"
     assert peak - before <= MAX_GROWTH_MB, f"the server grew from {before:,.0f} to {peak:,.0f} MB ({floods[0]})"
     assert worst < 1.0, f"a prediction took {worst:.2f} s during the attack"
+
+
+# ---- stopping (a server of each test's own)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigterm_stops_the_server_as_ctrl_c_does(tmp_path, sig, zero_pixels):
+    """uvicorn handles both signals while it runs, then raises the one it got again once it has shut down:
+    SIGINT's default handler made that a KeyboardInterrupt, which `digitlab serve` takes as a normal stop (pool
+    closed, a summary printed, exit 0); SIGTERM's killed the process on the spot, summary and clean-up skipped."""
+    log = tmp_path / "serve.log"
+    url, process = start_serve(log)
+    try:
+        assert httpx.post(url + PREDICT, json=zero_pixels, timeout=TIMEOUT_S).status_code == 200
+        process.send_signal(sig)
+        code = process.wait(timeout=30)
+    finally:
+        stop(process)
+    output = log.read_text()
+    assert code == 0, f"exit {code}:\n{output[-2000:]}"
+    assert "digitlab: served 1 requests in 1 model calls" in output and "Traceback" not in output, output[-2000:]
 
 
 # ---- the cap on open connections (a real uvicorn in a thread, configured as `digitlab serve` configures it)

@@ -11,8 +11,11 @@ app's Limits bound each request's body, time and image.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import socket
-from typing import TYPE_CHECKING
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -93,13 +96,30 @@ def run_server(model: Predictor | ModelSpec | None = None, host: str = "127.0.0.
     try:
         server = make_server(None, host, port, limits, log_level, policy, connections, pool=pool)
         try:
-            server.run()
-        except KeyboardInterrupt:  # as uvicorn.run: Ctrl+C during start-up or shutdown is a normal stop
+            with sigterm_as_ctrl_c():
+                server.run()
+        except KeyboardInterrupt:  # as uvicorn.run: Ctrl+C (or SIGTERM) is a normal stop
             pass
         if not server.started:
             raise DigitlabError(f"the server did not start on {host}:{port} (its log above says why)")
     finally:
         pool.close()
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the server as Ctrl+C does. uvicorn handles both while it runs, then raises the one it got
+    again once it has shut down: SIGINT's default handler makes that a KeyboardInterrupt (a normal stop: the pool
+    is closed, `digitlab serve` prints its summary), but SIGTERM's default kills the process on the spot. Only the
+    main thread may set handlers; elsewhere (a server in a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_server(predictor: Predictor | None = None, host: str = "127.0.0.1", port: int = 8000,
