@@ -1,5 +1,6 @@
 """ONNX and TorchScript export: parity with PyTorch for every model, the .onnx file alone predicting,
-the `digitlab export` and `digitlab predict --onnx` commands end to end, and their errors."""
+the `digitlab export` and `digitlab predict --onnx` commands end to end, and their errors; the exported file in
+`digitlab eval` and `digitlab serve`."""
 from __future__ import annotations
 
 import io
@@ -18,7 +19,7 @@ from PIL import Image
 from digitlab.checkpoint import save_weights
 from digitlab.cli import main
 from digitlab.data import get_spec, load_dataset
-from digitlab.errors import RunError
+from digitlab.errors import ConfigError, RunError
 from digitlab.export import (TOLERANCE, ExportError, check_parity, export_run, onnx_model_bytes,
                              torchscript_model_bytes)
 from digitlab.models import create_model, list_models
@@ -184,3 +185,87 @@ def test_onnx_file_without_digitlab_metadata_is_refused(tmp_path):
     with pytest.raises(RunError, match="not exported by digitlab"):
         Predictor.from_onnx(plain)
 
+
+
+#### The exported .onnx file in `eval` and `serve`
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    """The fixture run exported as `digitlab export` writes it, to a file outside any run folder."""
+    out = tmp_path_factory.mktemp("exported") / "model.onnx"
+    export_run(trained_run, "onnx", out, check_images=50)
+    return out
+
+
+def eval_json(capsys, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["eval", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_takes_an_exported_onnx_file(trained_run, exported, tmp_path, capsys):
+    """Before: "not a readable safetensors checkpoint (header too large)". The file alone names its dataset and
+    classes; its figures are the run's figures, to the image."""
+    ours = eval_json(capsys, str(exported), "--figures", str(tmp_path / "onnx"))
+    theirs = eval_json(capsys, str(trained_run), "--figures", str(tmp_path / "run"), "--no-tta")
+    assert ours["run"] == str(exported) and ours["checkpoint"] == "model" and ours["model"] == "cnn"
+    assert ours["dataset"] == theirs["dataset"] == "mnist" and ours["count"] == 10_000
+    assert abs(ours["accuracy"] - theirs["accuracy"]) <= 1e-4, (ours["accuracy"], theirs["accuracy"])
+    assert ours["calibration"]["temperature"] == theirs["calibration"]["temperature"]
+    assert all(Path(f).is_file() and Path(f).parent == tmp_path / "onnx" for f in ours["figures"].values())
+    shifted = eval_json(capsys, str(exported), "--figures", str(tmp_path / "onnx"), "--tta")
+    assert shifted["tta"] and not shifted["tta_mirror"] and shifted["accuracy"] > 0.9
+
+
+def test_eval_of_an_onnx_file_without_a_dataset_needs_the_flag(exported, tmp_path, capsys):
+    proto = onnx.load(str(exported))
+    kept = [p for p in proto.metadata_props if p.key != "dataset"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(proto.SerializeToString())
+    assert main(["eval", str(bare), "--figures", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names no dataset in its metadata: give --dataset" in err, err
+    assert eval_json(capsys, str(bare), "--figures", str(tmp_path), "--dataset", "mnist")["accuracy"] > 0.9
+
+
+def test_eval_of_a_run_refuses_another_dataset(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--dataset", "fashion-mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on mnist" in err, err
+
+
+def test_serve_takes_an_exported_onnx_file(exported, mnist, tmp_path):
+    """Before: the server exited with "not a readable safetensors checkpoint". Its workers run the file in ONNX
+    Runtime and answer as the run would."""
+    import urllib.request
+
+    from conftest import start_server, stop_server
+
+    server = start_server(exported, tmp_path / "serve.log")
+    try:
+        with urllib.request.urlopen(server.url + "/api/model", timeout=30) as r:
+            model = json.loads(r.read())
+        body = json.dumps({"pixels": mnist.test_images[0].tolist()}).encode()
+        request = urllib.request.Request(server.url + "/api/predict", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = json.loads(r.read())
+    finally:
+        stop_server(server)
+    assert model["runtime"].startswith("onnxruntime") and model["source"] == "model.onnx" and model["name"] == "cnn"
+    assert answer["label"] == int(mnist.test_labels[0])
+
+
+def test_serve_vets_an_onnx_file_once_and_refuses_torch_for_it(exported, monkeypatch):
+    """The serving process vets the file in its probe process once; workers load the same bytes without one."""
+    from digitlab import onnx_guard
+    from digitlab.serve import ModelSpec, PoolSettings, start_pool
+
+    honest, probes = onnx_guard.probe_in_child, []
+    monkeypatch.setattr(onnx_guard, "probe_in_child", lambda *args: probes.append(args) or honest(*args))
+    pool = start_pool(ModelSpec(str(exported)), settings=PoolSettings(workers=0))
+    assert pool.model_info["runtime"].startswith("onnxruntime") and len(probes) == 1
+    with pytest.raises(ConfigError, match="runs in ONNX Runtime only"):
+        start_pool(ModelSpec(str(exported), runtime="torch"), settings=PoolSettings(workers=0))

@@ -152,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub, fmt)
 
     ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)
-    ev.add_argument("run", help="run folder or .safetensors file")
+    ev.add_argument("run", help="run folder, .safetensors file, or .onnx file from `digitlab export`")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ev.add_argument("--dataset", default=None,
+                    help="test set for an .onnx file (default: the dataset named in its metadata); a run is "
+                         "evaluated on the dataset it was trained on")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--figures", default=None, metavar="DIR",
@@ -232,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="web page and REST API: draw a digit, see the probabilities",
                            formatter_class=fmt)
-    serve.add_argument("run", nargs="?", default=None, help="run folder or .safetensors file; none: shipped model")
+    serve.add_argument("run", nargs="?", default=None,
+                       help="run folder, .safetensors file, or .onnx file from `digitlab export`; none: shipped model")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--checkpoint", default="best", choices=["best", "last"])

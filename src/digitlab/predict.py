@@ -139,6 +139,11 @@ def _onnxruntime_installed() -> bool:
     return True
 
 
+def is_onnx_file(path: str | Path | None) -> bool:
+    """Whether `path` names an .onnx file (an exported model) rather than a run folder or a checkpoint."""
+    return path is not None and Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir()
+
+
 def weights_sha256(path: Path) -> str:
     """The file's sha256, hex: what ties an exported copy of the shipped model to the weights it came from."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -231,6 +236,19 @@ class Predictor:
 
         loaded = load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint)
         return cls.from_loaded(loaded, runtime, threads, device, deadline_s)
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None, checkpoint: str = "best", runtime: str = "torch",
+                  threads: int = 0, device: str | torch.device = "cpu", deadline_s: float = DEADLINE_S,
+                  vetted_sha256: str | None = None) -> "Predictor":
+        """What `serve` and `eval` take: a run folder or .safetensors file (from_run; None: the shipped model) or an
+        .onnx file from `digitlab export` (from_onnx, vetted unless its bytes have `vetted_sha256`), which runs in
+        ONNX Runtime only: the file holds a graph, not the PyTorch model's weights."""
+        if not is_onnx_file(path):
+            return cls.from_run(path, checkpoint, runtime, threads, device, deadline_s)
+        if runtime != "onnx":
+            raise ConfigError(f"{path} is an ONNX file: it runs in ONNX Runtime only, not with runtime {runtime!r}")
+        return cls.from_onnx(path, threads, deadline_s=deadline_s, vetted_sha256=vetted_sha256)
 
     @classmethod
     def from_shipped(cls, threads: int = 1) -> "Predictor":

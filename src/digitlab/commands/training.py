@@ -6,9 +6,18 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitlab.errors import ConfigError, RunError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from digitlab.calibration import Calibration
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,39 +110,100 @@ def figures_folder(args: argparse.Namespace, run_is_folder: bool, run_dir: Path)
     return folder
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from digitlab.data import load_dataset
-    from digitlab.evaluate import metrics_from_logits, most_confident_mistakes, predict_logits
-    from digitlab.plots import plot_confusion, plot_grid
+@dataclass
+class EvalSubject:
+    """What `eval` scores, a run's checkpoint or an exported .onnx file, and how its report names it."""
+
+    where: str  # the run folder or the file, as the report names it
+    name: str  # "best" or "last" for a run; the file's stem otherwise: the figures' names
+    model: str
+    calibration: Calibration
+    logits: Callable[[torch.Tensor], torch.Tensor]  # uint8 test images -> logits (N, classes)
+    figures: Path  # where figures go without --figures
+
+
+def run_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool, bool]]:
+    """A run folder or .safetensors file: its model in PyTorch, on its own dataset; with the test-time augmentation
+    the run's own evaluations used unless --tta says. Returns the subject, its dataset and how TTA was used."""
     from digitlab.checkpoint import load_run
-    from digitlab.commands.calibrate import calibration_lines, eval_calibration
+    from digitlab.evaluate import predict_logits
 
     loaded = load_run(args.run, args.checkpoint)
+    if args.dataset is not None and args.dataset != loaded.dataset:
+        raise ConfigError(f"{args.run} was trained on {loaded.dataset}: a run is evaluated on its own dataset "
+                          "(--dataset is for .onnx files)")
     run_dir = loaded.source.parent
-    figures = figures_folder(args, Path(args.run).is_dir(), run_dir)
-    name = loaded.source.stem  # "best" or "last" for a run; the file's name for a lone .safetensors file
     tta, mirror = trained_with_tta(run_dir)
     tta = args.tta if args.tta is not None else tta
     mirror = tta and mirror
-    ds = load_dataset(loaded.dataset, args.data_dir, progress=not args.json)
-    logits = predict_logits(loaded.model, ds.test_images, loaded.normalization, batch_size=100, tta=tta,
-                            mirror=mirror)
-    metrics = metrics_from_logits(logits, ds.test_labels)
-    mistakes = most_confident_mistakes(logits / loaded.calibration.temperature, ds.test_labels, k=25)
+    subject = EvalSubject(str(run_dir), loaded.source.stem, loaded.model_name, loaded.calibration,
+                          lambda images: predict_logits(loaded.model, images, loaded.normalization, batch_size=100,
+                                                        tta=tta, mirror=mirror),
+                          figures_folder(args, Path(args.run).is_dir(), run_dir))
+    return subject, loaded.dataset, (tta, mirror)
+
+
+def onnx_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool, bool]]:
+    """An .onnx file from `digitlab export`, vetted and run in ONNX Runtime as `predict --onnx` does, on the dataset
+    its metadata names (or --dataset); --tta averages the four 1-pixel shifts (an exported file does not say
+    whether its run's evaluations added mirror images)."""
+    from digitlab.predict import Predictor
+
+    predictor = Predictor.from_onnx(args.run)
+    dataset = args.dataset or predictor.backend.meta.get("dataset")
+    if not isinstance(dataset, str):
+        raise ConfigError(f"{args.run} names no dataset in its metadata: give --dataset")
+    tta = bool(args.tta)
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        views = tta_image_views(images.numpy()) if tta else [images.numpy()]
+        return torch.from_numpy(sum(predictor.logits(view) for view in views) / len(views))
+
+    subject = EvalSubject(str(args.run), Path(args.run).stem, predictor.info.name, predictor.info.calibration,
+                          logits, figures_folder(args, False, Path(args.run).parent))
+    return subject, dataset, (tta, False)
+
+
+def tta_image_views(images: np.ndarray) -> list[np.ndarray]:
+    """evaluate.tta_views' shifts on uint8 images (N, 28, 28): a shift moves pixels, so it commutes with the
+    per-pixel normalisation the Predictor applies afterwards."""
+    import numpy as np
+
+    from digitlab.evaluate import SHIFTS
+
+    return [images] + [np.roll(images, shift, axis=(1, 2)) for shift in SHIFTS]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from digitlab.commands.calibrate import calibration_lines, eval_calibration
+    from digitlab.data import load_dataset
+    from digitlab.evaluate import metrics_from_logits, most_confident_mistakes
+    from digitlab.plots import plot_confusion, plot_grid
+    from digitlab.predict import is_onnx_file
+
+    subject, dataset, (tta, mirror) = onnx_subject(args) if is_onnx_file(args.run) else run_subject(args)
+    figures, name, title = subject.figures, subject.name, f"{Path(subject.where).name} ({subject.name})"
+    ds = load_dataset(dataset, args.data_dir, progress=not args.json)
+    logits = subject.logits(ds.test_images)
+    if logits.shape[1] != len(ds.classes):
+        raise ConfigError(f"{args.run} answers {logits.shape[1]} classes; {ds.name} has {len(ds.classes)}")
+    metrics = metrics_from_logits(logits, ds.test_labels, len(ds.classes))
+    mistakes = most_confident_mistakes(logits / subject.calibration.temperature, ds.test_labels, k=25)
     titles = [f"{ds.classes[m['true']]} -> {ds.classes[m['predicted']]} {m['probability']:.0%}" for m in mistakes]
     try:
         confusion_png = plot_confusion(metrics["confusion"], list(ds.classes), figures / f"confusion-{name}.png",
-                                       title=f"{run_dir.name} ({name})")
+                                       title=title)
         mistakes_png = plot_grid(ds.test_images[[m["index"] for m in mistakes]], titles,
                                  figures / f"misclassified-{name}.png",
                                  title="most confident mistakes (true -> predicted)")
-        calibration, reliability_png = eval_calibration(loaded.calibration, logits.numpy(), ds.test_labels.numpy(),
-                                                        figures / f"reliability-{name}.png",
-                                                        f"{run_dir.name} ({name}) on {ds.name} test")
+        calibration, reliability_png = eval_calibration(subject.calibration, logits.numpy(), ds.test_labels.numpy(),
+                                                        figures / f"reliability-{name}.png", f"{title} on {ds.name} test")
     except OSError as e:
         raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
                        "choose a writable folder with --figures DIR") from None
-    report = {"run": str(run_dir), "checkpoint": name, "model": loaded.model_name,
+    report = {"run": subject.where, "checkpoint": name, "model": subject.model,
               "dataset": ds.name, "tta": tta, "tta_mirror": mirror, **metrics, "misclassified": mistakes,
               "calibration": calibration, "figures": {"confusion": str(confusion_png),
                                                       "misclassified": str(mistakes_png),
@@ -141,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{run_dir} [{name}] {loaded.model_name} on {ds.name}: test accuracy "
+    print(f"{subject.where} [{name}] {subject.model} on {ds.name}: test accuracy "
           f"{metrics['accuracy']:.2%}, loss {metrics['loss']:.4f} ({metrics['count']:,} images"
           f"{tta_words(tta, mirror)})")
     print(f"{'class':<16}{'precision':>10}{'recall':>9}{'F1':>9}{'errors':>8}   (recall: the class's accuracy)")

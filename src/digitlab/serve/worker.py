@@ -46,12 +46,14 @@ PREPARE_BUDGET_S = 0.025  # a batch takes no more jobs once it has spent this mu
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a worker loads: a run folder or .safetensors file (None: the shipped model), never a model object."""
+    """What a worker loads: a run folder, .safetensors or exported .onnx file (None: the shipped model), never a
+    model object."""
 
     run: str | None = None
     checkpoint: str = "best"
     runtime: str = "onnx"
     threads: int = 1  # CPU threads per model call, in each worker
+    vetted_sha256: str | None = None  # an .onnx file's bytes the parent vetted (server.start_pool): no probe again
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ def load_context(spec: ModelSpec, limits: Limits) -> WorkerContext:
     from digitlab.predict import Predictor
 
     torch.set_num_threads(max(1, spec.threads))
-    predictor = Predictor.from_run(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads)
+    predictor = Predictor.from_path(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads,
+                                    vetted_sha256=spec.vetted_sha256)
     predictor.probabilities(np.zeros((1, 28, 28), np.uint8))  # the first call builds lazily made parts
     return WorkerContext(predictor, limits, predictor.describe())
 
