@@ -155,6 +155,7 @@ def test_export_and_predict_onnx_cli(trained_run, tmp_path, mnist):
     assert sum(p == t for p, t in zip(predicted, labels)) >= 9
 
 
+@pytest.mark.quick
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
@@ -269,3 +270,21 @@ def test_serve_vets_an_onnx_file_once_and_refuses_torch_for_it(exported, monkeyp
     assert pool.model_info["runtime"].startswith("onnxruntime") and len(probes) == 1
     with pytest.raises(ConfigError, match="runs in ONNX Runtime only"):
         start_pool(ModelSpec(str(exported), runtime="torch"), settings=PoolSettings(workers=0))
+
+
+def test_commands_name_the_exported_files_they_do_not_take(trained_run, exported, tmp_path, capsys):
+    """A TorchScript file is for the user's own deployment: digitlab never loads one (torch.jit.load runs the code
+    it holds), and says so instead of "not a readable safetensors checkpoint"; an .onnx file given to a command
+    that needs the PyTorch weights says which commands take it."""
+    scripted = tmp_path / "model.pt"
+    export_run(trained_run, "torchscript", scripted, check_images=20)
+    for args in (["eval", str(scripted)], ["calibrate", str(scripted)], ["calibrate", str(exported)]):
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        if args[1] == str(scripted):
+            assert "is a TorchScript file" in err and "never loads TorchScript" in err, err
+        else:
+            assert "goes to `predict --onnx`, `eval` or `serve`" in err, err
+    with pytest.raises(RunError, match="never loads TorchScript"):
+        Predictor.from_run(scripted)

@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise RunError(f"{path} is not a readable safetensors checkpoint ({e})") from None
+        raise RunError(not_safetensors(path, e)) from None
     if raw_meta.get("format") != FORMAT:
         raise RunError(f"{path} was not written by digitlab (no {FORMAT!r} marker)")
     try:
@@ -89,6 +90,27 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except json.JSONDecodeError as e:
         raise RunError(f"{path} has corrupted metadata ({e})") from None
     return tensors, meta
+
+
+def not_safetensors(path: Path, error: Exception) -> str:
+    """Why `path` cannot be read as weights, naming the files `digitlab export` writes, which users pass here."""
+    if is_torchscript(path):
+        return (f"{path} is a TorchScript file (`digitlab export --format torchscript`): digitlab never loads "
+                "TorchScript, whose loading runs the code inside it; give the run, its .safetensors file or its "
+                ".onnx export")
+    hint = ("; an .onnx file from `digitlab export` goes to `predict --onnx`, `eval` or `serve`"
+            if path.suffix.lower() == ".onnx" else "")
+    return f"{path} is not a readable safetensors checkpoint ({error}){hint}"
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip file holding a code/ folder (torch.save's zip files hold
+    none). Only the zip's directory is read; nothing in it is unpickled or run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def read_state(path: Path) -> dict:

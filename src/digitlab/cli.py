@@ -226,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=fmt)
     export.add_argument("run", help="run folder or .safetensors file")
     export.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"],
+                        help="onnx: what `predict --onnx`, `eval` and `serve` take, and ONNX Runtime anywhere; "
+                             "torchscript: for your own libtorch or torch.jit.load deployment (digitlab never loads "
+                             "TorchScript: loading it runs the code inside)")
     export.add_argument("-o", "--output", default=None, help="file to write (default RUN/model.onnx or RUN/model.pt)")
     export.add_argument("--check-images", type=int, default=1000,
                         help="test images on which the export must match PyTorch (logits within 1e-4, same argmax)")

@@ -8,7 +8,12 @@ The ONNX graph takes `images`, float (B, 1, 28, 28) already normalised, and retu
 the batch axis is dynamic. The model's name and options, normalisation, dataset, classes, metrics and
 temperature (`calibration`: probabilities are softmax(logits / T), calibration.py) travel in the file's
 metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone is enough to predict: see
-Predictor.from_onnx.
+Predictor.from_onnx. `predict --onnx`, `eval` and `serve` take the .onnx file, as untrusted input (onnx_guard).
+
+The TorchScript file is for users' own deployments (libtorch in C++, torch.jit.load in Python), of files they
+made themselves: no digitlab command loads one, because loading TorchScript runs the code serialised in it, and
+digitlab never runs code from a model file (a TorchScript file given to a command is refused by name,
+checkpoint.not_safetensors). Only export_run's own check loads it, right after writing it.
 
 Every export is checked before it lands: on real test images of the run's dataset, onnxruntime (or
 torch.jit.load) must give logits within 1e-4 of PyTorch's and the same argmax for every image. The file
