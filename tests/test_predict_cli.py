@@ -39,6 +39,7 @@ def one_line_error(capsys, *words: str) -> str:
 #### A first argument that looks like a run but is not one
 
 
+@pytest.mark.quick
 def test_mistyped_run_under_runs_is_an_error(digit, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -46,6 +47,7 @@ def test_mistyped_run_under_runs_is_an_error(digit, tmp_path, capsys, monkeypatc
     one_line_error(capsys, "runs/typo", "run")
 
 
+@pytest.mark.quick
 def test_missing_first_argument_without_suffix_is_an_error(digit, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "my-run"), str(digit)]) == 1
     one_line_error(capsys, "my-run", "does not exist")
@@ -73,6 +75,7 @@ def test_folder_with_a_broken_config_is_an_error(trained_run, digit, tmp_path, c
     one_line_error(capsys, str(run))
 
 
+@pytest.mark.quick
 def test_folder_under_runs_without_run_files_is_an_error(digit, tmp_path, capsys):
     folder = tmp_path / "runs" / "20240101-cnn"
     folder.mkdir(parents=True)
@@ -224,3 +227,36 @@ def test_eval_on_a_read_only_run_folder_is_one_line(trained_run, tmp_path, capsy
         assert sorted(p.name for p in run.iterdir()) == before
     finally:
         make_writable(run)
+
+
+#### File names that are not plain text
+
+
+@pytest.fixture
+def hostile_names(digit, tmp_path) -> list[Path]:
+    """The digit under names with a newline, an ANSI escape (clear screen), a bidi override, and bytes that are
+    not UTF-8 (a lone surrogate in Python's str)."""
+    names = ["two\nlines.png", "\x1b[2J\x1b[Hcleared.png", "\u202egnp.png", os.fsdecode(b"latin-\xe9\xff.png")]
+    for name in names:
+        shutil.copy(digit, tmp_path / name)
+    return [tmp_path / name for name in names]
+
+
+def test_text_output_escapes_control_characters_in_file_names(hostile_names, tmp_path, capsys):
+    assert main(["predict", *map(str, hostile_names)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and not any(c in "".join(lines) for c in "\x1b\u202e")
+    assert [line.split(": ")[0].removeprefix(f"{tmp_path}/") for line in lines] == [
+        "two\\nlines.png", "\\x1b[2J\\x1b[Hcleared.png", "\\u202egnp.png", "latin-\\xe9\\xff.png"]
+    assert all(" 7 (" in line for line in lines), lines
+
+
+def test_json_output_is_valid_utf8_whatever_the_file_names(hostile_names, tmp_path, capsys):
+    assert main(["predict", "--json", *map(str, hostile_names)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines()]
+    names = [r["file"].removeprefix(f"{tmp_path}/") for r in records]
+    assert names == ["two\nlines.png", "\x1b[2J\x1b[Hcleared.png", "\u202egnp.png", "latin-\\xe9\\xff.png"]
+    for record in records:
+        record["file"].encode("utf-8")  # no lone surrogate: strict UTF-8 readers (and json.loads elsewhere) take it
+    assert len(out.splitlines()) == 4 and "\\udc" not in out

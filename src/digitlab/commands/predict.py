@@ -148,21 +148,50 @@ def json_line(record: dict) -> str:
 def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace,
                       calibration: dict) -> int:
     """Print one FileResult the way `digitlab predict` always has (--json: with `calibration`); 1 if it is an
-    error, else 0."""
+    error, else 0. File names (and error texts, which may hold one) go through json_text in JSON and shown_text
+    in text, so no name can forge a line of output or make a JSON line unreadable."""
     path, pred, error = result.path, result.prediction, result.error
     if error is not None:
-        print(json.dumps({"file": str(path), "error": error}) if args.json else f"{path}: error: {error}",
-              file=sys.stdout if args.json else sys.stderr)
+        if args.json:
+            print(json.dumps({"file": json_text(str(path)), "error": json_text(error)}))
+        else:
+            print(f"{shown_text(str(path))}: error: {shown_text(error)}", file=sys.stderr)
         return 1
     saved = save_preprocessed(result.image, save_dir, path.stem, used_names) if save_dir else None
     if args.json:
-        extra = {"preprocessed": str(saved)} if saved else {}
-        print(json_line({"file": str(path), **pred.to_dict(), **calibration, **extra}))
+        extra = {"preprocessed": json_text(str(saved))} if saved else {}
+        print(json_line({"file": json_text(str(path)), **pred.to_dict(), **calibration, **extra}))
     else:
         top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
         said = f"{pred.label} ({pred.probability:.1%})" if pred.label is not None else refusal_text(pred)
-        print(f"{path}: {said}  top {args.top_k}: {top}" + (f"  saved {saved}" if saved else ""))
+        print(f"{shown_text(str(path))}: {said}  top {args.top_k}: {top}"
+              + (f"  saved {shown_text(str(saved))}" if saved else ""))
     return 0
+
+
+# Characters that would let a file name start a new line, rewrite the terminal (ANSI escapes) or reorder what is
+# shown (bidirectional overrides): C0 and C1 controls, DEL, the Unicode line and paragraph separators, the
+# bidi embeddings, overrides and isolates.
+UNSHOWABLE = {*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def json_text(text: str) -> str:
+    """`text` (a file name as Python decoded it) as valid UTF-8: bytes that were not UTF-8 (lone surrogates in
+    Python's str, which many JSON readers refuse) become \\xNN escapes; json.dumps escapes the controls."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding produced: keep it visible, escaped
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def shown_text(text: str) -> str:
+    """`text` for a line of text output: json_text's escapes for undecodable bytes, and every UNSHOWABLE
+    character (and the backslash, so an escape is never ambiguous) written as a Python escape (\\n, \\x1b,
+    \\u202e)."""
+    text = json_text(text.replace("\\", "\\\\"))
+    return "".join(char if ord(char) not in UNSHOWABLE else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
 
 
 def refusal_text(pred) -> str:
