@@ -36,6 +36,7 @@ def shipped():
     return Predictor.from_shipped()
 
 
+@pytest.mark.quick
 def test_generator_is_seeded_and_makes_each_kind():
     images, extents, kinds = non_digits.generate(10, 0)
     again, _, _ = non_digits.generate(10, 0)
@@ -47,6 +48,7 @@ def test_generator_is_seeded_and_makes_each_kind():
     assert (dots < 0.3).all() and (extents[np.array(kinds) == "letters"] > 0.3).all()
 
 
+@pytest.mark.quick
 def test_validation_and_test_seeds_are_disjoint():
     ranges = [non_digits.VALIDATION_SEEDS, non_digits.TEST_SEEDS, non_digits.TRAIN_SEEDS]
     for i, a in enumerate(ranges):
@@ -54,6 +56,7 @@ def test_validation_and_test_seeds_are_disjoint():
             assert max(a.start, b.start) >= min(a.stop, b.stop)
 
 
+@pytest.mark.quick
 def test_threshold_refuses_at_most_one_percent_of_the_digits_it_was_fitted_on():
     rng = np.random.default_rng(0)
     strokes = np.zeros((1000, 28, 28), np.uint8)
@@ -86,6 +89,7 @@ def test_shipped_threshold_is_what_validation_data_gives(shipped):
     assert "validation" in stored.fitted_on
 
 
+@pytest.mark.quick
 def test_thickness_tells_a_blob_from_strokes():
     images = np.zeros((2, 28, 28), np.uint8)
     images[0, 4:24, 13:16] = 255  # a stroke 3 pixels wide
@@ -94,12 +98,14 @@ def test_thickness_tells_a_blob_from_strokes():
     assert thickness(images).tolist() == [2, 8]
 
 
+@pytest.mark.quick
 def test_energy_score_is_minus_t_logsumexp():
     logits = np.array([[2.0, 0.0, -1.0]])
     expected = -0.5 * np.log(np.exp(logits / 0.5).sum())
     assert model_score("energy", logits, 0.5)[0] == pytest.approx(expected)
 
 
+@pytest.mark.quick
 def test_record_round_trips_and_rejects_nonsense():
     record = Abstention("energy", -2.5, 0.25, "x", {"digits_refused": 0.01}, 4)
     assert Abstention.from_meta(json.loads(json.dumps(record.to_meta()))) == record
@@ -140,6 +146,7 @@ def client(shipped):
         yield c
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", NON_DIGITS)
 def test_api_refuses_non_digits(client, name):
     strokes, reason = NON_DIGITS[name]
@@ -150,6 +157,7 @@ def test_api_refuses_non_digits(client, name):
     assert answer["label"] is None and answer["reason"] == reason and len(answer["probabilities"]) == 10
 
 
+@pytest.mark.quick
 def test_api_reads_a_real_mnist_digit(client, mnist):
     r = client.post("/api/predict", json={"pixels": mnist.test_images[0].tolist()})
     assert r.status_code == 200 and r.json()["label"] == int(mnist.test_labels[0]) and r.json()["reason"] is None

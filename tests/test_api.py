@@ -388,6 +388,7 @@ def test_client_supplied_path_is_never_opened(client, tmp_path):
     assert_error(r, 422)
 
 
+@pytest.mark.quick
 def test_shipped_model_loads_and_serves(mnist_test):
     """`digitlab serve` with no RUN serves the model shipped in the package."""
     from digitlab.predict import DEFAULT_WEIGHTS, Predictor

@@ -21,6 +21,7 @@ def digits() -> torch.Tensor:
     return normalize(load_dataset("mnist").test_images[:64], "standard")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_keeps_shape_dtype_device(kind, dtype, digits):
@@ -30,6 +31,7 @@ def test_keeps_shape_dtype_device(kind, dtype, digits):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.quick
 def test_none_is_the_identity(digits):
     assert augment(digits, "none") is digits
 
@@ -47,6 +49,7 @@ def test_seeded_and_deterministic(kind, digits):
     assert torch.equal(d, augment(digits, kind))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kind", KINDS)
 def test_moves_pixels_and_keeps_the_background(kind, digits):
     out = augment(digits, kind, torch.Generator().manual_seed(0))
@@ -59,6 +62,7 @@ def test_moves_pixels_and_keeps_the_background(kind, digits):
     assert out.amin() >= background - 1e-4 and out.amax() <= digits.amax() + 1e-4  # bilinear: no overshoot
 
 
+@pytest.mark.quick
 def test_flip_only_where_asked():
     flips = affine_matrices(1000, AUGMENTATIONS["flip+shift"], 28, "cpu", torch.Generator().manual_seed(0))
     mirrored = (torch.linalg.det(flips[:, :, :2]) < 0).float().mean()
@@ -67,6 +71,7 @@ def test_flip_only_where_asked():
     assert (torch.linalg.det(digits_only[:, :, :2]) > 0).all()  # never mirror a digit
 
 
+@pytest.mark.quick
 def test_erase_blanks_one_rectangle_in_the_asked_share_of_images():
     mask = erase_mask(2000, AugmentSpec(erase=0.5), 28, "cpu", torch.Generator().manual_seed(0))[:, 0]
     erased = mask.flatten(1).any(1)
@@ -77,6 +82,7 @@ def test_erase_blanks_one_rectangle_in_the_asked_share_of_images():
     assert share.min() > 0.005 and share.max() < 0.45 and 0.15 < share.mean() < 0.25  # 2-40% before rounding
 
 
+@pytest.mark.quick
 def test_erased_pixels_are_background(digits):
     torch.manual_seed(3)
     out = augment(digits, "flip+shift+erase")
@@ -87,6 +93,7 @@ def test_erased_pixels_are_background(digits):
     assert torch.allclose(out[differs], digits.amin().expand(int(differs.sum())))
 
 
+@pytest.mark.quick
 def test_unknown_kind_is_refused(digits):
     with pytest.raises(ValueError, match="affine"):
         augment(digits, "cutout")

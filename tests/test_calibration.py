@@ -75,6 +75,7 @@ def test_fitting_recovers_the_temperature_the_labels_were_drawn_with(true_t):
     assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
+@pytest.mark.quick
 def test_fitted_temperature_minimises_the_nll():
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(0, 2, size=(2000, 10)), rng.integers(0, 10, 2000)
@@ -83,12 +84,14 @@ def test_fitted_temperature_minimises_the_nll():
     assert nll(logits, labels, t) <= min(nll(logits, labels, t * f) for f in (0.98, 1.02, 0.5, 2))
 
 
+@pytest.mark.quick
 def test_nll_is_torch_cross_entropy_of_the_scaled_logits():
     logits, labels = torch.randn(50, 10, dtype=torch.float64), torch.randint(0, 10, (50,))
     expected = torch.nn.functional.cross_entropy(logits / 0.7, labels).item()
     assert nll(logits.numpy(), labels.numpy(), 0.7) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.quick
 def test_ece_of_a_hand_made_example():
     """Two images at 95% (one right), one at 50% (right), one at 45% (wrong): bins 14, 14, 7 and 6 of 15, so
     ECE = 2/4 |0.5 - 0.95| + 1/4 |1 - 0.5| + 1/4 |0 - 0.45| = 0.4625."""
@@ -100,12 +103,14 @@ def test_ece_of_a_hand_made_example():
     assert (bins[14].confidence, bins[14].accuracy, bins[7].accuracy) == (pytest.approx(0.95), 0.5, 1.0)
 
 
+@pytest.mark.quick
 def test_a_confidence_on_a_bin_edge_goes_to_the_lower_bin():
     probs = np.array([[2 / 3, 1 / 3], [1.0, 0.0]])  # 2/3 = 10/15: the top of bin 9; 1.0: the top of bin 14
     bins = reliability_bins(probs, np.array([0, 0]))
     assert bins[9].count == 1 and bins[14].count == 1 and sum(b.count for b in bins) == 2
 
 
+@pytest.mark.quick
 def test_assess_reports_before_and_after():
     logits, labels = np.array([[4.0, 0.0], [0.0, 1.0], [2.0, 0.0]]), np.array([0, 1, 1])
     report = assess(logits, labels, 2.0)

@@ -184,6 +184,7 @@ def test_fixed_schedule_best_is_the_last_row(tmp_path, capsys):
     assert out[1].split()[7:10] == ["last", "-", "85.00%"] and out[2].startswith("best by last")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("config, last, finished", [
     ({}, {"epoch": 2, "step": 16}, True),
     ({}, {"epoch": 1, "step": 8}, False),
@@ -198,6 +199,7 @@ def test_finished_means_its_planned_end(config, last, finished):
     assert is_finished(cfg, {"val_accuracy": None, "test_accuracy": 0.95, **last}) == finished
 
 
+@pytest.mark.quick
 def test_progress_says_how_far_a_run_got():
     assert progress_words(make_config({**RECIPE, "epochs": 5, "max_steps": 12}), {"epoch": 1, "step": 8}) == \
         "epoch 1 of 5, step 8 of 12"
@@ -218,16 +220,19 @@ def summary_row(run: str, preset: str | None = "default", seed: int = 0, dataset
             "finished": finished, "recipe": json.dumps({"preset": preset, "dataset": dataset, **recipe})}
 
 
+@pytest.mark.quick
 def test_legend_names_recipe_and_seed_not_the_folder():
     rows = [summary_row("runs/20261207-031500-default", seed=1), summary_row("runs/20261207-041500-default", seed=2)]
     assert run_labels(rows) == ["default, seed 1", "default, seed 2"]
 
 
+@pytest.mark.quick
 def test_legend_adds_dataset_when_mixed_and_marks_unfinished():
     rows = [summary_row("a", seed=1), summary_row("b", seed=1, dataset="fashion-mnist", finished=False)]
     assert run_labels(rows) == ["default, seed 1, mnist", "default, seed 1, fashion-mnist, unfinished"]
 
 
+@pytest.mark.quick
 def test_legend_tells_apart_recipes_of_one_name_and_reruns():
     rows = [summary_row("x/a", preset=None, augment="none"), summary_row("x/b", preset=None, augment="affine"),
             summary_row("y/b", preset=None, augment="affine")]
@@ -254,6 +259,7 @@ def test_chart_legend_and_axis_say_what_is_drawn(runs, tmp_path, monkeypatch, ca
     assert "validation accuracy (solid), test where a run has no hold-out (dashed): 2 runs" in capsys.readouterr().out
 
 
+@pytest.mark.quick
 def test_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "-o", str(tmp_path / "c.png")]) == 1
     err = capsys.readouterr().err

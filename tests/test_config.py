@@ -10,6 +10,8 @@ from digitlab.errors import ConfigError
 from digitlab.optim import lr_at
 from digitlab.presets import PRESETS, preset_config
 
+pytestmark = pytest.mark.quick  # every test here is in the quick subset
+
 FAITHFUL = {
     "lstm-64": dict(model="lstm", model_args={"hidden_size": 64, "num_layers": 1}, optimizer="adam", lr=0.01,
                     batch_size=64, epochs=1, normalization="unit", eval_every=100, dataset="mnist"),

@@ -14,6 +14,7 @@ from digitlab.presets import preset_config
 from helpers import one_line_error, run_cli
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("preset", ["default", "fast", "lstm-2x128", "best-fashion"])
 def test_a_recipe_reads_back_as_it_was_written(preset, tmp_path):
     cfg = make_config(preset_config(preset), seed=7, data_dir="/some where/\"quoted\"")
@@ -22,6 +23,7 @@ def test_a_recipe_reads_back_as_it_was_written(preset, tmp_path):
     assert make_config(read_config_file(path)) == cfg
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text, words", [
     ("lrr = 1\n", "unknown config key(s): lrr"),
     ("lr = \n", "is not valid TOML"),
@@ -34,6 +36,7 @@ def test_bad_files_are_config_errors(tmp_path, text, words):
         read_config_file(path)
 
 
+@pytest.mark.quick
 def test_train_takes_the_file_over_the_preset_and_under_the_flags(tmp_path, monkeypatch):
     """The config `digitlab train --preset fast --config FILE --lr 0.5` hands to training."""
     import importlib

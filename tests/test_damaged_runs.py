@@ -92,6 +92,7 @@ def test_summary_of_a_huge_model_is_one_line_not_an_allocation():
     assert run_cli("summary", "mlp", "--model-args", "hidden=[20]").returncode == 0
 
 
+@pytest.mark.quick
 def test_check_model_args_builds_nothing_and_counts_parameters():
     probe = check_model_args("mlp", {"hidden": [300, 100]})
     assert all(p.device.type == "meta" for p in probe.parameters())
@@ -121,6 +122,7 @@ def test_a_metrics_csv_with_words_is_one_line_in_plot_and_compare(run, tmp_path,
     assert not (tmp_path / "p.png").exists() and not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.quick
 def test_register_model_refuses_a_taken_name():
     def mlp() -> torch.nn.Module:
         return torch.nn.Linear(784, 10)

@@ -31,6 +31,7 @@ def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "_CACHE", {})
 
 
+@pytest.mark.quick
 def test_mnist_loads_with_published_counts():
     ds = data.load_dataset("mnist")
     assert ds.train_images.shape == (60000, 28, 28) and ds.train_images.dtype == torch.uint8
@@ -90,6 +91,7 @@ def test_corrupted_byte_is_a_checksum_mismatch(tmp_path):
         data.load_dataset("mnist", tmp_path)
 
 
+@pytest.mark.quick
 def test_parse_idx_checks_magic_and_length():
     good = bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([1, 2, 3])
     assert data.parse_idx(good).tolist() == [1, 2, 3]
@@ -99,6 +101,7 @@ def test_parse_idx_checks_magic_and_length():
         data.parse_idx(good[:-1])
 
 
+@pytest.mark.quick
 def test_search_order(tmp_path, monkeypatch):
     explicit = copy_mnist(tmp_path / "explicit" / "mnist")
     cache = copy_mnist(tmp_path / "cache" / "digitlab" / "mnist")
@@ -119,6 +122,7 @@ def test_search_order(tmp_path, monkeypatch):
     assert data.locate("mnist")["t10k-labels-idx1-ubyte"].parent == system
 
 
+@pytest.mark.quick
 def test_missing_files_name_where_digitlab_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "nothing")
     monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "nothing")
@@ -179,6 +183,7 @@ def test_shipped_files_match_published_checksums():
         assert hashlib.md5(raw).hexdigest() == md5
 
 
+@pytest.mark.quick
 def test_unknown_dataset_lists_choices():
     with pytest.raises(DataError, match="choose one of: mnist, fashion-mnist"):
         data.load_dataset("kmnist")
@@ -223,6 +228,7 @@ def test_gzip_bomb_is_refused_once_past_the_files_known_size(tmp_path):
     assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB allocated to refuse a 200 MB bomb"
 
 
+@pytest.mark.quick
 def test_idx_header_promising_another_size_is_refused_before_reading_on(tmp_path):
     bomb = tmp_path / "train-images-idx3-ubyte.gz"
     huge = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (1 << 20, 56, 56))  # 3 GiB promised
@@ -244,6 +250,7 @@ def test_uncompressed_file_larger_than_its_known_size_is_refused_unread(tmp_path
         data.load_dataset("mnist", tmp_path)
 
 
+@pytest.mark.quick
 def test_download_announcing_more_than_the_published_size_is_refused(mirror, monkeypatch, tmp_path):
     root, url = mirror
     (root / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(1 << 20))
@@ -273,6 +280,7 @@ class EndlessResponse:
         pass
 
 
+@pytest.mark.quick
 def test_download_stops_at_the_published_size(monkeypatch, tmp_path):
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: EndlessResponse())
     spec = replace(data.DATASETS["mnist"], mirrors=("http://mirror.invalid/",), gz_sizes=MNIST_GZ_SIZES)

@@ -55,6 +55,7 @@ def test_a_broken_copy_falls_back_to_the_file(mnist_copy, monkeypatch):
     assert again.train_images.equal(first.train_images)
 
 
+@pytest.mark.quick
 def test_cache_can_be_turned_off(mnist_copy, monkeypatch):
     monkeypatch.setenv("DIGITLAB_DECODED_CACHE", "0")
     data.load_dataset("mnist", mnist_copy)

@@ -66,6 +66,7 @@ def assert_complete_run(run: Path, steps: int) -> list[dict]:
 # The shard arithmetic, exactly
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("num_examples", [60_000, 1_003])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_rank_shards_are_disjoint_and_add_up_to_one_process_batches(num_examples, world):
@@ -84,11 +85,13 @@ def test_rank_shards_are_disjoint_and_add_up_to_one_process_batches(num_examples
         assert sorted(step_images.tolist()) == sorted(perm[start:min(start + batch, n)].tolist())
 
 
+@pytest.mark.quick
 def test_one_process_shard_is_the_epoch_permutation():
     assert torch.equal(rank_shard(1000, 0, 2), epoch_permutation(1000, 0, 2))
     assert not torch.equal(epoch_permutation(1000, 0, 2), epoch_permutation(1000, 0, 3))  # a new order each epoch
 
 
+@pytest.mark.quick
 def test_global_batch_must_split_evenly():
     assert check_batch_size(DistContext(0, 2), 128) == 64
     with pytest.raises(ConfigError, match="does not split evenly over 3"):

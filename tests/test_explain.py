@@ -443,6 +443,7 @@ def test_api_explain_is_fuzzed_from_the_schema(case, fuzz_count):
     _fuzz_case(case)
 
 
+@pytest.mark.quick
 def test_json_keeps_the_shape_of_a_map_with_tiny_values():
     """Rounding is relative to the map's peak: a saliency map peaking at 3e-5 must not become all zeros."""
     from digitlab.explain.explainer import rounded

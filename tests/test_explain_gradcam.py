@@ -37,6 +37,7 @@ def stroke_image() -> np.ndarray:
     return image
 
 
+@pytest.mark.quick
 def test_near_ink_grows_the_strokes_by_the_radius():
     near = near_ink(stroke_image()[None])[0]  # radius 2: columns 8-12, rows 3-22
     assert near.sum() == 5 * 20 and near[3:23, 8:13].all() and not near[25, 25]
@@ -44,6 +45,7 @@ def test_near_ink_grows_the_strokes_by_the_radius():
     assert near_ink(stroke_image()[None], threshold=20)[0][25, 25]  # a lower threshold makes it ink
 
 
+@pytest.mark.quick
 def test_ink_share_counts_positive_mass_on_or_near_the_ink():
     image = stroke_image()
     attribution = np.zeros((28, 28), np.float32)
@@ -106,6 +108,7 @@ def test_gradcam_reads_each_conv_family_where_the_model_reads(name, args, layer,
     assert isinstance(found.conv, nn.Conv2d)
 
 
+@pytest.mark.quick
 def test_gradcam_cells_land_on_their_receptive_fields():
     """A single lit cell of the cnn's 11x11 grid (centres at 3.5 + 2j) peaks on the four pixels around its centre;
     cells the network never reads are 0, and the map fades to 0 towards them."""
@@ -122,6 +125,7 @@ def test_gradcam_cells_land_on_their_receptive_fields():
     assert on_pixels[21, 21] == pytest.approx(1) and on_pixels[24:].max() == 0  # past row 10's centre (23.5): 0
 
 
+@pytest.mark.quick
 def test_gradcam_refuses_a_model_whose_maps_are_too_coarse(test_digits):
     """A net whose only convolution is read on 3x3 positions has no map that can tell strokes apart: refused in
     one line, as a model without convolutions is."""

@@ -44,6 +44,7 @@ def take_steps(model: torch.nn.Module, optimizer, steps: int, seed: int = 1) -> 
         optimizer.step()
 
 
+@pytest.mark.quick
 def test_lean_adamw_matches_torch_adamw_step_for_step():
     ours, theirs = small_net(), small_net()
     take_steps(ours, LeanAdamW(ours.parameters(), lr=1e-2, weight_decay=5e-4), 25)
@@ -53,6 +54,7 @@ def test_lean_adamw_matches_torch_adamw_step_for_step():
     assert not torch.equal(ours[0].weight, small_net()[0].weight)  # it did train
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("first, then", [(LeanAdamW, torch.optim.AdamW), (torch.optim.AdamW, LeanAdamW)])
 def test_lean_and_torch_adamw_resume_from_each_others_state(first, then):
     """Ten steps with one optimiser, its state_dict loaded into the other, ten more: the same weights as twenty
@@ -70,12 +72,14 @@ def test_lean_and_torch_adamw_resume_from_each_others_state(first, then):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.quick
 def test_lean_adamw_refuses_a_state_for_other_parameters():
     opt = LeanAdamW(small_net().parameters())
     with pytest.raises(ValueError):
         opt.load_state_dict(LeanAdamW(torch.nn.Linear(2, 2).parameters()).state_dict())
 
 
+@pytest.mark.quick
 def test_lean_adamw_leaves_frozen_parameters_alone():
     model = small_net()
     model[0].weight.requires_grad_(False)
@@ -107,6 +111,7 @@ print("dynamo imported:", "torch._dynamo" in sys.modules)
     assert (tmp_path / "run" / "last.safetensors").is_file()
 
 
+@pytest.mark.quick
 def test_pool_first_is_the_same_layers_with_the_pool_moved():
     plain, pooled = create_model("digitnet", width=4, depth=1), create_model("digitnet", width=4, depth=1,
                                                                                pool_first=True)
@@ -116,6 +121,7 @@ def test_pool_first_is_the_same_layers_with_the_pool_moved():
     assert pooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.quick
 def test_stride2_stem_replaces_the_first_conv_and_pool():
     net = create_model("digitnet", width=4, depth=1, pool_first=True, stem="stride2")
     stem = net.features[0]

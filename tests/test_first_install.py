@@ -41,6 +41,7 @@ def extras_installed(command: str) -> set[str]:
     return done
 
 
+@pytest.mark.quick
 def test_quickstart_installs_what_the_readme_then_uses():
     command = quickstart_install_command()
     assert "digitlab train" in command
@@ -51,6 +52,7 @@ def test_quickstart_installs_what_the_readme_then_uses():
         assert f"`{extra}`" in README.split("## What you can do", 1)[0], f"the quickstart does not explain {extra}"
 
 
+@pytest.mark.quick
 def test_every_digitlab_command_in_the_readme_exists():
     from digitlab.cli import build_parser
 
@@ -59,6 +61,7 @@ def test_every_digitlab_command_in_the_readme_exists():
     assert used and used <= commands, f"the README uses commands digitlab lacks: {used - commands}"
 
 
+@pytest.mark.quick
 def test_readme_python_example_imports_from_the_package():
     import digitlab
 
@@ -68,12 +71,14 @@ def test_readme_python_example_imports_from_the_package():
         assert hasattr(digitlab, name) and name in digitlab.__all__, name
 
 
+@pytest.mark.quick
 def test_preset_config_is_exported():
     from digitlab import preset_config
 
     assert preset_config("default")["preset"] == "default"
 
 
+@pytest.mark.quick
 def test_test_command_installs_fashion_mnist():
     script = (REPO / "scripts" / "test.sh").read_text()
     assert "bash scripts/test.sh" in README and "dataset-fashion-mnist" in script
@@ -88,6 +93,7 @@ def test_version_comes_from_the_package_metadata():
     assert proc.returncode == 0 and proc.stdout.strip() == f"digitlab {digitlab.__version__}", proc
 
 
+@pytest.mark.quick
 def test_version_is_written_in_one_place():
     pinned = [str(p.relative_to(REPO)) for p in (REPO / "src").rglob("*.py")
               if re.search(r"""__version__\s*=\s*["']\d+\.\d""", p.read_text())]

@@ -75,12 +75,14 @@ def fake_gs(tmp_path, monkeypatch) -> Path:
     return log
 
 
+@pytest.mark.quick
 def test_the_files_are_what_they_claim(files):
     for fmt, path in files.items():
         with Image.open(path) as im:  # Pillow on its own opens every one of them
             assert im.format == fmt, (path, im.format)
 
 
+@pytest.mark.quick
 def test_control_pillow_alone_runs_ghostscript_on_eps(files, fake_gs):
     """What the other tests check would happen without the list: Pillow's EPS decoder runs `gs`."""
     with pytest.raises((OSError, subprocess.CalledProcessError)):  # the fake gs renders nothing
@@ -89,6 +91,7 @@ def test_control_pillow_alone_runs_ghostscript_on_eps(files, fake_gs):
     assert fake_gs.is_file() and "--version" in fake_gs.read_text(), "Pillow did not run the fake gs"
 
 
+@pytest.mark.quick
 def test_one_list_for_cli_api_and_server():
     from digitlab.serve.limits import UPLOAD_FORMATS
 
@@ -99,6 +102,7 @@ def test_one_list_for_cli_api_and_server():
     assert not suffixes & set(REFUSED.values())
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fmt", REFUSED)
 def test_predictor_refuses_the_format_from_path_bytes_and_file(shipped, files, fmt, fake_gs):
     path = files[fmt]
@@ -109,6 +113,7 @@ def test_predictor_refuses_the_format_from_path_bytes_and_file(shipped, files, f
     assert not fake_gs.exists(), f"Ghostscript ran: {fake_gs.read_text()}"
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fmt", ALLOWED)
 def test_predictor_reads_the_allowed_formats(shipped, files, fmt):
     path = files[fmt]
@@ -116,6 +121,7 @@ def test_predictor_reads_the_allowed_formats(shipped, files, fmt):
         assert shipped.predict(source)[0].label == LABEL, (fmt, type(source))
 
 
+@pytest.mark.quick
 def test_server_header_check_refuses_them_with_415(files):
     from fastapi import HTTPException
 
@@ -143,6 +149,7 @@ def cli_one_line(capsys, args: list[str], *fragments: str) -> str:
     return err
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fmt", REFUSED)
 def test_cli_refuses_a_named_file_before_predicting(files, fmt, capsys):
     """By its name, up front, like a missing file: `digitlab: error: ...` and nothing predicted."""
@@ -151,6 +158,7 @@ def test_cli_refuses_a_named_file_before_predicting(files, fmt, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fmt", REFUSED)
 def test_cli_refuses_the_bytes_under_an_allowed_name(files, fmt, tmp_path, capsys):
     """An ICO (or TGA, ..., EPS) renamed .png: the bytes decide, when the file is read; the line says why."""
@@ -161,6 +169,7 @@ def test_cli_refuses_the_bytes_under_an_allowed_name(files, fmt, tmp_path, capsy
     assert "Traceback" not in err
 
 
+@pytest.mark.quick
 def test_cli_folder_picks_only_the_allowed_formats(files, capsys):
     assert main(["predict", str(files["PNG"].parent), "--json"]) == 0
     out, err = capsys.readouterr()

@@ -15,11 +15,13 @@ EXPECTED_PARAMETERS = {  # from the layer sizes in each recipe, computed by hand
 }
 
 
+@pytest.mark.quick
 def test_registry_has_every_family():
     assert {"mlp", "lenet5", "cnn", "alexnet", "rnn", "lstm", "gru", "digitnet"} <= set(list_models())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [name if name == "alexnet" else pytest.param(name, marks=pytest.mark.quick)
+                                  for name in list_models()])  # alexnet's 57M parameters take seconds
 def test_forward_backward(name):
     torch.manual_seed(0)
     model = create_model(name)
@@ -33,6 +35,7 @@ def test_forward_backward(name):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
 def test_parameter_counts_match_the_recipes(name):
     assert count_parameters(create_model(name)) == EXPECTED_PARAMETERS[name]
@@ -44,6 +47,7 @@ def test_alexnet_feature_map_is_9216():
     assert shapes["classifier.2"] == [1, 4096]
 
 
+@pytest.mark.quick
 def test_lenet5_is_sigmoid_avgpool_with_xavier_init():
     model = create_model("lenet5")
     kinds = [type(m).__name__ for m in model.modules()]
@@ -56,6 +60,7 @@ def test_lenet5_is_sigmoid_avgpool_with_xavier_init():
     assert "MaxPool2d" in [type(m).__name__ for m in relu.modules()]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_recurrent_options_and_row_order_matters(cell):
     model = create_model(cell, hidden_size=32, num_layers=2).eval()
@@ -65,6 +70,7 @@ def test_recurrent_options_and_row_order_matters(cell):
     assert not torch.allclose(model(x), model(x.flip(2)))
 
 
+@pytest.mark.quick
 def test_unknown_model_and_option_are_config_errors():
     with pytest.raises(ConfigError, match="unknown model 'resnet9'; choose one of"):
         create_model("resnet9")
@@ -73,6 +79,7 @@ def test_unknown_model_and_option_are_config_errors():
     assert model_defaults("lstm") == {"hidden_size": 128, "num_layers": 1}
 
 
+@pytest.mark.quick
 def test_summary_reports_every_leaf_layer():
     rows = layer_summary(create_model("cnn"))
     assert rows[0]["output_shape"] == [1, 10, 26, 26]

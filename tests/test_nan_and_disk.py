@@ -215,6 +215,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(small, tmp_path):
     assert not (tmp_path / "run" / "last.safetensors").exists() and not (tmp_path / "run" / "metrics.csv").exists()
 
 
+@pytest.mark.quick
 def test_nan_weights_are_never_checkpointed(tmp_path):
     model = torch.nn.Linear(2, 2)
     check_finite(torch.tensor(0.5), 7, tmp_path, model)  # finite: nothing happens

@@ -17,6 +17,7 @@ from digitlab.synthetic import OUTLIER, PAGE_SEED_BASE, with_non_digits
 train_module = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the function
 
 
+@pytest.mark.quick
 def test_the_loss_is_plain_cross_entropy_without_non_digits():
     cfg = make_config(preset="default")
     logits, y = torch.randn(8, 10), torch.arange(8)
@@ -24,6 +25,7 @@ def test_the_loss_is_plain_cross_entropy_without_non_digits():
     assert torch.allclose(train_module.training_loss(logits, y, cfg), expected)
 
 
+@pytest.mark.quick
 def test_a_non_digit_costs_its_distance_from_a_uniform_answer():
     cfg = replace(make_config(preset="default"), non_digits=10, outlier_weight=0.5, label_smoothing=0.0)
     outlier = torch.full((2,), OUTLIER)
@@ -39,6 +41,7 @@ def test_a_non_digit_costs_its_distance_from_a_uniform_answer():
     assert logits.grad[:, 4].min() > 0 and logits.grad[:, :4].max() < 0  # descent flattens the answer
 
 
+@pytest.mark.quick
 def test_digits_and_non_digits_in_one_batch_are_each_averaged_over_their_own():
     cfg = replace(make_config(preset="default"), non_digits=10, outlier_weight=0.5, label_smoothing=0.0)
     logits = torch.randn(6, 10)
@@ -63,6 +66,7 @@ def test_non_digits_and_page_digits_are_appended_from_the_training_seeds(tmp_pat
     assert torch.equal(again_x, big_x)
 
 
+@pytest.mark.quick
 def test_accuracy_counts_digits_only():
     tally = train_module.EpochTally(torch.zeros(3, dtype=torch.float64))
     logits = torch.eye(10)[[3, 5, 5]]
@@ -71,6 +75,7 @@ def test_accuracy_counts_digits_only():
     assert (correct, count) == (2, 2)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("changes, message", [
     ({"non_digits": 5, "dataset": "fashion-mnist"}, "only go with mnist"),
     ({"non_digits": -1}, "zero or positive"),

@@ -24,6 +24,7 @@ def shipped() -> Predictor:
 #### Reproducibility and seed ranges
 
 
+@pytest.mark.quick
 def test_same_seed_same_digits_and_each_sample_has_its_own_seed():
     images, labels, styles = pen.generate(12, 4242)
     again = pen.generate(12, 4242)
@@ -34,6 +35,7 @@ def test_same_seed_same_digits_and_each_sample_has_its_own_seed():
     assert not np.array_equal(other, images)
 
 
+@pytest.mark.quick
 def test_seed_ranges_are_disjoint_and_overlaps_are_refused():
     assert len(pen.overlap(pen.TRAIN_SEEDS, pen.BENCHMARK_SEEDS)) == 0
     assert pen.seed_range(10, 5) == range(10, 15)
@@ -53,6 +55,7 @@ def test_seed_ranges_are_disjoint_and_overlaps_are_refused():
 #### What is generated
 
 
+@pytest.mark.quick
 def test_shapes_dtypes_and_balanced_labels():
     images, labels, styles = pen.generate(30, 1000, size=40)
     assert images.shape == (30, 40, 40) and images.dtype == np.uint8
@@ -74,6 +77,7 @@ def test_every_style_is_produced_and_labelled_with_its_digit():
     assert {d for d in range(10)} == {pen.STYLES[s][0] for s in names}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("mode", pen.MODES)
 def test_polarity(mode):
     dark = pen.generate(10, 300, polarity="dark", modes=[mode])[0].astype(int)
@@ -86,6 +90,7 @@ def test_polarity(mode):
         assert np.corrcoef(d.ravel(), li.ravel())[0, 1] < -0.9  # the same strokes, inverted
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kwargs, message", [
     ({"n": -1}, "0 or more"), ({"polarity": "blue"}, "polarity"), ({"styles": ["1_fancy"]}, "unknown style"),
     ({"styles": []}, "unknown style"), ({"modes": ["tablet"]}, "unknown mode"), ({"size": 8}, "at least 16"),
@@ -134,6 +139,7 @@ def test_style_shift_report_json(capsys, tmp_path):
     assert grid.stat().st_size > 1000
 
 
+@pytest.mark.quick
 def test_tight_crop_cuts_to_the_ink():
     image = np.full((64, 64), 240, np.uint8)
     image[10:30, 20:25] = 20

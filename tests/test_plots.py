@@ -48,12 +48,14 @@ def test_compare_axis_zooms_to_the_data():
     assert 0 <= fashion.get_ylim()[0] < 11 and 91 < fashion.get_ylim()[1] <= 100
 
 
+@pytest.mark.quick
 def test_a_flat_line_gets_a_readable_axis():
     low, high = plots.zoomed_limits([99.5, 99.5])
     assert low < 99.5 < high and high - low >= plots.MIN_SPAN
     assert plots.zoomed_limits([99.9, 100.0])[1] == 100.0
 
 
+@pytest.mark.quick
 def test_curves_show_accuracy_in_percent_zoomed():
     fig = plots.curves_figure(MNIST_RUNS["digitnet"], title="run", x="epoch")
     loss, acc = fig.axes
@@ -62,6 +64,7 @@ def test_curves_show_accuracy_in_percent_zoomed():
     assert max(ydata(loss)) == pytest.approx(0.55)  # the loss axis keeps its own scale
 
 
+@pytest.mark.quick
 def test_confusion_title_gives_accuracy_in_percent():
     fig = plots.confusion_figure([[90, 10], [5, 95]], ["a", "b"], title="run (best)")
     assert fig.axes[0].get_title() == "run (best): accuracy 92.50% (185 of 200)"

@@ -57,6 +57,7 @@ def json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+@pytest.mark.quick
 def test_broken_file_in_the_middle_is_one_error_line_and_the_rest_are_predicted(small_chunks, mnist, tmp_path,
                                                                                 capsys):
     paths = make_folder(tmp_path / "digits", mnist, 2 * CHUNK + 1, broken=(CHUNK + 1,))
@@ -69,6 +70,7 @@ def test_broken_file_in_the_middle_is_one_error_line_and_the_rest_are_predicted(
     assert [line["label"] for line in lines] == labels.tolist()
 
 
+@pytest.mark.quick
 def test_broken_file_in_plain_output_goes_to_stderr_and_the_rest_in_order(small_chunks, mnist, tmp_path, capsys):
     paths = make_folder(tmp_path / "digits", mnist, CHUNK + 2, broken=(1,))
     assert main(["predict", str(tmp_path / "digits")]) == 1

@@ -92,6 +92,7 @@ def test_stale_or_missing_onnx_falls_back_to_pytorch(monkeypatch, tmp_path):
     assert Predictor.from_shipped().backend.runtime.startswith("torch")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kind", list(NORMALIZATIONS))
 def test_numpy_normalisation_is_torchs_bit_for_bit(kind: str):
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16).repeat(2, axis=0)

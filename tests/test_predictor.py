@@ -38,6 +38,7 @@ def both(trained_run) -> tuple[Predictor, Predictor]:
     return Predictor.from_run(trained_run), Predictor.from_run(trained_run, runtime="onnx", threads=1)
 
 
+@pytest.mark.quick
 def test_package_exports_predictor():
     assert PackagePredictor is Predictor
 
@@ -183,6 +184,7 @@ def fake_install(tmp_path: Path, editable: bool) -> Path:
     return site
 
 
+@pytest.mark.quick
 def test_hint_for_an_editable_install(tmp_path):
     site = fake_install(tmp_path, editable=True)
     assert source_checkout(site / "digitlab", [str(site)]) == tmp_path / "checkout"
@@ -190,6 +192,7 @@ def test_hint_for_an_editable_install(tmp_path):
     assert "pip install -e '.[onnx]'" in hint and str(tmp_path / "checkout") in hint
 
 
+@pytest.mark.quick
 def test_hint_for_a_source_tree(tmp_path):
     root = tmp_path / "repo"
     (root / "src" / "digitlab").mkdir(parents=True)
@@ -198,12 +201,14 @@ def test_hint_for_a_source_tree(tmp_path):
     assert "pip install -e '.[web]'" in hint and str(root) in hint
 
 
+@pytest.mark.quick
 def test_hint_for_an_index_install(tmp_path):
     site = fake_install(tmp_path, editable=False)
     assert source_checkout(site / "digitlab", [str(site)]) is None
     assert install_hint("onnx", site / "digitlab", [str(site)]) == "pip install 'digitlab[onnx]'"
 
 
+@pytest.mark.quick
 def test_require_names_the_extra_and_the_module():
     with pytest.raises(DigitlabError, match=r"needs the onnx extra \(no_such_module_xyz is missing\)"):
         require("onnx", "no_such_module_xyz", "reading ONNX")
@@ -213,6 +218,7 @@ def test_require_names_the_extra_and_the_module():
 #### Normalisation is always the run's, never a default
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("function, parameter", [("evaluate", "normalization"), ("predict_logits", "normalization"),
                                                  ("normalize", "kind")])
 def test_normalisation_has_no_default(function, parameter):

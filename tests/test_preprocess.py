@@ -92,6 +92,7 @@ def assert_same(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
 #### MNIST itself
 
 
+@pytest.mark.quick
 def test_mnist_digits_pass_the_checks_and_are_fixed_points(digits: np.ndarray, reference: np.ndarray):
     assert_mnist_like(digits)  # the checks describe MNIST itself
     assert_mnist_like(reference)
@@ -99,6 +100,7 @@ def test_mnist_digits_pass_the_checks_and_are_fixed_points(digits: np.ndarray, r
     assert r.mean() > 0.99 and np.median(r) > 0.999, (r.mean(), np.median(r))
 
 
+@pytest.mark.quick
 def test_idempotent(reference: np.ndarray):
     again = np.stack([to_mnist(im) for im in reference])
     assert correlation(again, reference).mean() > 0.995
@@ -108,6 +110,7 @@ def test_idempotent(reference: np.ndarray):
 #### Renderings of real test digits
 
 
+@pytest.mark.quick
 def test_every_benchmark_variant_is_tested():
     assert set(VARIANT_DIGITS) == set(render.VARIANTS)
 
@@ -126,12 +129,14 @@ def test_rendered_digit_looks_like_mnist(variant: str, digits: np.ndarray, refer
     assert r.mean() > mean_floor and np.percentile(r, 5) > low_floor, (r.mean(), np.percentile(r, 5))
 
 
+@pytest.mark.quick
 def test_polarity_does_not_matter(digits: np.ndarray, reference: np.ndarray):
     for digit, ref in zip(digits[:20], reference[:20]):
         assert_same(to_mnist(255 - digit), ref)
         assert_same(to_mnist(255 - digit, ink="dark"), ref)
 
 
+@pytest.mark.quick
 def test_input_types_agree(digits: np.ndarray, reference: np.ndarray, tmp_path: Path):
     digit, expected = digits[7], reference[7]
     image = Image.fromarray(255 - digit)
@@ -152,6 +157,7 @@ def test_input_types_agree(digits: np.ndarray, reference: np.ndarray, tmp_path: 
         sources["file"].close()
 
 
+@pytest.mark.quick
 def test_inputs_are_not_modified(digits: np.ndarray):
     digit = digits[3].copy()
     to_mnist(digit)
@@ -159,6 +165,7 @@ def test_inputs_are_not_modified(digits: np.ndarray):
     assert np.array_equal(digit, digits[3])
 
 
+@pytest.mark.quick
 def test_animated_gif_uses_first_frame(digits: np.ndarray, reference: np.ndarray):
     frames = [Image.fromarray(255 - digits[0]), Image.fromarray(255 - digits[1])]
     buf = io.BytesIO()
@@ -167,6 +174,7 @@ def test_animated_gif_uses_first_frame(digits: np.ndarray, reference: np.ndarray
     assert correlation(to_mnist(buf.getvalue())[None], reference[:1])[0] > 0.99
 
 
+@pytest.mark.quick
 def test_canvas(digits: np.ndarray, reference: np.ndarray):
     assert_same(canvas_to_mnist(digits[0]), reference[0])
     assert_same(canvas_to_mnist(digits[0].tolist()), reference[0])
@@ -205,6 +213,7 @@ BAD_IMAGES = {
 }
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", list(BAD_IMAGES))
 def test_bad_image_is_an_image_error(name: str):
     source, message = BAD_IMAGES[name]
@@ -212,6 +221,7 @@ def test_bad_image_is_an_image_error(name: str):
         to_mnist(source)
 
 
+@pytest.mark.quick
 def test_load_image_limit_is_a_parameter():
     data = png_bytes(Image.new("L", (300, 20)))
     assert load_image(data).size == (300, 20)
@@ -226,6 +236,7 @@ def digit_on_a_strip(digit: np.ndarray, height: int, width: int) -> np.ndarray:
     return strip
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kind", ["PNG", "PIL image", "array"])
 @pytest.mark.parametrize("shape", [(28, 4096), (4096, 28)])
 def test_default_limit_is_4096_pixels_a_side(kind: str, shape: tuple[int, int], digits: np.ndarray):
@@ -256,6 +267,7 @@ BAD_CANVASES = {
 }
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", list(BAD_CANVASES))
 def test_bad_canvas_is_an_image_error(name: str):
     pixels, message = BAD_CANVASES[name]

@@ -13,6 +13,8 @@ import pytest
 
 from digitlab.preprocess import background, morphology, stats
 
+pytestmark = pytest.mark.quick  # every test here is in the quick subset
+
 SIZES = [1, 2, 3, 4, 5, 10, 251, 252, 4096]
 
 

@@ -67,6 +67,7 @@ def column_mass(rows: torch.Tensor) -> torch.Tensor:
     return (weights * torch.arange(28.0)).sum(1) / weights.sum(1)
 
 
+@pytest.mark.quick
 def test_shear_moves_the_top_against_the_bottom():
     x = bar_image(200)
     out = augment(x, AugmentSpec(shear=0.3), torch.Generator().manual_seed(0))
@@ -78,6 +79,7 @@ def test_shear_moves_the_top_against_the_bottom():
     assert (width >= 1).all()  # the bar survives (still one stroke in the middle row)
 
 
+@pytest.mark.quick
 def test_aspect_changes_width_not_height():
     x = torch.zeros(300, 1, 28, 28)
     x[:, :, 8:20, 8:20] = 1.0  # a 12 x 12 square
@@ -101,6 +103,7 @@ def test_new_ops_keep_device_dtype_shape_and_background(dtype, digits):
     assert torch.equal(augment(x, HANDWRITING, torch.Generator().manual_seed(0)), out)  # seeded
 
 
+@pytest.mark.quick
 def test_named_augmentations_are_unchanged():
     """The measured-and-rejected ops (slant, aspect) are not named augmentations; the existing names still mean
     what they did; "writers" (other writer sets' formats, tests/test_writers_augment.py) is the one added since."""
@@ -159,6 +162,7 @@ def test_cache_round_trips_and_is_keyed_by_the_generator_version(small_cache, mo
     assert len(list(small_cache.glob("*otherversion.npz"))) == 1  # a changed generator never reuses old digits
 
 
+@pytest.mark.quick
 def test_pen_digits_need_mnist_and_a_count():
     with pytest.raises(ConfigError, match="pen_digits"):
         make_config({}, pen_digits=-1)
@@ -227,6 +231,7 @@ def test_shipped_model_says_which_recipe_made_it():
     assert Predictor.from_run().describe()["test_accuracy"] >= 0.995  # loads, and says what it scored
 
 
+@pytest.mark.quick
 def test_realworld_preset_trains_on_pen_digits_and_default_stays_quick():
     from digitlab.presets import preset_config
 

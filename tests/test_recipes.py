@@ -51,6 +51,7 @@ def schedule(cfg: TrainConfig) -> list[float]:
     return [lr_at(step, cfg, steps_per_epoch(cfg)) for step in range(cfg.epochs * steps_per_epoch(cfg))]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", OWN)
 def test_cli_trains_the_preset_with_the_overrides(name, monkeypatch):
     plain = config_from_cli(monkeypatch, "--preset", name)
@@ -60,6 +61,7 @@ def test_cli_trains_the_preset_with_the_overrides(name, monkeypatch):
     assert (tuned.epochs, tuned.lr, tuned.seed) == (3, 3e-3, 11) and tuned.model_args == plain.model_args
 
 
+@pytest.mark.quick
 def test_fast_is_a_fixed_schedule_that_ends_where_its_one_cycle_does(monkeypatch):
     """fast runs 350 steps of 96 (0.611 of its 55,000-image epoch; issue 13, chosen on validation) and evaluates
     once, at the end: the one-cycle learning rate peaks at 1.2e-2 a fifth of the way in and reaches zero on its
@@ -79,6 +81,7 @@ def test_fast_is_a_fixed_schedule_that_ends_where_its_one_cycle_does(monkeypatch
     assert cfg.target_accuracy == 0 and cfg.eval_every == 0  # never looks at the test set before its end
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", ["best", "best-fashion"])
 def test_best_one_cycle_spans_every_epoch(name, monkeypatch):
     cfg = config_from_cli(monkeypatch, "--preset", name)
@@ -91,6 +94,7 @@ def test_best_one_cycle_spans_every_epoch(name, monkeypatch):
     assert len(lrs) == {"best": 8, "best-fashion": 30}[name] * 469  # all 60,000 images: a fixed schedule
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name, parameters", [("fast", 29_178), ("best", 298_410), ("best-fashion", 298_410)])
 def test_presets_build_the_measured_model(name, parameters, monkeypatch):
     """The model the recipe was measured with: DigitNet at width 16 depth 1 (fast, pooled before BatchNorm, with
@@ -104,6 +108,7 @@ def test_presets_build_the_measured_model(name, parameters, monkeypatch):
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name, mirrors", [("fast", None), ("best", False), ("best-fashion", True)])
 def test_best_fashion_flips_clothes_and_best_never_mirrors_a_digit(name, mirrors, monkeypatch):
     """The augmentation training draws for the recipe, and the views its evaluations average: about half the
@@ -141,6 +146,7 @@ def test_ema_and_augmentation_resume_exactly(tmp_path, mnist):
     assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
+@pytest.mark.quick
 def test_other_writers_adds_other_writers_formats_to_realworld(monkeypatch):
     """other-writers: realworld's data (12,000 pen digits, MNIST less the 5,000-image hold-out, selected on
     it) at width 24 for 4 epochs, with the "writers" formats on 60% of each batch: 1s filled up to a square box,

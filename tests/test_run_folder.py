@@ -255,6 +255,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.quick
 def test_lock_held_by_a_live_process_is_refused_whatever_pid_it_names(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=REPO)

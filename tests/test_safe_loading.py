@@ -104,6 +104,7 @@ def cli(capsys, *args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.quick
 def test_the_payloads_do_run_code_when_unpickled_unsafely(tmp_path):
     """The control: what the other tests plant really is live, so its absence of effect means something."""
     for name, write in PAYLOADS.items():
@@ -178,6 +179,7 @@ def test_weight_readers_refuse_a_pickle_named_safetensors(run, marker, command, 
     assert not list(run.glob("model.*")), "export wrote a file for a run it could not load"
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_pickle_given_directly_is_refused(tmp_path, marker, suffix, capsys):
     path = tmp_path / f"weights{suffix}"

@@ -355,6 +355,7 @@ def test_open_connections_are_capped_by_closing_the_longest_idle(small_server):
 # ---- HEAD, page headers (in process)
 
 
+@pytest.mark.quick
 def test_head_probes(client):
     for path in ("/", "/healthz"):
         r = client.head(path)
@@ -363,6 +364,7 @@ def test_head_probes(client):
     assert client.head("/healthz").headers["content-type"] == "application/json"
 
 
+@pytest.mark.quick
 def test_every_html_answer_carries_the_page_headers(client):
     for path in ("/", "/static/index.html", "/docs"):
         r = client.get(path)
@@ -387,6 +389,7 @@ def test_wrong_host_is_400_and_the_server_own_names_pass(serve):
         assert status == 200, host
 
 
+@pytest.mark.quick
 def test_allowed_hosts_option(shipped):
     from digitlab.serve.http_policy import HttpPolicy
 
@@ -425,6 +428,7 @@ def test_cross_origin_post_is_403_before_the_body(serve):
     assert status == 400  # past the guard: the (empty) form has no file
 
 
+@pytest.mark.quick
 def test_no_cors_headers_unless_configured(shipped, client, zero_pixels):
     preflight = {"origin": "http://app.example", "access-control-request-method": "POST",
                  "access-control-request-headers": "content-type"}
@@ -478,6 +482,7 @@ def test_requests_in_flight_are_limited_but_probes_pass():
 # ---- /metrics
 
 
+@pytest.mark.quick
 def test_metrics_parse_and_count(client):
     before = client.get("/metrics")
     assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
@@ -494,6 +499,7 @@ def test_metrics_parse_and_count(client):
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.quick
 def test_metrics_gauges_read_what_app_state_holds(shipped):
     app = create_app(shipped)
     app.state.queue_depth = lambda: 5  # as a worker pool sets it

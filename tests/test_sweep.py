@@ -26,6 +26,7 @@ LR = ["--param", "lr=1e-3:2e-2:log"]
 
 # --- the search space ------------------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_params_parse_ranges_logs_and_choices():
     lr = parse_param("lr=1e-4:1e-2:log")
     assert (lr.name, lr.kind, lr.low, lr.high, lr.log) == ("lr", float, 1e-4, 1e-2, True)
@@ -39,6 +40,7 @@ def test_params_parse_ranges_logs_and_choices():
         {"model_args": {"depth": 1, "width": 8}, "lr": 0.5}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text, words", [
     ("nope=1:2", "not a recipe field"),
     ("lr=0.1:0.01", "empty range"),
@@ -56,6 +58,7 @@ def test_bad_params_are_config_errors(text, words):
         parse_param(text)
 
 
+@pytest.mark.quick
 def test_space_file(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text("[lr]\nlow = 1e-4\nhigh = 1e-2\nlog = true\n[batch_size]\nchoices = [64, 128]\n"
@@ -177,6 +180,7 @@ def test_a_crashing_trial_is_failed_and_the_sweep_goes_on(tmp_path):
     assert [t["state"] for t in report["trials"]] == ["fail", "fail"] and report["best"] is None
 
 
+@pytest.mark.quick
 def test_the_pruner_stops_a_trail_that_trails():
     """PruningReporter raises TrialPruned when Optuna's pruner says so, and reports each validation figure."""
     import optuna

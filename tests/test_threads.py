@@ -11,6 +11,8 @@ import torch
 
 from digitlab import device
 
+pytestmark = pytest.mark.quick  # every test here is in the quick subset
+
 CPU = torch.device("cpu")
 
 

@@ -113,6 +113,7 @@ def mnist_test() -> tuple[np.ndarray, np.ndarray]:
     return ds.test_images.numpy(), ds.test_labels.numpy()
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("index", HALF_INK_MISREAD)
 def test_ink_over_most_of_the_edges_is_not_taken_for_paper(index: int, predictor: Predictor, mnist_test):
     digit, label = mnist_test[0][index], int(mnist_test[1][index])
@@ -126,6 +127,7 @@ def test_ink_over_most_of_the_edges_is_not_taken_for_paper(index: int, predictor
     assert predictor.predict(tight)[0].label == label
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("index", [812, 856])
 def test_digit_in_two_pieces_keeps_paper_found_at_its_edges(index: int, mnist_test):
     """Half-ink 5s whose flag is apart from the body: the ink is two pieces and the paper one, the opposite of
@@ -137,6 +139,7 @@ def test_digit_in_two_pieces_keeps_paper_found_at_its_edges(index: int, mnist_te
     assert np.abs(seen - reference).mean() < 2
 
 
+@pytest.mark.quick
 def test_thick_one_thicker_than_its_paper_keeps_its_polarity(mnist_test):
     """A 1 under a broad marker cut to its ink (digit 920, thick5): the stroke is wider than the slivers of paper
     beside it, so which side is thicker must not decide the paper there (it read the paper as the ink)."""
@@ -147,6 +150,7 @@ def test_thick_one_thicker_than_its_paper_keeps_its_polarity(mnist_test):
     assert np.abs(seen - reference).mean() < 4
 
 
+@pytest.mark.quick
 def test_heavy_digit_touching_every_edge(predictor: Predictor, mnist):
     digits, labels = mnist
     nines = [i for i in np.flatnonzero(labels == 9)]
@@ -203,6 +207,7 @@ def blank_pictures() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", list(blank_pictures()))
 def test_blank_picture_is_refused_clearly(name: str):
     with pytest.raises(ImageError, match="no digit found: the image is blank or uniform"):
@@ -227,6 +232,7 @@ def blank_strips(seed: int) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_blank_strip_is_refused_clearly(seed: int):
     for name, picture in blank_strips(seed).items():

@@ -314,6 +314,7 @@ def test_vetted_bytes_skip_the_probe_process_only_while_unchanged(models, monkey
     assert len(probes) == 1
 
 
+@pytest.mark.quick
 def test_nan_in_the_metadata_reads_as_null(models):
     """A metric stored as NaN must not come back out of describe() (GET /api/model, --json) as invalid JSON."""
     p = Predictor.from_onnx(models["NaN in the metadata"], threads=1, deadline_s=DEADLINE)
@@ -448,6 +449,7 @@ def test_predict_onnx_json_never_prints_nan(models, tmp_path, capsys):
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}"))
 
 
+@pytest.mark.quick
 def test_json_writer_is_strict_even_past_the_model_checks(models, seven, capsys, monkeypatch):
     """The last line of defence: with the Predictor's output checks switched off, --json still prints no NaN."""
     from digitlab import onnx_guard

@@ -39,6 +39,7 @@ def test_each_class_keeps_its_share(mnist):
     assert (got - expected).abs().max() < 1  # largest remainder: each class within one image of its share
 
 
+@pytest.mark.quick
 def test_uneven_classes_are_proportional_and_every_class_is_present():
     labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
     _, val_idx = stratified_split(labels, 100)
@@ -57,6 +58,7 @@ def test_the_split_depends_on_the_split_seed_only(mnist):
     assert not torch.equal(first[1], other[1])
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("n, message", [(100, "smaller than the training set"), (150, "smaller than the training set"),
                                         (9, "at least the number of classes")])
 def test_sizes_that_cannot_work_are_a_clear_error(n, message):
@@ -66,6 +68,7 @@ def test_sizes_that_cannot_work_are_a_clear_error(n, message):
     assert stratified_split(labels, 10)[1].numel() == 10 and stratified_split(labels, 99)[0].numel() == 1
 
 
+@pytest.mark.quick
 def test_val_size_is_a_non_negative_config_field():
     assert TrainConfig().val_size == 0
     assert json.loads(make_config(val_size=5000).to_json())["val_size"] == 5000
@@ -73,6 +76,7 @@ def test_val_size_is_a_non_negative_config_field():
         make_config(val_size=-1)
 
 
+@pytest.mark.quick
 def test_own_presets_select_on_5000_held_out_or_nothing_and_faithful_ones_hold_out_none():
     assert make_config(preset_config("default")).val_size == 5000
     for name in ("best", "best-fashion"):  # tuned on the hold-out, then trained on all: nothing left to select
@@ -147,6 +151,7 @@ def test_a_fixed_schedule_keeps_the_last_epoch_whatever_test_says(small, tmp_pat
     assert not any("| best test" in line for line in lines)
 
 
+@pytest.mark.quick
 def test_a_fixed_schedule_has_no_target_accuracy():
     with pytest.raises(ConfigError, match="fixed_schedule selects nothing"):
         make_config(fixed_schedule=True, target_accuracy=0.99)

@@ -36,12 +36,14 @@ def batch(x: torch.Tensor, n: int = 16) -> torch.Tensor:
     return x.expand(n, -1, -1, -1).contiguous()
 
 
+@pytest.mark.quick
 def test_ink_box_of_a_bar():
     assert ink_boxes(bar()).tolist() == [[12.0, 4.0, 15.0, 24.0]]  # left, top, right, bottom pixel edges
     assert ink_boxes(torch.zeros(1, 1, SIZE, SIZE)).tolist() == [[0.0, 0.0, 28.0, 28.0]]  # blank: the image
     assert mass_centres(bar()).tolist() == [[13.5, 14.0]]
 
 
+@pytest.mark.quick
 def test_fill_makes_a_one_as_wide_as_asked_about_its_centre_of_mass():
     """A 1 three pixels wide and 20 tall (0.15) becomes a block 1.2 times wider than tall, still centred: exactly
     where its pixels are counted as squares (coarse cells), a little wider where bilinear softens its edges."""
@@ -57,6 +59,7 @@ def test_fill_makes_a_one_as_wide_as_asked_about_its_centre_of_mass():
     assert torch.allclose(kept, one, atol=1e-5)  # without fill nothing moves
 
 
+@pytest.mark.quick
 def test_fill_keeps_the_centre_of_mass_not_the_box_centre():
     """A flagged 1: its mass sits right of its box's middle (the long stem on the right, the flag to the left) and
     stays there when the box is stretched to a square; to_mnist centres a digit by its mass, so a stretch about
@@ -72,6 +75,7 @@ def test_fill_keeps_the_centre_of_mass_not_the_box_centre():
     assert box_aspect(out).item() == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.quick
 def test_writers_fill_spans_the_box_shapes_of_writer_sets():
     """The named augmentation's filled 1s come out 0.6..1.0 wide (writers' bitmaps 0.63..0.80, a square box 1.0)."""
     spec = AugmentSpec(fill=1.0, fill_aspect=AUGMENTATIONS["writers"].fill_aspect)
@@ -80,6 +84,7 @@ def test_writers_fill_spans_the_box_shapes_of_writer_sets():
     assert aspect.min() > 0.5 and aspect.max() < 1.3 and (aspect > 0.9).float().mean() > 0.15  # bilinear: +0.2
 
 
+@pytest.mark.quick
 def test_a_filled_box_stays_inside_the_image():
     """A 1 at the right edge, filled to a square about its centre of mass, is moved back in, not cut off."""
     out = augment(bar(left=24), AugmentSpec(fill=1.0, fill_aspect=(1.0, 1.0)), torch.Generator().manual_seed(0))
@@ -93,6 +98,7 @@ def alternation(row: torch.Tensor) -> float:
     return float((row * signs).sum().abs() / row.shape[-1])
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("cells", [7.0, 8.0, 10.0, 12.0])
 def test_coarse_leaves_no_detail_finer_than_its_grid(cells):
     """1-pixel stripes (period 2) in a 20 px box are gone on a grid of 7-12 cells across it (1.7-2.9 px): what is
@@ -107,6 +113,7 @@ def test_coarse_leaves_no_detail_finer_than_its_grid(cells):
         assert out[0, 0, 14, inner].std() < 1e-4
 
 
+@pytest.mark.quick
 def test_coarse_keeps_detail_its_grid_can_hold():
     """Stripes 8 px apart survive a 20-cell grid: what goes is detail finer than the grid, not the digit."""
     wide = stripes(period=8)
@@ -115,6 +122,7 @@ def test_coarse_keeps_detail_its_grid_can_hold():
     assert row.max() - row.min() > 0.5 * out.amax()
 
 
+@pytest.mark.quick
 def test_binary_cells_are_counted_in_four_by_four_blocks():
     """With binarize, each cell is the share of its 4x4 samples that are ink: 17 levels, as scikit-learn's digits."""
     x = batch(stripes(period=3) * 0.8 + stripes(period=3).roll(1, -1) * 0.3, 4)  # ink 0.8, grey 0.3 beside it
@@ -127,12 +135,14 @@ def test_binary_cells_are_counted_in_four_by_four_blocks():
     assert not torch.allclose(grey / 0.8 * 16, (grey / 0.8 * 16).round(), atol=1e-3)  # without it: any grey
 
 
+@pytest.mark.quick
 def test_levelled_puts_strokes_at_full_ink():
     faint = stripes() * 0.3
     out = levelled(faint)
     assert out.amax() == pytest.approx(1.0) and torch.equal(out > 0, faint > 0)
 
 
+@pytest.mark.quick
 def test_thicken_never_thins():
     """thicken draws the stroke change in [0, stroke]: every pixel keeps at least its ink."""
     one = batch(bar(width=2), 64)
@@ -142,6 +152,7 @@ def test_thicken_never_thins():
     assert (both.flatten(1).sum(1) < one.flatten(1).sum(1)).any()  # the default draws thinner pens too
 
 
+@pytest.mark.quick
 def test_share_changes_only_that_share_of_a_batch():
     """share 0.5: about half the images change, the others are exactly the input (what the test set looks like)."""
     x = batch(bar(), 1000)
@@ -160,6 +171,7 @@ def test_writers_is_seeded_and_per_image():
     assert len({tuple(img.flatten().tolist()) for img in a}) > 20  # each image its own draw
 
 
+@pytest.mark.quick
 def test_writers_keeps_dtype_background_and_ink_range():
     """Normalised digits (background below 0): the same background, nothing brighter than the input's ink."""
     x = batch(bar(), 64).double() * 3.2 - 0.42
@@ -170,6 +182,7 @@ def test_writers_keeps_dtype_background_and_ink_range():
     assert out.min() >= -0.42 - 1e-9 and out.max() <= 2.78 + 1e-9
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("bad", [dict(share=1.5), dict(fill=-0.1), dict(coarse=2.0), dict(binarize=1.1),
                                  dict(fill_aspect=(1.0, 0.5)), dict(fill_aspect=(0.0, 1.0)),
                                  dict(coarse_cells=(12.0, 7.0)), dict(coarse_cells=(0.5, 4.0))])
