@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs on a fresh machine, then run the whole suite.
-#   bash scripts/test.sh [pytest args...]
+# Install everything the test suite needs on a fresh machine, then run the whole suite: the quick subset first
+# (`pytest -m quick`, about a minute), so that a broken commit fails there, then every other test.
+#   bash scripts/test.sh [pytest args...]   (with arguments: one `pytest ARGS` run instead)
 # torch==2.13.0 is the CPU build; with a GPU, install your CUDA build of torch first and drop the pin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,8 @@ if [ ${#packages[@]} -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-python -m pytest "$@"
+if [ $# -gt 0 ]; then
+    exec python -m pytest "$@"
+fi
+python -m pytest -m quick
+python -m pytest -m "not quick"
