@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,42 @@ def test_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "-o", str(tmp_path / "c.png")]) == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "no config.json" in err and not (tmp_path / "c.png").exists()
+
+
+def long_run(folder: Path, rows: int, best_at: int) -> Path:
+    """A run folder whose metrics.csv has `rows` evaluations (a long run evaluated often: about 10 MB per
+    100,000 rows), the best test accuracy at row `best_at`."""
+    folder.mkdir(parents=True)
+    write_config(folder, make_config({**RECIPE, "epochs": rows // 1000}))
+    lines = ["step,epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,lr,elapsed_s,"
+             "images_per_s,data_fraction"]
+    for i in range(1, rows + 1):
+        test = 0.99 if i == best_at else 0.5 + 0.4 * i / rows
+        lines.append(f"{8 * i},{i / 1000},0.5,0.9,,,0.4,{test},0.01,{i / 10},1000.0,0.1")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def peak_python_bytes(call):
+    """call()'s result and the peak bytes Python allocated while it ran."""
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_compare_and_plot_stream_a_long_metrics_file(tmp_path, capsys):
+    """50,000 evaluations: compare's row (last and best exact) and plot's chart come from a stream of the file,
+    the chart drawing at most 2,000 points (the first and the last among them), in a few MB of Python memory."""
+    import digitlab.plots  # noqa: F401 - matplotlib's own import is not what is measured
+
+    run = long_run(tmp_path / "long", 50_000, best_at=31_415)
+    (row, history), peak = peak_python_bytes(lambda: run_summary(run))
+    assert (row["steps"], row["best_step"], row["best_test_accuracy"]) == (400_000, 8 * 31_415, 0.99)
+    assert len(history) <= 2000 and history[0]["step"] == 8 and history[-1]["step"] == 400_000
+    assert peak < 8 << 20, f"compare: {peak / 2**20:.0f} MiB for a 50,000-row metrics.csv"
+    code, peak = peak_python_bytes(lambda: main(["plot", str(run), "-o", str(tmp_path / "curves.png")]))
+    assert code == 0 and peak < 32 << 20, f"plot: {peak / 2**20:.0f} MiB for a 50,000-row metrics.csv"
+    out = capsys.readouterr().out
+    assert "(50,000 evaluations, " in out and " of them drawn)" in out, out

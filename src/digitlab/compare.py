@@ -15,13 +15,16 @@ from pathlib import Path
 
 from digitlab.config import TrainConfig
 from digitlab.errors import RunError
-from digitlab.runs import read_config, read_metrics
+from digitlab.runs import Thinned, iter_metrics, read_config
 from digitlab.selection import Selection
 
 # Fields that change where or how fast a run goes, or what it reports along the way, not what it learns: runs
 # that differ only in these (and in the seed) are repeats of one recipe.
 NOT_RECIPE = ("seed", "out", "device", "threads", "data_dir", "log_every", "eval_batch_size", "compile", "plot",
               "tensorboard", "eval_test")
+# What the table and chart read of metrics.csv, and how many rows of a run the chart draws at most.
+COMPARED_COLUMNS = ("step", "epoch", "val_accuracy", "test_accuracy", "elapsed_s")
+MAX_CHART_POINTS = 2000
 # Settings named at most in a legend label when two recipes of one preset or model differ, before "+N more".
 MAX_LABEL_SETTINGS = 3
 
@@ -40,13 +43,17 @@ def run_words(cfg: TrainConfig) -> str:
     return f"{cfg.preset or cfg.model}, seed {cfg.seed}"
 
 
-def best_row(history: list[dict], selection: Selection) -> dict:
-    """The evaluation training's `best` checkpoint holds: the first with the highest accuracy on the selection
-    split (later ties did not replace it), or the last one when nothing was selected."""
-    if selection.on == "nothing":
-        return history[-1]
-    scored = [row for row in history if selection.score(row) is not None]
-    return max(scored, key=selection.score) if scored else history[-1]  # max keeps the first of equal rows
+def better_row(best: dict | None, row: dict, selection: Selection) -> dict:
+    """One step of finding the evaluation training's `best` checkpoint holds, over a stream of rows: `row` if it
+    replaces `best` (the best so far; None before the first row). The best is the first with the highest
+    accuracy on the selection split (later ties did not replace it), or the last row when nothing was selected
+    or scored."""
+    if best is None or selection.on == "nothing":
+        return row
+    score, best_score = selection.score(row), selection.score(best)
+    if best_score is None:  # nothing scored yet: the latest row stands in
+        return row
+    return row if score is not None and score > best_score else best
 
 
 def is_finished(cfg: TrainConfig, last: dict) -> bool:
@@ -70,15 +77,21 @@ def progress_words(cfg: TrainConfig, last: dict | None) -> str:
 
 
 def run_summary(run: Path) -> tuple[dict, list[dict]]:
-    """One compare-table row for a run folder (from config.json and metrics.csv), and its history."""
+    """One compare-table row for a run folder (from config.json and metrics.csv), and its history for the chart:
+    metrics.csv is read as a stream, its last and best rows found on the way, and at most MAX_CHART_POINTS rows
+    (of the columns the table and chart use) kept."""
     if not run.is_dir():
         raise RunError(f"{run} is not a run folder")
     cfg = read_config(run)
-    if not (run / "metrics.csv").is_file() or not (history := read_metrics(run)):
-        raise IncompleteRun(run, run_words(cfg), progress_words(cfg, None))
-    last = history[-1]
     selection = Selection.for_config(cfg)
-    best = best_row(history, selection)
+    chart, best = Thinned(MAX_CHART_POINTS), None
+    if (run / "metrics.csv").is_file():
+        for row in iter_metrics(run, COMPARED_COLUMNS):
+            chart.add(row)
+            best = better_row(best, row, selection)
+    if chart.last is None:
+        raise IncompleteRun(run, run_words(cfg), progress_words(cfg, None))
+    last, history = chart.last, chart.rows
     recipe = {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
     return {"run": str(run), "recipe": json.dumps(recipe, sort_keys=True), "preset": cfg.preset,
             "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "what": run_words(cfg),

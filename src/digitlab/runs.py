@@ -87,20 +87,53 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.csv rows with numbers parsed; a missing column, or a word or blank where a number belongs, is a
     RunError naming the line and column."""
+    return list(iter_metrics(run_dir))
+
+
+def iter_metrics(run_dir: Path, columns: tuple[str, ...] | None = None) -> Iterator[dict]:
+    """read_metrics one row at a time, each checked whole but holding only `columns` (all without): a long run's
+    metrics.csv (hundreds of thousands of rows) is read in constant memory."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise RunError(f"{run_dir} has no metrics.csv")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+            missing = [c for c in REQUIRED_METRICS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RunError(f"{path} has no column {', '.join(missing)}: it was not written by digitlab, or is "
+                               "damaged")
+            for line, row in enumerate(reader, start=2):
+                parsed = parse_metrics_row(row, path, line)
+                yield parsed if columns is None else {k: parsed.get(k) for k in columns}
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RunError(f"{path} cannot be read ({e})") from None
-    missing = [c for c in REQUIRED_METRICS if c not in columns]
-    if missing:
-        raise RunError(f"{path} has no column {', '.join(missing)}: it was not written by digitlab, or is damaged")
-    return [parse_metrics_row(row, path, line) for line, row in enumerate(rows, start=2)]
+
+
+class Thinned:
+    """At most `limit` rows of a stream, spread evenly over it, for a chart: every stride-th row, the stride
+    doubling (and every other kept row dropped) whenever the rows kept would pass the limit; the last row is
+    always drawn. `count` is how many rows went by."""
+
+    def __init__(self, limit: int):
+        self.limit, self.stride, self.count = max(limit, 2), 1, 0
+        self.kept: list[dict] = []
+        self.last: dict | None = None
+
+    def add(self, row: dict) -> None:
+        if self.count % self.stride == 0:
+            self.kept.append(row)
+            if len(self.kept) >= self.limit:
+                self.kept, self.stride = self.kept[::2], self.stride * 2
+        self.count += 1
+        self.last = row
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows kept, in order, ending with the last row seen."""
+        if self.last is None or (self.kept and self.kept[-1] is self.last):
+            return list(self.kept)
+        return [*self.kept, self.last]
 
 
 def parse_metrics_row(row: dict, path: Path, line: int) -> dict:

@@ -225,16 +225,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+PLOTTED_COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+                   "test_accuracy")
+MAX_PLOT_POINTS = 2000  # rows drawn at most: a chart shows no more, and a long run's metrics.csv stays streamed
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from digitlab.plots import plot_curves
-    from digitlab.runs import read_metrics
+    from digitlab.runs import Thinned, iter_metrics
 
     run = Path(args.run)
     if not run.is_dir():
         raise RunError(f"{run} is not a run folder")
-    history = read_metrics(run)
-    if not history:
+    drawn = Thinned(MAX_PLOT_POINTS)
+    for row in iter_metrics(run, PLOTTED_COLUMNS):
+        drawn.add(row)
+    if not drawn.count:
         raise RunError(f"{run}/metrics.csv has no rows yet")
+    history = drawn.rows
     out = plot_curves(history, Path(args.output) if args.output else run / "curves.png", title=run.name, x=args.x)
-    print(f"wrote {out} ({len(history)} evaluations)")
+    thinned = f", {len(history):,} of them drawn" if len(history) < drawn.count else ""
+    print(f"wrote {out} ({drawn.count:,} evaluations{thinned})")
     return 0
