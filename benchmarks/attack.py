@@ -18,6 +18,10 @@ worker processes too); each attack gets a fresh server, so that one's aftermath 
    /healthz p99 meanwhile.
 /healthz is probed every 50 ms in attacks 2 and 3, on a fresh connection each time. It prints one markdown
 table (attack, threshold, measured, pass/fail) and exits 1 if any row fails.
+
+The last attack starts no server of its own: two hostile .onnx files (300 constant MatMuls, a Tile to 2.4 GB)
+given to `predict --onnx` and `serve`, each of which must refuse them in one line, within seconds and without
+the gigabytes (benchmarks/onnx_attacks.py; --no-onnx-files skips it).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from PIL import Image
 
 from digitlab.data import load_dataset
 
+from onnx_attacks import attack_hostile_onnx
 from server_process import TICK, proc_stat, process_tree, start_serve
 
 CLIENT_TIMEOUT_S = 30
@@ -447,6 +452,8 @@ def main() -> int:
     parser.add_argument("--slow-kinds", nargs="+", choices=["png", "jpeg", "chunked"],
                         default=["png", "jpeg", "chunked"], help="what attack 3's clients send")
     parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3], default=[1, 2, 3], help="attacks to run")
+    parser.add_argument("--onnx-files", action=argparse.BooleanOptionalAction, default=True,
+                        help="also give two hostile .onnx files to `predict --onnx` and `serve` (onnx_attacks.py)")
     args, flags = parser.parse_known_args()
     flags = [f for f in flags if f != "--"]
     if not 1 <= args.hold <= 300 or not 1 <= args.rounds <= 10:
@@ -476,6 +483,8 @@ def main() -> int:
                 stop_server(process)
             tracebacks = log.read_text(errors="replace").count("Traceback")
             rows.append(Row(f"{n}. tracebacks in the server's log", "0", str(tracebacks), tracebacks == 0))
+    if args.onnx_files:  # after the servers: these commands must refuse the files before they would listen
+        rows += attack_hostile_onnx(len(attacks) + 1, Row)
     print("| attack | threshold | measured | pass |")
     print("|---|---|---|---|")
     for row in rows:

@@ -285,19 +285,17 @@ def test_from_onnx_refuses_at_load(models, name):
 
 def test_slow_session_creation_is_stopped_at_the_load_limit(models, monkeypatch):
     """990 constant MatMuls (just under the node cap) keep onnxruntime's InferenceSession busy for tens of seconds,
-    before any call and its deadline: the probe process is killed at its time limit and the file refused. The limit
-    is set from the good model's own load time, so a busy machine slows both alike."""
+    before any call and its deadline: the probe process ends at its load limit and the file is refused. The good
+    model's session takes about 0.02 s, far inside the same limit."""
     from digitlab import onnx_guard
 
-    started = time.monotonic()
+    monkeypatch.setattr(onnx_guard, "LOAD_LIMIT_S", 1.0)
     Predictor.from_onnx(models["good"], threads=1, deadline_s=DEADLINE)
-    limit_s = 2 * (time.monotonic() - started) + 1
-    monkeypatch.setattr(onnx_guard, "LOAD_LIMIT_S", limit_s)
     started = time.monotonic()
-    with pytest.raises(ModelError, match="took more than") as e:
+    with pytest.raises(ModelError, match="took more than 1.05 s to create its session") as e:
         Predictor.from_onnx(models["990 constant MatMuls"], threads=1, deadline_s=DEADLINE)
     took = time.monotonic() - started
-    assert "\n" not in str(e.value) and took < limit_s + DEADLINE + 10, (took, limit_s)
+    assert "\n" not in str(e.value) and took < 15, took  # child start-up (up to 2 s when busy), then 1 s
 
 
 def test_vetted_bytes_skip_the_probe_process_only_while_unchanged(models, monkeypatch):

@@ -9,8 +9,9 @@ folding, pre-packing weights), before any per-call deadline can apply. A graph o
 600,000 times reaches 2.6 GB of memory. So the session is first created, and the Predictor's load check (two
 fixed images under the call deadline) run, in a child process (`python -m digitlab.onnx_guard`) whose address
 space is capped (RLIMIT_AS: what it has once onnxruntime is imported, plus MEMORY_MB and 4x the file) and which
-is killed once it passes LOAD_LIMIT_S plus the call deadline. Only a file that passes is loaded here, from the
-same bytes (never re-read from disk, which another process may have changed meanwhile).
+ends itself if creating the session takes more than load_limit_s (2 s plus 0.05 s per MB); the two images then
+have the call deadline. Only a file that passes is loaded here, from the same bytes (never re-read from disk,
+which another process may have changed meanwhile), so a file just under the limits costs about twice them.
 
 Why the static look first: it costs well under a millisecond for the files `digitlab export` writes (a walk over
 the protobuf's fields in pure Python: importing the `onnx` package instead costs about 1 s of CPU, as much as
@@ -38,7 +39,9 @@ from digitlab.errors import ModelError, RunError
 MAX_BYTES = 512 * 2**20  # the largest .onnx file read (AlexNet, the largest registered model, exports 227 MB)
 MAX_NODES = 1000  # nodes in the graph and its subgraphs; exported models have 12-30
 MAX_DEPTH = 16  # nesting of subgraphs (a Loop's body inside an If's branch...)
-LOAD_LIMIT_S = 10.0  # the probe process's start, session creation and metadata checks; the probe's call has more
+LOAD_LIMIT_S = 2.0  # creating the session in the probe process (the shipped model's: 0.02 s), plus LOAD_S_PER_MB
+LOAD_S_PER_MB = 0.05  # of file (AlexNet's 227 MB export: about 3 s on 2 busy cores); the probe's call has its deadline
+STARTUP_S = 30.0  # the probe process's interpreter start and imports (0.5-2 s on 2 busy cores): a backstop only
 MEMORY_MB = 1024  # address space the probe process may add once onnxruntime is imported, beyond 4x the file
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 ONNX_DOMAINS = ("", "ai.onnx")  # the standard operator set: all `digitlab export` writes
@@ -187,23 +190,31 @@ def static_check(data: bytes, source: str) -> None:
 #### The probe process
 
 
+def load_limit_s(size: int) -> float:
+    """Seconds the probe process may spend creating the session of a file of `size` bytes."""
+    return LOAD_LIMIT_S + LOAD_S_PER_MB * size / 2**20
+
+
 def probe_in_child(data: bytes, source: str, deadline_s: float) -> None:
-    """Create the session and run the Predictor's load check in a capped child; raise what it refused with."""
-    limit_s = LOAD_LIMIT_S + deadline_s
-    memory_mb = MEMORY_MB + 4 * len(data) // 2**20
-    command = [sys.executable, "-m", "digitlab.onnx_guard", source, repr(deadline_s), str(memory_mb),
-               repr(limit_s)]
+    """Create the session and run the Predictor's load check in a capped child; raise what it refused with. The
+    child times its own session creation (SIGALRM, whose default action ends it even inside onnxruntime); this
+    process kills it only past all its limits together, should the child's timer somehow not fire."""
+    load_s, memory_mb = load_limit_s(len(data)), MEMORY_MB + 4 * len(data) // 2**20
+    slow = (f"refusing the model {source}: onnxruntime took more than {load_s:.3g} s to create its session "
+            f"(limit for a {len(data) / 2**20:.2g} MB file)")
+    command = [sys.executable, "-m", "digitlab.onnx_guard", source, repr(deadline_s), str(memory_mb), repr(load_s)]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = child.communicate(data, timeout=limit_s)
+        out, err = child.communicate(data, timeout=STARTUP_S + load_s + 2 * deadline_s)
     except subprocess.TimeoutExpired:
         child.kill()
         child.communicate()
-        raise ModelError(f"refusing the model {source}: onnxruntime took more than {limit_s:g} s to load it and "
-                         "answer two images") from None
+        raise ModelError(slow) from None
     verdict = last_json_line(out)
     if verdict.get("ok"):
         return
+    if not verdict and child.returncode == -signal.SIGALRM:
+        raise ModelError(slow)
     if verdict.get("memory"):
         raise ModelError(f"refusing the model {source}: loading it and answering two images needed more than "
                          f"{memory_mb:,} MB of memory")
@@ -270,19 +281,24 @@ def out_of_memory(error: Exception, cap: int) -> bool:
 
 
 def child_main(argv: list[str]) -> int:
-    """The probe process: model bytes on stdin, one JSON verdict line on stdout."""
-    source, deadline_s, memory_mb, limit_s = argv[0], float(argv[1]), int(argv[2]), float(argv[3])
-    cpu = int(limit_s) + 5  # a backstop should the parent be gone: CPU seconds, then SIGXCPU
+    """The probe process: model bytes on stdin, one JSON verdict line on stdout; killed by its own SIGALRM if
+    creating the session takes more than `load_s`, the argument after the memory cap."""
+    source, deadline_s, memory_mb, load_s = argv[0], float(argv[1]), int(argv[2]), float(argv[3])
+    cpu = int(STARTUP_S + load_s + 2 * deadline_s) + 1  # should the parent be gone: CPU seconds, then SIGXCPU
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     data = sys.stdin.buffer.read()
     import onnxruntime  # noqa: F401 (before the cap: what it maps is not the file's doing)
 
+    from digitlab.backends import OnnxBackend
     from digitlab.errors import DigitlabError
-    from digitlab.predict import Predictor
+    from digitlab.predict import ModelInfo, Predictor
 
     cap = cap_memory(memory_mb)
     try:
-        Predictor.from_onnx(data, threads=1, source=source, deadline_s=deadline_s, vet=False)
+        signal.setitimer(signal.ITIMER_REAL, load_s)  # SIGALRM's default action: the process ends
+        backend = OnnxBackend(data, threads=1, source=source, deadline_s=deadline_s)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        Predictor(backend, ModelInfo.from_meta(backend.meta, backend.source))  # the load check, under its deadline
         verdict: dict = {"ok": True}
     except MemoryError:
         verdict = {"memory": True}
