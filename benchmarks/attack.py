@@ -19,7 +19,7 @@ worker processes too); each attack gets a fresh server, so that one's aftermath 
 /healthz is probed every 50 ms in attacks 2 and 3, on a fresh connection each time. It prints one markdown
 table (attack, threshold, measured, pass/fail) and exits 1 if any row fails.
 
-The last attack starts no server of its own: two hostile .onnx files (300 constant MatMuls, a Tile to 2.4 GB)
+The last attack starts no server of its own: two hostile .onnx files (990 constant MatMuls, a Tile to 2.4 GB)
 given to `predict --onnx` and `serve`, each of which must refuse them in one line, within seconds and without
 the gigabytes (benchmarks/onnx_attacks.py; --no-onnx-files skips it).
 """
