@@ -10,7 +10,8 @@ Two environment variables, read by this script only (digitlab itself has no test
     DIGITLAB_TEST_KILL=WHEN:NAME:K  SIGKILL this process at the K-th write of the file called NAME:
                                     WHEN=write: while NAME's .tmp file is half written;
                                     WHEN=rename: right after NAME is renamed into place, before the rest of
-                                    its commit (rename:last.safetensors lands between a checkpoint's two renames)
+                                    its commit (rename:last.safetensors lands between a checkpoint's two renames);
+                                    WHEN=step, NAME=rank<R>: SIGKILL rank R at its K-th optimiser step
     DIGITLAB_TEST_TRAIN_SUBSET=N    train on the first N training images only (the test set stays whole),
                                     to keep multi-process tests short
 """
@@ -91,6 +92,14 @@ def wrap_plot(original):
     return plot_curves
 
 
+def wrap_train_step(original):
+    def train_step(*args, **kwargs):
+        if should_kill("step", f"rank{RANK}"):
+            die()
+        return original(*args, **kwargs)
+    return train_step
+
+
 def wrap_load_dataset(original):
     def load_dataset(*args, **kwargs):
         ds = original(*args, **kwargs)
@@ -104,6 +113,7 @@ if TRAIN_SUBSET:
 atomic.write_tmp = wrap_write_tmp(atomic.write_tmp)
 atomic.commit = wrap_commit(atomic.commit)
 plots.plot_curves = wrap_plot(plots.plot_curves)
+train.train_step = wrap_train_step(train.train_step)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,17 +30,21 @@ CNN_ARGS = ["--model", "cnn", "--optimizer", "adam", "--lr", "3e-3", "--batch-si
             "--epochs", "1", "--no-progress"]
 
 
-def torchrun(*args: str, cwd: Path, write_log: Path | None = None, train_subset: int = 0, timeout: float = 240):
-    """`torchrun --standalone --nproc_per_node=2 tests/digitlab_wrapped.py ARGS`, found via this Python."""
+def torchrun(*args: str, cwd: Path, write_log: Path | None = None, train_subset: int = 0, timeout: float = 240,
+             kill: str | None = None):
+    """`torchrun --standalone --nproc_per_node=2 tests/digitlab_wrapped.py ARGS`, found via this Python; with
+    `kill` (DIGITLAB_TEST_KILL) it is expected to fail, and its result is returned as it is."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if kill:
+        env["DIGITLAB_TEST_KILL"] = kill
     if write_log:
         env["DIGITLAB_TEST_WRITE_LOG"] = str(write_log)
     if train_subset:
         env["DIGITLAB_TEST_TRAIN_SUBSET"] = str(train_subset)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WRAPPER), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert kill or proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
@@ -153,3 +157,19 @@ def test_resume_under_torchrun_equals_uninterrupted(tmp_path):
     a, b = load_run(runs[0], "last").model.state_dict(), load_run(split, "last").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed[-1]["test_accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_one_line_on_rank_0_not_a_backend_traceback(tmp_path):
+    """Rank 1 SIGKILLed at its 5th step: rank 0's next collective finds the connection gone. It says so in one
+    line naming rank 1, exits non-zero and releases the run folder's lock; no gloo traceback is printed."""
+    from digitlab.runs import LOCK_NAME
+
+    proc = torchrun("train", "--model", "mlp", "--batch-size", "64", "--epochs", "1", "--threads", "1",
+                    "--no-progress", "--out", "run", cwd=tmp_path, train_subset=4000, kill="step:rank1:5")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("digitlab: ")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith("digitlab: error: rank 0 of 2: lost its connection to the other ranks (")
+    assert "rank 1 has died or was killed" in errors[0]
+    assert "[rank0]" not in proc.stderr and "pair.cc" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / LOCK_NAME).exists()

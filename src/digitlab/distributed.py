@@ -9,12 +9,22 @@ whole global batch and the learning rate means what it means on one device. gloo
 from __future__ import annotations
 
 import os
+import re
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from digitlab.errors import ConfigError
+from digitlab.errors import ConfigError, DigitlabError
+
+# What gloo and NCCL say when the other end of a collective is gone (its process died, or was killed).
+LOST_WORDS = re.compile(r"connection (?:reset|closed|refused)[a-z ]*|broken pipe|socket timeout|timed out|"
+                        r"remote process exited|nccl communicator was aborted", re.IGNORECASE)
+
+
+class PeerLost(DigitlabError):
+    """Another training process (rank) stopped answering: it died, was killed, or its machine went away."""
 
 
 @dataclass(frozen=True)
@@ -88,3 +98,23 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_peer_lost(error: BaseException) -> bool:
+    """Whether an error raised by a collective (DDP's gradient all-reduce, a barrier, a broadcast) means another
+    rank is gone, rather than a bug in this one."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (
+        bool(LOST_WORDS.search(str(error))) and ("gloo" in str(error).lower() or "nccl" in str(error).lower())))
+
+
+def peer_lost(ctx: DistContext, error: BaseException) -> PeerLost:
+    """One line for a rank that lost the others: which rank is gone where that can be told (of two, the other),
+    and why in the backend's own words, without its C++ source path and advice; SIGTERM is held from here on
+    (torchrun sends it to the ranks left once one has died), so the line is printed before the process ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    gone = f"rank {1 - ctx.rank}" if ctx.world_size == 2 else "another rank"
+    found = LOST_WORDS.search(str(error))
+    reason = found.group(0).strip() if found else type(error).__name__
+    return PeerLost(f"rank {ctx.rank} of {ctx.world_size}: lost its connection to the other ranks ({reason}): "
+                    f"{gone} has died or was killed (see its output); the run stops here, its checkpoints on disk "
+                    "are kept")

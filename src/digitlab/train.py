@@ -163,6 +163,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
                 raise TrainingInterrupted(interrupted_message(run, "terminated (SIGTERM)" if terminated else
                                                               "interrupted"), run.run_dir,
                                           143 if terminated else 130) from None
+            except RuntimeError as e:  # a collective whose other end died: one line, not the backend's traceback
+                if ctx.enabled and dist.is_peer_lost(e):
+                    raise dist.peer_lost(ctx, e) from None
+                raise
         dist.barrier()  # every rank has finished with the group before any tears it down
         return result
     finally:
