@@ -1,0 +1,93 @@
+"""DigitNet, digitlab's own VGG-style conv-BN net for the `fast` and `best` recipes."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from digitlab.errors import ConfigError
+from digitlab.models.registry import choice, positive_int, register_model
+
+
+def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    """3x3 conv (no bias: BatchNorm has one), BatchNorm, ReLU; with pool=True the 2x2 max pool comes right after
+    the conv (airbench's order), so BatchNorm and ReLU run on a quarter of the pixels."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    if pool:
+        return nn.Sequential(conv, nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class DigitNet(nn.Module):
+    """digitlab's own network for the `best` and `fast` recipes: a VGG-style stack of 3x3 conv-BN-ReLU
+    blocks, max pooling after each stage, then the 3x3 map flattened into one Linear (measured: 98.4%
+    vs 97.6% for global max pooling after one epoch at width 8). It runs channels_last on every device
+    (training and prediction apply it through device.use_channels_last): about 1.5x faster on CPU (oneDNN).
+
+    pool_first=True pools each stage's last conv before its BatchNorm and ReLU (conv-pool-BN-ReLU, as airbench
+    does): the same layers and parameters, a quarter of the BatchNorm/ReLU work, which is half of a step of the
+    small `fast` net on a CPU (measured: ~25% less CPU per training image at width 16 depth 1, docs/results.md).
+    Max pooling commutes with ReLU, and with BatchNorm wherever its scale is positive, so the change is small.
+    whiten=True makes the first conv a fixed whitening of 3x3 patches (airbench's data-dependent first layer): its
+    filters are set once from training images by init_from_data() and never trained, so no gradient flows through
+    the 28x28 layer."""
+
+    channels_last_on_cpu = True
+
+    def __init__(self, width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
+                 stem: str = "conv"):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c_in = 1
+        for c_out in (width, 2 * width, 4 * width):  # 28 -> 14 -> 7 -> 3
+            if stem == "stride2" and c_in == 1:  # 4x4 stride 2: the 3x3 conv + 2x2 pool's field, a quarter the work
+                blocks.append(nn.Sequential(nn.Conv2d(1, c_out, 4, stride=2, padding=1, bias=False),
+                                            nn.BatchNorm2d(c_out), nn.ReLU()))
+                c_in = c_out
+                continue
+            ins = [c_in] + [c_out] * (depth - 1)
+            blocks += [conv_bn(c, c_out, pool=pool_first and i == depth - 1) for i, c in enumerate(ins)]
+            if not pool_first:
+                blocks.append(nn.MaxPool2d(2))
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 3 * 3, 10))
+        self.whiten = whiten
+        if whiten:
+            self.first_conv.weight.requires_grad_(False)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """With whiten=True: set the first conv's filters to the eigenvectors of the 3x3 patch covariance of
+        `images` (normalised model input, (N, 1, 28, 28)), each scaled by 1/sqrt(eigenvalue) and paired with its
+        negation (airbench): the largest width/2 components, so the layer passes whitened patches both signs."""
+        if not self.whiten:
+            return
+        conv = self.first_conv
+        patches = F.unfold(images.float(), 3, padding=1).transpose(1, 2).reshape(-1, 9)
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
+        keep = (conv.out_channels + 1) // 2
+        order = eigenvalues.argsort(descending=True)[:keep]
+        filters = (eigenvectors[:, order] / (eigenvalues[order] + 1e-2).sqrt()).T  # (keep, 9)
+        filters = torch.cat([filters, -filters])[:conv.out_channels]
+        conv.weight.copy_(filters.reshape(conv.weight.shape).to(conv.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # features: (B, 4w, 3, 3)
+
+
+@register_model
+def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
+             stem: str = "conv") -> nn.Module:
+    """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
+    for key, value in (("pool_first", pool_first), ("whiten", whiten)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"digitnet: {key} must be true or false, got {value!r}")
+    if whiten and stem != "conv":
+        raise ConfigError("digitnet: whiten whitens 3x3 patches, so it needs stem 'conv', not a 4x4 stride-2 stem")
+    return DigitNet(positive_int("digitnet", "width", width), positive_int("digitnet", "depth", depth),
+                    pool_first, whiten, choice("digitnet", "stem", stem, ("conv", "stride2")))
