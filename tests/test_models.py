@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from digitlab.errors import ConfigError
-from digitlab.models import count_parameters, create_model, list_models, model_defaults
+from digitlab.models import check_model_args, count_parameters, create_model, list_models, model_defaults
 from digitlab.summary import layer_summary
 
 EXPECTED_PARAMETERS = {  # from the layer sizes in each recipe, computed by hand
@@ -86,3 +86,46 @@ def test_summary_reports_every_leaf_layer():
     assert [r["output_shape"] for r in rows if r["type"] == "BatchNorm2d"] == [[1, 10, 13, 13], [1, 20, 5, 5]]
     assert rows[-1]["output_shape"] == [1, 10]
     assert sum(r["parameters"] for r in rows) == EXPECTED_PARAMETERS["cnn"]
+
+
+# Every registered model's parameters at MNIST's shape, as counted before models took a shape: the defaults must
+# build the same tensors, so existing checkpoints, presets and the shipped weights still load.
+MNIST_PARAMETERS = {"alexnet": 56_826_570, "cnn": 36_830, "digitnet": 298_410, "gru": 61_962, "lenet5": 61_706,
+                    "lstm": 82_186, "mlp": 267_410, "rnn": 21_514}
+LETTERS = {"num_classes": 26, "in_chans": 3, "image_size": (32, 32)}  # a colour 32x32 alphabet
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("name", sorted(MNIST_PARAMETERS))
+def test_default_shape_keeps_the_parameter_counts(name):
+    explicit = create_model(name, num_classes=10, in_chans=1, image_size=(28, 28))
+    assert count_parameters(create_model(name)) == count_parameters(explicit) == MNIST_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", [name if name == "alexnet" else pytest.param(name, marks=pytest.mark.quick)
+                                  for name in list_models()])
+def test_every_model_builds_for_another_shape(name):
+    model = create_model(name, **LETTERS).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 26)
+    wide = create_model(name, num_classes=5, in_chans=2, image_size=[20, 36]).eval()  # JSON's list, not square
+    with torch.no_grad():
+        assert wide(torch.randn(3, 2, 20, 36)).shape == (3, 5)
+
+
+@pytest.mark.quick
+def test_digitnet_whitening_reads_every_channel():
+    model = create_model("digitnet", width=16, depth=1, whiten=True, **LETTERS)
+    model.init_from_data(torch.randn(64, 3, 32, 32))
+    assert model.first_conv.weight.shape == (16, 3, 3, 3) and model.first_conv.weight.abs().sum() > 0
+
+
+@pytest.mark.quick
+def test_shape_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="too small"):
+        create_model("lenet5", image_size=(8, 8))
+    with pytest.raises(ConfigError, match="in_chans must be a whole number"):
+        create_model("cnn", in_chans=0)
+    with pytest.raises(ConfigError, match="the dataset decides"):
+        check_model_args("cnn", {"num_classes": 26})
+    assert "num_classes" not in model_defaults("cnn")  # options, not the shape

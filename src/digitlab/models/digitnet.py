@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from digitlab.errors import ConfigError
-from digitlab.models.registry import choice, positive_int, register_model
+from digitlab.models.registry import choice, flat_features, positive_int, register_model
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
@@ -30,18 +30,19 @@ class DigitNet(nn.Module):
     Max pooling commutes with ReLU, and with BatchNorm wherever its scale is positive, so the change is small.
     whiten=True makes the first conv a fixed whitening of 3x3 patches (airbench's data-dependent first layer): its
     filters are set once from training images by init_from_data() and never trained, so no gradient flows through
-    the 28x28 layer."""
+    the 28x28 layer. Each stage halves the image (rounding down): 28 -> 14 -> 7 -> 3, and the head's width is
+    4w x 3 x 3 there, 4w x 4 x 4 for 32x32."""
 
     channels_last_on_cpu = True
 
     def __init__(self, width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
-                 stem: str = "conv"):
+                 stem: str = "conv", num_classes: int = 10, in_chans: int = 1, image_size: tuple[int, int] = (28, 28)):
         super().__init__()
         blocks: list[nn.Module] = []
-        c_in = 1
-        for c_out in (width, 2 * width, 4 * width):  # 28 -> 14 -> 7 -> 3
-            if stem == "stride2" and c_in == 1:  # 4x4 stride 2: the 3x3 conv + 2x2 pool's field, a quarter the work
-                blocks.append(nn.Sequential(nn.Conv2d(1, c_out, 4, stride=2, padding=1, bias=False),
+        c_in = in_chans
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):  # 28 -> 14 -> 7 -> 3
+            if stem == "stride2" and stage == 0:  # 4x4 stride 2: the 3x3 conv + 2x2 pool's field, a quarter the work
+                blocks.append(nn.Sequential(nn.Conv2d(in_chans, c_out, 4, stride=2, padding=1, bias=False),
                                             nn.BatchNorm2d(c_out), nn.ReLU()))
                 c_in = c_out
                 continue
@@ -51,7 +52,8 @@ class DigitNet(nn.Module):
                 blocks.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 3 * 3, 10))
+        flat = flat_features("digitnet", c_in, *(side // 8 for side in image_size))  # three halvings, rounded down
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))
         self.whiten = whiten
         if whiten:
             self.first_conv.weight.requires_grad_(False)
@@ -63,26 +65,29 @@ class DigitNet(nn.Module):
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> None:
         """With whiten=True: set the first conv's filters to the eigenvectors of the 3x3 patch covariance of
-        `images` (normalised model input, (N, 1, 28, 28)), each scaled by 1/sqrt(eigenvalue) and paired with its
-        negation (airbench): the largest width/2 components, so the layer passes whitened patches both signs."""
+        `images` (normalised model input, (N, C, H, W)), each scaled by 1/sqrt(eigenvalue) and paired with its
+        negation (airbench): the largest width/2 components, so the layer passes whitened patches both signs. A
+        patch is 3x3 of every channel (C x 9 values), as the conv reads it."""
         if not self.whiten:
             return
         conv = self.first_conv
-        patches = F.unfold(images.float(), 3, padding=1).transpose(1, 2).reshape(-1, 9)
+        patches = F.unfold(images.float(), 3, padding=1).transpose(1, 2)  # (N, H*W, C*9): channel-major, as
+        patches = patches.reshape(-1, patches.shape[-1])  # the conv's weight (out, C, 3, 3) flattens
         eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
         keep = (conv.out_channels + 1) // 2
         order = eigenvalues.argsort(descending=True)[:keep]
-        filters = (eigenvectors[:, order] / (eigenvalues[order] + 1e-2).sqrt()).T  # (keep, 9)
+        filters = (eigenvectors[:, order] / (eigenvalues[order] + 1e-2).sqrt()).T  # (keep, C*9)
         filters = torch.cat([filters, -filters])[:conv.out_channels]
         conv.weight.copy_(filters.reshape(conv.weight.shape).to(conv.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # features: (B, 4w, 3, 3)
+        return self.head(self.features(x))  # features: (B, 4w, 3, 3) for 28x28
 
 
 @register_model
 def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
-             stem: str = "conv") -> nn.Module:
+             stem: str = "conv", num_classes: int = 10, in_chans: int = 1,
+             image_size: tuple[int, int] = (28, 28)) -> nn.Module:
     """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
     for key, value in (("pool_first", pool_first), ("whiten", whiten)):
         if not isinstance(value, bool):
@@ -90,4 +95,5 @@ def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: 
     if whiten and stem != "conv":
         raise ConfigError("digitnet: whiten whitens 3x3 patches, so it needs stem 'conv', not a 4x4 stride-2 stem")
     return DigitNet(positive_int("digitnet", "width", width), positive_int("digitnet", "depth", depth),
-                    pool_first, whiten, choice("digitnet", "stem", stem, ("conv", "stride2")))
+                    pool_first, whiten, choice("digitnet", "stem", stem, ("conv", "stride2")),
+                    num_classes, in_chans, image_size)
