@@ -1,7 +1,9 @@
 """Datasets: read MNIST and Fashion-MNIST from their IDX files, verified, into uint8 tensors.
 
 A dataset is held in memory as a uint8 tensor (N, 28, 28) plus int64 labels (N,), so batches are
-index slices and no per-sample Python runs while training. The four files of a dataset are looked
+index slices and no per-sample Python runs while training. Its shape (classes, channels, image size: Dataset.shape)
+is what training builds the model for; a colour dataset holds (N, C, H, W). MNIST and Fashion-MNIST are 10
+classes of 1x28x28. The four files of a dataset are looked
 for in this order, and the first folder that has a file wins for that file:
 
 1. ``data_dir`` argument, or the ``DIGITLAB_DATA`` environment variable
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from digitlab.errors import DataError
+from digitlab.shapes import InputShape
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
@@ -59,13 +62,20 @@ READ_CHUNK = 1 << 20  # bytes decompressed (or downloaded) at a time
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What distinguishes one dataset from another: where it lives, what its classes are."""
+    """What distinguishes one dataset from another: where it lives, what its classes are, what its images are."""
 
     name: str
     classes: tuple[str, ...]
     md5: dict[str, str]  # file stem -> MD5 of the uncompressed bytes
     mirrors: tuple[str, ...]  # base URLs, tried in order
     gz_sizes: dict[str, int] = field(default_factory=dict)  # file stem -> bytes of the published .gz file
+    channels: int = 1
+    image_size: tuple[int, int] = (28, 28)  # (height, width)
+
+    @property
+    def shape(self) -> InputShape:
+        """The shape of the models trained on it."""
+        return InputShape(len(self.classes), self.channels, self.image_size)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -112,7 +122,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 @dataclass
 class Dataset:
-    """One dataset in memory: uint8 images (N, 28, 28) and int64 labels, for train and test."""
+    """One dataset in memory: uint8 images and int64 labels, for train and test. Images are (N, H, W) for one
+    channel (MNIST's (N, 28, 28)) and (N, C, H, W) for more; `shape` says which, and a dataset built in code
+    (a user's own images, a test's) has one through the same property."""
 
     name: str
     classes: tuple[str, ...]
@@ -129,6 +141,19 @@ class Dataset:
         if name == "test":
             return self.test_images, self.test_labels
         raise DataError(f"unknown split {name!r}; choose 'train' or 'test'")
+
+    @property
+    def shape(self) -> InputShape:
+        """Classes, channels and image size, read from the images themselves: what create_model is given.
+        Train and test images must agree, and labels must name classes there are (a DataError otherwise)."""
+        dims = tuple(self.train_images.shape[1:])
+        if len(dims) not in (2, 3) or tuple(self.test_images.shape[1:]) != dims:
+            raise DataError(f"{self.name}: images must be (N, H, W) or (N, C, H, W), the same for train and test; "
+                            f"got {tuple(self.train_images.shape)} and {tuple(self.test_images.shape)}")
+        for labels in (self.train_labels, self.test_labels):
+            if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.classes):
+                raise DataError(f"{self.name}: labels must be 0 to {len(self.classes) - 1}, one per class name")
+        return InputShape(len(self.classes), 1 if len(dims) == 2 else dims[0], dims[-2:])
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -419,7 +444,7 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
     )
     for split in ("train", "test"):
         images, labels = ds.split(split)
-        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        if images.shape[0] != labels.shape[0] or tuple(images.shape[1:]) != spec.shape.pixels:
             raise DataError(f"{name} {split}: {tuple(images.shape)} images for {labels.shape[0]} labels")
     _CACHE[key] = ds
     return ds
