@@ -39,7 +39,7 @@ from digitlab.data import Dataset, load_dataset
 from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_seed, training_autocast,
                              training_threads, use_channels_last)
 from digitlab.ema import make_ema, update_ema
-from digitlab.errors import DigitlabError, RunError
+from digitlab.errors import ConfigError, DigitlabError, RunError
 from digitlab.evaluate import predict_logits
 from digitlab.events import Events, Subscriber, default_subscribers
 from digitlab.models import create_model
@@ -47,6 +47,7 @@ from digitlab.normalize import normalize
 from digitlab.optim import LeanAdamW, build_optimizer, lr_at, set_lr
 from digitlab.resume import Progress, prepare_run_dir, restore
 from digitlab.selection import Selection
+from digitlab.shapes import InputShape
 from digitlab.split import stratified_split
 
 
@@ -231,7 +232,8 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
 
         train_x, train_y = with_non_digits(train_x, train_y, cfg.non_digits)  # labelled OUTLIER (-1)
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
-    model = create_model(cfg.model, **cfg.model_args).to(device)
+    shape = dataset_shape(ds, cfg)
+    model = create_model(cfg.model, **cfg.model_args, **shape.to_meta()).to(device)
     if not resume:  # a resumed run has its data-dependent layers in the checkpoint
         init_from_data(model, train_x, cfg.normalization, device)
     memory_format = channels_last_for(model, cfg, device)
@@ -243,7 +245,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     n = (train_x.shape[0] // ctx.world_size) * ctx.world_size  # equal shards keep ranks in step
     steps_per_epoch = math.ceil(n // ctx.world_size / local_batch)
     meta = {"model": cfg.model, "model_args": cfg.model_args, "normalization": cfg.normalization,
-            "dataset": cfg.dataset, "classes": list(ds.classes), "preset": cfg.preset}
+            "dataset": ds.name, "classes": list(ds.classes), "preset": cfg.preset, **shape.to_meta()}
     elapsed = progress.history[-1]["elapsed_s"] if progress.history else 0.0
     return RunState(
         cfg=cfg, ctx=ctx, device=device, run_dir=run_dir, log=log, show_bars=show_bars, model=model,
@@ -253,6 +255,15 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
         steps_per_epoch=steps_per_epoch, meta=meta, progress=progress, t_start=time.perf_counter() - elapsed,
         checkpoint=(progress.epoch + progress.epoch_step / steps_per_epoch, progress.step) if progress.step else None,
         train_size=ds.train_images.shape[0], selection=Selection.for_config(cfg))
+
+
+def dataset_shape(ds: Dataset, cfg: TrainConfig) -> InputShape:
+    """The shape the model is built for, from the dataset; pen digits and non-digits are MNIST-shaped, so they
+    only join a dataset of that shape."""
+    shape = ds.shape
+    if (cfg.pen_digits or cfg.non_digits) and not shape.is_mnist:
+        raise ConfigError(f"pen_digits and non_digits are 1x28x28 pictures; {ds.name} has {shape}")
+    return shape
 
 
 def init_from_data(model: torch.nn.Module, train_x: torch.Tensor, normalization: str, device: torch.device) -> None:
