@@ -3,6 +3,7 @@
     p = Predictor.from_run("runs/<run>")                    # or Predictor.from_run() for the shipped model
     p = Predictor.from_run("runs/<run>", runtime="onnx")    # the same model, exported in memory, in onnxruntime
     p = Predictor.from_onnx("runs/<run>/model.onnx")        # a file written by `digitlab export`, alone
+    p = Predictor.from_path("model.onnx")                   # a run, a .safetensors or an .onnx file: serve, eval
     p = Predictor.from_shipped()                            # the shipped model, on ONNX Runtime when it can be
     p.predict(["my7.png", pil_image, array])                # -> [Prediction(label=7, probability=0.99, ...)]
     for r in p.predict_files(paths):                        # a folder's worth: FileResult(path, image, prediction,
@@ -20,7 +21,9 @@ A model is checked, not trusted: on load, a probe runs two fixed images (blank, 
 the model (ModelError, one line) unless it answers one row per image and one finite logit per class named in
 its metadata; every later call is checked the same way, so a NaN never becomes a label or a JSON
 `NaN`. ONNX calls also run under a deadline (backends.deadline_for; `deadline_s`), the probe included, so a
-graph that loops for ever is refused at load in bounded time. The probe costs 1-2 ms (one model call).
+graph that loops for ever is refused at load in bounded time. The probe costs 1-2 ms (one model call). An .onnx
+file (from_onnx, and from_path for `serve` and `eval`) is first tried in a capped probe process
+(digitlab.onnx_guard): creating its session can take seconds and gigabytes before any call has a deadline.
 
 PyTorch is imported only by what needs it (a TorchBackend, loading a checkpoint): a Predictor on ONNX Runtime,
 such as `digitlab predict`'s shipped model (from_shipped), runs on numpy alone and starts about 1.5 s of CPU sooner.

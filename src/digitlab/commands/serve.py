@@ -9,7 +9,8 @@ from digitlab.errors import ConfigError
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """ONNX Runtime answers one image 3-8x faster than eager PyTorch (docs/benchmarks.md), so it serves by
-    default; each worker process exports the model in memory and checks it against PyTorch when it starts."""
+    default; each worker process exports the model in memory and checks it against PyTorch when it starts. An
+    .onnx file from `digitlab export` is served as it is (ONNX Runtime only), vetted once by start_pool."""
     from digitlab.extras import require
 
     if not 0 < args.port < 65536:
