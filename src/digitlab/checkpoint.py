@@ -42,6 +42,7 @@ from digitlab.errors import ConfigError, RunError
 from digitlab.models import check_model_args, create_model
 from digitlab.normalize import NORMALIZATIONS
 from digitlab.runs import read_config
+from digitlab.shapes import MNIST_SHAPE, InputShape
 
 FORMAT = "digitlab-checkpoint-1"
 HISTORY_KEYS = ("step", "elapsed_s")  # what a resumed run reads from its saved history
@@ -257,10 +258,11 @@ class LoadedModel:
     source: Path
     meta: dict
     calibration: Calibration = UNCALIBRATED  # the temperature its probabilities are shown with
+    shape: InputShape = MNIST_SHAPE  # classes, channels and image size it was built for (from the metadata)
 
 
-def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Module:
-    """create_model(name, **args) whose state_dict has exactly the shapes of `weights`, else a RunError.
+def build_model_checked(name, args, weights: dict, source: Path, shape: InputShape = MNIST_SHAPE) -> torch.nn.Module:
+    """create_model(name, **args) for `shape` whose state_dict has exactly the shapes of `weights`, else a RunError.
 
     The model is first built on the meta device (no memory, models.check_model_args), so metadata asking for
     a huge model fails here instead of allocating more than the weights file holds.
@@ -268,7 +270,7 @@ def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Mod
     if not isinstance(name, str) or not isinstance(args, dict):
         raise RunError(f"{source}: checkpoint metadata does not name a model and its options")
     try:
-        probe = check_model_args(name, args)
+        probe = check_model_args(name, args, shape)
     except ConfigError as e:
         raise RunError(f"{source}: cannot rebuild model {name!r} with {args} ({e})") from None
     expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
@@ -277,7 +279,18 @@ def build_model_checked(name, args, weights: dict, source: Path) -> torch.nn.Mod
         diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
         raise RunError(f"{source}: weights do not fit model {name!r} with {args} "
                        f"(first differing tensors, name and shape: {diff})")
-    return create_model(name, **args)
+    return create_model(name, **args, **shape.to_meta())
+
+
+def shape_from_meta(meta: dict, classes: tuple[str, ...], source: Path) -> InputShape:
+    """The shape a checkpoint records (MNIST's when it predates the keys), checked against its class names."""
+    try:
+        shape = InputShape.from_meta(meta)
+    except ConfigError as e:
+        raise RunError(f"{source}: its metadata has an unusable shape ({e})") from None
+    if shape.num_classes != len(classes):
+        raise RunError(f"{source}: its metadata names {len(classes)} classes for a model of {shape.num_classes}")
+    return shape
 
 
 def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
@@ -285,21 +298,22 @@ def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
     if "model" not in meta:
         raise RunError(f"{source}: checkpoint metadata does not name a model")
     name, args = meta["model"], meta.get("model_args", {})
-    model = build_model_checked(name, args, weights, source)
+    dataset, normalization = meta.get("dataset", "mnist"), meta.get("normalization", "standard")
+    classes = meta.get("classes") or get_spec(dataset).classes
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise RunError(f"{source}: class names in its metadata are not a list of strings")
+    shape = shape_from_meta(meta, tuple(classes), source)
+    model = build_model_checked(name, args, weights, source, shape)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise RunError(f"{source}: weights do not fit model {name!r} with {args} ({detail})") from None
     model.eval()
-    dataset, normalization = meta.get("dataset", "mnist"), meta.get("normalization", "standard")
-    classes = meta.get("classes") or get_spec(dataset).classes
     if normalization not in NORMALIZATIONS:
         raise RunError(f"{source}: unknown normalization {normalization!r} in its metadata")
-    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-        raise RunError(f"{source}: class names in its metadata are not a list of strings")
     calibration = Calibration.from_meta(meta, str(source))
-    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta, calibration)
+    return LoadedModel(model, name, args, normalization, dataset, tuple(classes), source, meta, calibration, shape)
 
 
 def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
