@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from digitlab.normalize import normalize
+from digitlab.shapes import MNIST_SHAPE
 
 
 SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # the four 1-pixel shifts test-time augmentation adds
@@ -21,9 +22,10 @@ def tta_views(x: torch.Tensor, mirror: bool) -> list[torch.Tensor]:
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalization: str,
                    batch_size: int = 1000, device: torch.device | str = "cpu",
-                   tta: bool = False, mirror: bool = False) -> torch.Tensor:
-    """Logits (N, 10) on CPU for uint8 images (N, 28, 28), in batches, in eval mode; with tta, the mean over
-    tta_views(mirror) of each batch (shifts cost little and help the bigger nets a little)."""
+                   tta: bool = False, mirror: bool = False, num_classes: int = MNIST_SHAPE.num_classes) -> torch.Tensor:
+    """Logits (N, classes) on CPU for uint8 images (N, H, W) or (N, C, H, W), in batches, in eval mode; with tta,
+    the mean over tta_views(mirror) of each batch (shifts cost little and help the bigger nets a little).
+    `num_classes` only shapes the answer for no images at all (LoadedModel.shape.num_classes)."""
     was_training = model.training
     model.eval()
     outputs = []
@@ -36,12 +38,13 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalization: 
             logits = model(x).float()
         outputs.append(logits.cpu())
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0, 10)
+    return torch.cat(outputs) if outputs else torch.empty(0, num_classes)
 
 
-def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict:
     """Loss, accuracy, per-class accuracy, precision, recall and F1, and the confusion matrix (rows: true,
-    columns: predicted)."""
+    columns: predicted); over the logits' classes unless `num_classes` says."""
+    num_classes = logits.shape[1] if num_classes is None else num_classes
     labels = labels.cpu()
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
@@ -108,18 +109,26 @@ def plot_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int 
 
 
 def grid_figure(images: torch.Tensor, titles: list[str], columns: int = 5, title: str = "") -> Figure:
-    """A grid of 28x28 uint8 images, each titled (labels, or true/predicted)."""
+    """A grid of uint8 images ((H, W) grey, (1, H, W) or (3, H, W) colour), each titled (labels, or
+    true/predicted)."""
     n = len(titles)
     rows = max(1, (n + columns - 1) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, text in zip(axes.flat, images, titles):
-        ax.imshow(image.reshape(28, 28).numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(displayable(image), cmap="gray", vmin=0, vmax=255)
         ax.set_title(text, fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def displayable(image: torch.Tensor) -> np.ndarray:
+    """One uint8 image as imshow takes it: (H, W) for one channel, (H, W, C) for more."""
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image[0]
+    return (image.permute(1, 2, 0) if image.dim() == 3 else image).numpy()
 
 
 def confusion_figure(confusion: list[list[int]], classes: list[str], title: str = "") -> Figure:

@@ -167,13 +167,13 @@ def onnx_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool
 
 
 def tta_image_views(images: np.ndarray) -> list[np.ndarray]:
-    """evaluate.tta_views' shifts on uint8 images (N, 28, 28): a shift moves pixels, so it commutes with the
-    per-pixel normalisation the Predictor applies afterwards."""
+    """evaluate.tta_views' shifts on uint8 images (N, H, W) or (N, C, H, W): a shift moves pixels, so it commutes
+    with the per-pixel normalisation the Predictor applies afterwards."""
     import numpy as np
 
     from digitlab.evaluate import SHIFTS
 
-    return [images] + [np.roll(images, shift, axis=(1, 2)) for shift in SHIFTS]
+    return [images] + [np.roll(images, shift, axis=(-2, -1)) for shift in SHIFTS]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
