@@ -47,9 +47,11 @@ def hostile_files(folder: Path) -> dict[str, Path]:
     def write(name: str, nodes: list, inits: list) -> Path:
         w = (np.random.default_rng(0).normal(size=(784, 10)) * 0.01).astype(np.float32)
         graph = helper.make_graph(
-            [helper.make_node("Flatten", ["images"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["raw"]),
-             *nodes, helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
-             helper.make_node("Mul", ["total", "zero"], ["nothing"]), helper.make_node("Add", ["raw", "nothing"], ["logits"])],
+            [helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["raw"]), *nodes,
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+             helper.make_node("Add", ["raw", "nothing"], ["logits"])],
             name, [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, 28, 28])],
             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
             [const("w", w), const("zero", np.float32(0)), *inits])
@@ -108,7 +110,8 @@ def run_measured(args: list[str]) -> Outcome:
             time.sleep(0.01)  # the sampling interval
         seconds = time.monotonic() - started
         err.seek(0)
-        return Outcome(process.returncode, err.read().decode(errors="replace"), seconds, max(peaks.values(), default=0))
+        return Outcome(process.returncode, err.read().decode(errors="replace"), seconds,
+                       max(peaks.values(), default=0.0))
 
 
 def attack_hostile_onnx(number: int, make_row: Callable[..., object]) -> list:

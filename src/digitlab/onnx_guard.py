@@ -1,23 +1,21 @@
 """Vetting an untrusted .onnx file before this process loads it: a static look at its bytes, then a probe process.
 
     data = read_onnx("model.onnx")                 # the bytes, refused over MAX_BYTES
-    digest = vet(data, "model.onnx")               # a RunError or ModelError (one line), else the bytes' sha256
+    digest = vet(data, "model.onnx", 5.0)          # a RunError or ModelError (one line), else the bytes' sha256
 
 Why a probe process: onnxruntime does its heaviest work on a file while creating the InferenceSession (constant
 folding, pre-packing weights), before any per-call deadline can apply. A graph of 300 MatMuls over constant
-512x512 matrices keeps `InferenceSession` busy for about 10 s; a 31 KB file whose Tile node repeats a constant
-600,000 times reaches 2.6 GB of memory. So the session is first created, and the Predictor's load check (two
-fixed images under the call deadline) run, in a child process (`python -m digitlab.onnx_guard`) whose address
+512x512 matrices kept `InferenceSession` busy for 10.6 s on a busy 2-core machine (990 of them: 13-17 s); a
+36 KB file whose Tile node repeats a constant 600,000 times takes 2.5 GB of memory. So the session is first
+created, and the Predictor's load check (two fixed images under the call deadline) run, in a child process (`python -m digitlab.onnx_guard`) whose address
 space is capped (RLIMIT_AS: what it has once onnxruntime is imported, plus MEMORY_MB and 4x the file) and which
 ends itself if creating the session takes more than load_limit_s (2 s plus 0.05 s per MB); the two images then
 have the call deadline. Only a file that passes is loaded here, from the same bytes (never re-read from disk,
 which another process may have changed meanwhile), so a file just under the limits costs about twice them.
 
-Why the static look first: it costs well under a millisecond for the files `digitlab export` writes (a walk over
-the protobuf's fields in pure Python: importing the `onnx` package instead costs about 1 s of CPU, as much as
-the rest of `predict --onnx`'s start-up), and it refuses at once what no exported file holds: more than
-MAX_NODES nodes (subgraphs included; exported models have 12-30), operators outside the standard ONNX domain,
-model-local functions, and tensors whose data lives in other files (onnxruntime would read any path they name).
+Why a static look first (onnx_static.static_check): well under a millisecond, it refuses at once what no
+exported file holds (more than 1,000 nodes, custom operators, local functions, tensor data in other files),
+before a probe process is started for it.
 
 What this does not bound: a file that behaves on the probe's two images but allocates without end for another
 input. Each call's time is bounded (backends.deadline_for); its memory is bounded in `serve`'s worker processes
@@ -31,24 +29,16 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from digitlab.errors import ModelError, RunError
+from digitlab.onnx_static import static_check
 
 MAX_BYTES = 512 * 2**20  # the largest .onnx file read (AlexNet, the largest registered model, exports 227 MB)
-MAX_NODES = 1000  # nodes in the graph and its subgraphs; exported models have 12-30
-MAX_DEPTH = 16  # nesting of subgraphs (a Loop's body inside an If's branch...)
 LOAD_LIMIT_S = 2.0  # creating the session in the probe process (the shipped model's: 0.02 s), plus LOAD_S_PER_MB
 LOAD_S_PER_MB = 0.05  # of file (AlexNet's 227 MB export: about 3 s on 2 busy cores); the probe's call has its deadline
 STARTUP_S = 30.0  # the probe process's interpreter start and imports (0.5-2 s on 2 busy cores): a backstop only
 MEMORY_MB = 1024  # address space the probe process may add once onnxruntime is imported, beyond 4x the file
-EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
-ONNX_DOMAINS = ("", "ai.onnx")  # the standard operator set: all `digitlab export` writes
-
-
-class Malformed(Exception):
-    """The bytes are not a protobuf message of the expected shape."""
 
 
 def read_onnx(path: str | Path) -> bytes:
@@ -57,14 +47,14 @@ def read_onnx(path: str | Path) -> bytes:
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"
         raise RunError(f"{path} {what} (expected an .onnx file written by `digitlab export`)")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise RunError(f"{path} is {size / 2**20:,.0f} MB: larger than any model digitlab exports "
-                       f"(limit {MAX_BYTES / 2**20:,.0f} MB)")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)  # bounded, whatever the file grew to since is_file()
     except OSError as e:
         raise RunError(f"cannot read {path} ({e.strerror or e})") from None
+    if len(data) > MAX_BYTES:
+        raise RunError(f"{path} is larger than any model digitlab exports (limit {MAX_BYTES / 2**20:,.0f} MB)")
+    return data
 
 
 def vet(data: bytes, source: str, deadline_s: float) -> str:
@@ -73,118 +63,6 @@ def vet(data: bytes, source: str, deadline_s: float) -> str:
     static_check(data, source)
     probe_in_child(data, source, deadline_s)
     return hashlib.sha256(data).hexdigest()
-
-
-#### The static check: a walk over the protobuf wire format
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise Malformed
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview | None]]:
-    """(field number, value) of one message: an int for varints, bytes for length-delimited, None for fixed."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        value: int | memoryview | None = None
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value = buf[pos:pos + size]
-            pos += size
-        else:  # groups (3, 4) are not used by ONNX; 6 and 7 do not exist
-            raise Malformed
-        if pos > len(buf) or number == 0:
-            raise Malformed
-        yield number, value
-
-
-class GraphCount:
-    """Walks a graph and its subgraphs, counting nodes; raises Refused at the first thing no exported file holds."""
-
-    def __init__(self) -> None:
-        self.nodes = 0
-
-    def graph(self, buf: memoryview, depth: int) -> None:
-        """GraphProto: node = 1, initializer = 5, sparse_initializer = 15."""
-        if depth > MAX_DEPTH:
-            raise Refused(f"subgraphs nested more than {MAX_DEPTH} deep")
-        for number, value in fields(buf):
-            if number == 1 and isinstance(value, memoryview):
-                self.node(value, depth)
-            elif number in (5, 15) and isinstance(value, memoryview):
-                tensor(value)
-
-    def node(self, buf: memoryview, depth: int) -> None:
-        """NodeProto: op_type = 4, domain = 7, attribute = 5."""
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise Refused(f"more than {MAX_NODES:,} nodes (models digitlab exports have at most a few dozen)")
-        op, domain = "", ""
-        for number, value in fields(buf):
-            if number == 4 and isinstance(value, memoryview):
-                op = bytes(value).decode(errors="replace")[:60]
-            elif number == 7 and isinstance(value, memoryview):
-                domain = bytes(value).decode(errors="replace")[:60]
-            elif number == 5 and isinstance(value, memoryview):
-                self.attribute(value, depth)
-        if domain not in ONNX_DOMAINS:
-            raise Refused(f"operator {op!r} of domain {domain!r}, outside the standard ONNX operators")
-
-    def attribute(self, buf: memoryview, depth: int) -> None:
-        """AttributeProto: t = 5, g = 6, tensors = 10, graphs = 11."""
-        for number, value in fields(buf):
-            if number in (6, 11) and isinstance(value, memoryview):
-                self.graph(value, depth + 1)
-            elif number in (5, 10) and isinstance(value, memoryview):
-                tensor(value)
-
-
-class Refused(Exception):
-    """The static check's reason to refuse a well-formed file."""
-
-
-def tensor(buf: memoryview) -> None:
-    """TensorProto: external_data = 13, data_location = 14 (1: EXTERNAL)."""
-    for number, value in fields(buf):
-        if number == 13 or (number == 14 and value == EXTERNAL):
-            raise Refused("a tensor whose data is in another file (exported models hold all their weights)")
-
-
-def static_check(data: bytes, source: str) -> None:
-    """Refuse (RunError, one line) a file that is not an ONNX protobuf, or holds what no exported file does.
-    ModelProto: graph = 7, functions = 25."""
-    count = GraphCount()
-    try:
-        graphs = 0
-        for number, value in fields(memoryview(data)):
-            if number == 7 and isinstance(value, memoryview):
-                graphs += 1
-                count.graph(value, 0)
-            elif number == 25:
-                raise Refused("model-local functions (exported models have none)")
-        if graphs != 1:
-            raise Malformed
-    except Malformed:
-        raise RunError(f"{source} is not a readable ONNX model (not an ONNX protobuf with one graph)") from None
-    except Refused as e:
-        raise RunError(f"refusing the model {source}: it holds {e}") from None
 
 
 #### The probe process

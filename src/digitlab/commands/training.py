@@ -199,7 +199,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  figures / f"misclassified-{name}.png",
                                  title="most confident mistakes (true -> predicted)")
         calibration, reliability_png = eval_calibration(subject.calibration, logits.numpy(), ds.test_labels.numpy(),
-                                                        figures / f"reliability-{name}.png", f"{title} on {ds.name} test")
+                                                        figures / f"reliability-{name}.png",
+                                                        f"{title} on {ds.name} test")
     except OSError as e:
         raise RunError(f"cannot write figures to {figures} ({e.strerror or e}); "
                        "choose a writable folder with --figures DIR") from None
