@@ -4,8 +4,8 @@
     python benchmarks/attack.py --hold 30 -- --runtime torch --threads 2      # after --: flags for `serve`
 
 It starts `python -m digitlab serve [RUN] --host 127.0.0.1 --port <free> [FLAGS]` in its own process group,
-waits for /healthz, runs one of the three attacks of issue 11, and always stops the server (the whole group:
-worker processes too); each attack gets a fresh server, so that one's aftermath cannot skew the next:
+waits for /healthz, runs one of the attacks below, and always stops the server (the whole group: worker
+processes too); each attack gets a fresh server, so that one's aftermath cannot skew the next:
 
 1. 64 idle sockets and 64 that sent half of a request's headers, held open for --hold seconds (any the server
    closes are reopened at once, as an attacker would), while /healthz and a real prediction (JSON pixels of an
@@ -16,10 +16,15 @@ worker processes too); each attack gets a fresh server, so that one's aftermath 
 3. 8 clients each sending, --rounds times, a PNG of 160,000 empty private chunks (1.9 MB), a JPEG of 450,000
    empty comment markers (1.8 MB) and a JSON prediction whose 300,000-byte body arrives in 1-byte chunks:
    /healthz p99 meanwhile.
-/healthz is probed every 50 ms in attacks 2 and 3, on a fresh connection each time. It prints one markdown
+4. 4 connections with a 4 KiB receive buffer, each sending GET /healthz 1,000 times per write and never reading
+   an answer (reopened when the server closes them), for --pipeline-s seconds: the growth of the tree's RSS
+   (at most --max-growth-mb), and a prediction and /healthz every 100 ms meanwhile, each within 1 s.
+5. 8 clients x 25 requests whose 10,000 headers (80 KB, past the 64 KiB cap) arrive in one write: each 431;
+   /healthz p99 meanwhile.
+/healthz is probed every 50 ms in attacks 2, 3 and 5, on a fresh connection each time. It prints one markdown
 table (attack, threshold, measured, pass/fail) and exits 1 if any row fails.
 
-The last attack starts no server of its own: two hostile .onnx files (990 constant MatMuls, a Tile to 2.4 GB)
+The last attack starts no server of its own: two hostile .onnx files (300 constant MatMuls, a Tile to 2.4 GB)
 given to `predict --onnx` and `serve`, each of which must refuse them in one line, within seconds and without
 the gigabytes (benchmarks/onnx_attacks.py; --no-onnx-files skips it).
 """
@@ -221,16 +226,16 @@ def one_byte_chunked(pixels: list, size: int = 300_000) -> bytes:
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + framed)
 
 
-def send_raw(url: str, request: bytes) -> int:
-    """Send a raw request on a new connection; the answer's status (0 if none)."""
+def send_raw(url: str, request: bytes, piece: int = 65536) -> int:
+    """Send a raw request on a new connection, `piece` bytes per write; the answer's status (0 if none)."""
     port = int(url.rsplit(":", 1)[1])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S) as s:
             try:
-                for i in range(0, len(request), 65536):
+                for i in range(0, len(request), piece):
                     if select.select([s], [], [], 0)[0]:  # answered (or hung up) before the end: stop sending
                         break
-                    s.sendall(request[i:i + 65536])
+                    s.sendall(request[i:i + piece])
             except (BrokenPipeError, ConnectionResetError):
                 pass
             answer = s.recv(64)
@@ -440,6 +445,62 @@ def attack_slow_parses(url: str, files: dict[str, bytes], chunked: bytes, rounds
                 health.p99_ms() < 100 and not health.failures)]
 
 
+def attack_pipelining(url: str, root: int, seconds: float, pixels: list, label: int,
+                      max_growth_mb: float) -> list[Row]:
+    """flood_pipelined for `seconds` (4 connections, a 4 KiB receive buffer, 1,000 GET /healthz per send, never
+    read), while a prediction and /healthz are each sent every 100 ms on fresh connections: the growth of the
+    tree's RSS during the attack and once the attackers have gone, and the probes' latency."""
+    body = json.dumps({"pixels": pixels}).encode()
+    health = Probe(url + "/healthz", 0.1)
+    predict = Probe(url + "/api/predict", 0.1, "POST", body, {"content-type": "application/json"},
+                    check=lambda r: r.json()["label"] == label)
+    stop, floods = threading.Event(), []
+    flooder = threading.Thread(target=lambda: floods.append(flood_pipelined(int(url.rsplit(":", 1)[1]), stop)))
+    before = sample_tree(root)
+    with TreeWatcher(root) as watcher, health, predict:
+        flooder.start()
+        stop.wait(seconds)  # the attack's duration
+        stop.set()
+        flooder.join(CLIENT_TIMEOUT_S)
+    after = sample_tree(root)
+    flood = floods[0] if floods else Flood()
+    growth = max(s.rss_mb for s in watcher.samples) - before.rss_mb
+    note = (f"{flood.sent / 1e6:,.0f} MB sent on {flood.opened} connections, {flood.closed} closed by the server "
+            f"over {seconds:g} s")
+    rows = [Row(f"4. 4 sockets x 1,000 pipelined GET /healthz per send, never read ({note}): RSS growth, whole tree",
+                f"<= {max_growth_mb:,.0f} MB", f"{growth:,.0f} MB (before {before.rss_mb:,.0f} MB, after the "
+                f"attackers left {after.rss_mb:,.0f} MB)", growth <= max_growth_mb)]
+    for name, probe in (("/healthz", health), ("prediction", predict)):
+        ok = not probe.failures and probe.max_ms() < 1000 and len(probe.latencies) > 0
+        failed = f", failures: {probe.failures[:3]}" if probe.failures else ""
+        rows.append(Row(f"4. {name} during it", "every answer 200 within 1 s",
+                        f"{len(probe.latencies)} answers, max {probe.max_ms():.0f} ms, p99 {probe.p99_ms():.0f} ms"
+                        f"{failed}", ok))
+    return rows
+
+
+def attack_headers_in_one_read(url: str, headers: int = 10_000, clients: int = 8, rounds: int = 25) -> list[Row]:
+    """`clients` x `rounds` requests of `headers` small headers (8 bytes each: 80 KB, past the 64 KiB cap) sent in
+    one write, so the headers end within one read: each must be 431; /healthz p99 meanwhile."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-H: v\r\n" * headers + b"\r\n"
+    statuses: list[int] = []
+
+    def client(_: int) -> None:
+        for _ in range(rounds):
+            statuses.append(send_raw(url, request, piece=len(request)))
+
+    with Probe(url + "/healthz", 0.05) as health:
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    return [Row(f"5. {clients} clients x {rounds} requests of {headers:,} headers ({len(request) / 1000:.0f} KB) "
+                "in one write", "every answer 431", str(counts), counts == {431: clients * rounds}),
+            Row("5. /healthz during them", "p99 < 100 ms, all 200",
+                f"p99 {health.p99_ms():.0f} ms, max {health.max_ms():.0f} ms, {len(health.latencies)} probes"
+                + (f", failures {health.failures[:3]}" if health.failures else ""),
+                health.p99_ms() < 100 and not health.failures)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -451,13 +512,16 @@ def main() -> int:
     parser.add_argument("--max-processes", type=int, default=8, help="attack 2's bound on the tree's processes")
     parser.add_argument("--slow-kinds", nargs="+", choices=["png", "jpeg", "chunked"],
                         default=["png", "jpeg", "chunked"], help="what attack 3's clients send")
-    parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3], default=[1, 2, 3], help="attacks to run")
+    parser.add_argument("--pipeline-s", type=float, default=12, help="seconds attack 4 floods (1..300)")
+    parser.add_argument("--max-growth-mb", type=float, default=300, help="attack 4's bound on the tree's RSS growth")
+    parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3, 4, 5], default=[1, 2, 3, 4, 5],
+                        help="attacks to run")
     parser.add_argument("--onnx-files", action=argparse.BooleanOptionalAction, default=True,
                         help="also give two hostile .onnx files to `predict --onnx` and `serve` (onnx_attacks.py)")
     args, flags = parser.parse_known_args()
     flags = [f for f in flags if f != "--"]
-    if not 1 <= args.hold <= 300 or not 1 <= args.rounds <= 10:
-        parser.error("--hold must be in 1..300 seconds and --rounds in 1..10")
+    if not 1 <= args.hold <= 300 or not 1 <= args.rounds <= 10 or not 1 <= args.pipeline_s <= 300:
+        parser.error("--hold and --pipeline-s must be in 1..300 seconds and --rounds in 1..10")
 
     ds = load_dataset("mnist", progress=False)
     seven = digit(ds, 7)
@@ -469,7 +533,10 @@ def main() -> int:
     attacks = {1: lambda url, pid: attack_sockets(url, args.hold, seven.tolist(), 7),
                2: lambda url, pid: attack_large_png(url, pid, big, args.max_rss_mb, args.max_threads,
                                                     args.max_processes),
-               3: lambda url, pid: attack_slow_parses(url, files, chunked, args.rounds, args.slow_kinds)}
+               3: lambda url, pid: attack_slow_parses(url, files, chunked, args.rounds, args.slow_kinds),
+               4: lambda url, pid: attack_pipelining(url, pid, args.pipeline_s, seven.tolist(), 7,
+                                                     args.max_growth_mb),
+               5: lambda url, pid: attack_headers_in_one_read(url)}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(args.only):  # a fresh server for each, so that one attack's aftermath cannot skew the next
