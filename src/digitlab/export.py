@@ -4,8 +4,10 @@
     digitlab export runs/<run> --format torchscript    # -> runs/<run>/model.pt
     export_run("runs/<run>", "onnx")                   # the same from Python -> ExportResult
 
-The ONNX graph takes `images`, float (B, 1, 28, 28) already normalised, and returns `logits` (B, 10);
-the batch axis is dynamic. The model's name and options, normalisation, dataset, classes, metrics and
+The ONNX graph takes `images`, float (B, C, H, W) already normalised, and returns `logits` (B, classes): (B, 1,
+28, 28) and (B, 10) for MNIST, the shape the checkpoint's metadata records (LoadedModel.shape) otherwise;
+the batch axis is dynamic. The model's name and options, its shape (num_classes, in_chans, image_size),
+normalisation, dataset, classes, metrics and
 temperature (`calibration`: probabilities are softmax(logits / T), calibration.py) travel in the file's
 metadata_props (TorchScript: in `_extra_files["digitlab.json"]`), so the file alone is enough to predict: see
 Predictor.from_onnx. `predict --onnx`, `eval` and `serve` take the .onnx file, as untrusted input (onnx_guard).
@@ -49,6 +51,7 @@ from digitlab.extras import require
 from digitlab.onnx_static import static_check
 from digitlab.normalize import normalize
 from digitlab.checkpoint import LoadedModel, load_run
+from digitlab.shapes import MNIST_SHAPE
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output
 OPSET = 17
@@ -99,14 +102,15 @@ def model_metadata(loaded: LoadedModel) -> dict:
     """Everything needed to feed and read the model, plus the checkpoint's own metadata (step, metrics)."""
     from digitlab import __version__
 
-    return {**loaded.meta, "model": loaded.model_name, "model_args": loaded.model_args,
+    return {**loaded.meta, "model": loaded.model_name, "model_args": loaded.model_args, **loaded.shape.to_meta(),
             "normalization": loaded.normalization, "dataset": loaded.dataset, "classes": list(loaded.classes),
             "checkpoint": loaded.source.name, "digitlab_version": __version__}
 
 
-def example_input() -> torch.Tensor:
-    """A batch of 2 for tracing: not 1, so nothing in the graph specialises to a single image."""
-    return torch.zeros(2, 1, 28, 28)
+def example_input(loaded: LoadedModel) -> torch.Tensor:
+    """A batch of 2 of the model's input shape for tracing: not 1, so nothing in the graph specialises to a
+    single image."""
+    return torch.zeros(2, loaded.shape.in_chans, *loaded.shape.image_size)
 
 
 def onnx_model_bytes(loaded: LoadedModel, dynamo: bool = False) -> bytes:
@@ -116,7 +120,8 @@ def onnx_model_bytes(loaded: LoadedModel, dynamo: bool = False) -> bytes:
         require("onnx", "onnxscript", "the dynamo exporter")
     model = loaded.model.cpu().eval()
     try:
-        proto = _export_dynamo(model) if dynamo else _export_torchscript(model)
+        example = example_input(loaded)
+        proto = _export_dynamo(model, example) if dynamo else _export_torchscript(model, example)
     except Exception as e:  # the exporters raise many types; a model that cannot be exported is the user's to know
         raise ExportError(f"torch.onnx.export failed for {loaded.model_name}: {str(e).splitlines()[0][:200]}") from None
     onnx.helper.set_model_props(proto, encode_metadata(model_metadata(loaded)))
@@ -127,9 +132,9 @@ def quiet_tracing() -> None:
     """Inside warnings.catch_warnings(): silence what tracing says about every model here and never matters.
 
     torch.jit and the TorchScript-based exporter announce their deprecation; nn.RNN's input and hidden-size
-    checks become constants of the trace (the sizes are fixed: 28 features, hidden from the checkpoint),
-    and the exporter notes that RNN sequence lengths may vary (ours are always 28 rows). Batch sizes 1 and
-    many are checked against PyTorch in tests/test_export.py.
+    checks become constants of the trace (the sizes are fixed: channels x width features, hidden from the
+    checkpoint), and the exporter notes that RNN sequence lengths may vary (ours are always the image's rows).
+    Batch sizes 1 and many are checked against PyTorch in tests/test_export.py.
     """
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
@@ -137,25 +142,25 @@ def quiet_tracing() -> None:
     warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
 
 
-def _export_torchscript(model: torch.nn.Module):
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor):
     onnx = require("onnx", "onnx", "exporting to ONNX")
     buf = io.BytesIO()
     with warnings.catch_warnings():
         quiet_tracing()
-        torch.onnx.export(model, (example_input(),), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        torch.onnx.export(model, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     return onnx.load_from_string(buf.getvalue())
 
 
-def _export_dynamo(model: torch.nn.Module):
+def _export_dynamo(model: torch.nn.Module, example: torch.Tensor):
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # it warns about every optional operator library it does not find
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example_input(),), input_names=[INPUT_NAME],
+            program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                         dynamo=True, external_data=False, verbose=False)
     finally:
@@ -168,7 +173,7 @@ def torchscript_model_bytes(loaded: LoadedModel) -> bytes:
     model = loaded.model.cpu().eval()
     with warnings.catch_warnings():
         quiet_tracing()
-        traced = torch.jit.trace(model, example_input())
+        traced = torch.jit.trace(model, example_input(loaded))
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files={"digitlab.json": json.dumps(model_metadata(loaded))})
     return buf.getvalue()
@@ -183,15 +188,17 @@ def load_torchscript(path: Path) -> tuple[TorchBackend, str]:
     return TorchBackend(module), json.loads(extra["digitlab.json"])["normalization"]
 
 
-def random_images(n: int, seed: int = 0) -> torch.Tensor:
-    """n uint8 noise images (n, 28, 28), seeded: parity inputs when the dataset is not at hand."""
-    return torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+def random_images(n: int, seed: int = 0, pixels: tuple[int, ...] | None = None) -> torch.Tensor:
+    """n uint8 noise images, seeded, of `pixels` (an InputShape's .pixels; MNIST's (28, 28) by default): parity
+    inputs when the dataset is not at hand."""
+    pixels = pixels or MNIST_SHAPE.pixels
+    return torch.randint(0, 256, (n, *pixels), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def check_parity(loaded: LoadedModel, exported: Backend, images: torch.Tensor, batch_size: int = 250,
                  require_same_argmax: bool = True, normalization: str | None = None) -> Parity:
-    """Compare PyTorch's logits on uint8 images (N, 28, 28) with an exported model's, fed through its backend
-    with `normalization` (default: the run's; pass the one the exported file stores, to check that too)."""
+    """Compare PyTorch's logits on uint8 images (N, H, W) or (N, C, H, W) with an exported model's, fed through its
+    backend with `normalization` (default: the run's; pass the one the exported file stores, to check that too)."""
     reference = predict_logits(loaded.model, images, loaded.normalization, batch_size).numpy()
     normalization = normalization or loaded.normalization
     exported = np.concatenate([np.asarray(exported.logits(normalize(images[i:i + batch_size], normalization)))
@@ -208,9 +215,8 @@ def default_output(loaded: LoadedModel, fmt: str) -> Path:
 
 def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = None, checkpoint: str = "best",
                check_images: int = 1000, data_dir: str | None = None, dynamo: bool = False) -> ExportResult:
-    """Export a run's checkpoint, check it on `check_images` real test images, then move it into place."""
-    from digitlab.data import load_dataset
-
+    """Export a run's checkpoint, check it on `check_images` real test images (parity_images), then move it into
+    place."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of: {', '.join(FORMATS)}; got {fmt!r}")
     if check_images < 1:
@@ -222,8 +228,7 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
             require("onnx", module, "exporting to ONNX")
     loaded = load_run(run, checkpoint)
     output = Path(output) if output is not None else default_output(loaded, fmt)
-    dataset = load_dataset(loaded.dataset, data_dir, progress=False)
-    images = dataset.test_images[:check_images]
+    images, described = parity_images(loaded, check_images, data_dir)
     data = onnx_model_bytes(loaded, dynamo) if fmt == "onnx" else torchscript_model_bytes(loaded)
     if fmt == "onnx":  # a file the loaders would refuse (an exporter that changed) fails here, not at load
         static_check(data, str(output))
@@ -244,4 +249,17 @@ def export_run(run: str | Path, fmt: str = "onnx", output: str | Path | None = N
         tmp.unlink(missing_ok=True)
     how = {"onnx": f"ONNX opset {OPSET}, {'dynamo' if dynamo else 'TorchScript-based'} exporter, dynamic batch axis",
            "torchscript": "TorchScript, torch.jit.trace"}[fmt]
-    return ExportResult(output, fmt, len(data), parity, f"the first {len(images):,} {dataset.name} test images", how)
+    return ExportResult(output, fmt, len(data), parity, described, how)
+
+
+def parity_images(loaded: LoadedModel, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
+    """The images an export is checked on, and how the result names them: the first n test images of the run's
+    dataset when digitlab knows it by name, else (a dataset built in code, of any shape) n seeded noise images
+    of the model's shape, which still compare every logit."""
+    from digitlab.data import DATASETS, load_dataset
+
+    if loaded.dataset in DATASETS:
+        dataset = load_dataset(loaded.dataset, data_dir, progress=False)
+        images = dataset.test_images[:n]
+        return images, f"the first {len(images):,} {dataset.name} test images"
+    return random_images(n, pixels=loaded.shape.pixels), f"{n:,} random {loaded.shape} (no {loaded.dataset} files)"
