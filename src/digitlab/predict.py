@@ -35,6 +35,7 @@ import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,6 +46,7 @@ from digitlab.calibration import UNCALIBRATED, Calibration
 from digitlab.errors import ConfigError, DigitlabError, ModelError
 from digitlab.normalize import normalize, normalize_array
 from digitlab.preprocess.reading import _is_tensor
+from digitlab.shapes import MNIST_SHAPE, InputShape
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +67,7 @@ class Backend(Protocol):
     runtime: str  # e.g. "torch 2.5.1", "onnxruntime 1.20.0"
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        """Normalised float32 (N, 1, 28, 28) -> float32 logits (N, 10)."""
+        """Normalised float32 (N, C, H, W) -> float32 logits (N, classes): (N, 1, 28, 28) -> (N, 10) for MNIST."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,27 @@ class ModelInfo:
     source: str  # the file it came from, for describe() and messages
     metrics: dict | None = None
     calibration: Calibration = UNCALIBRATED  # the temperature every probability is computed with
+    shape: InputShape = MNIST_SHAPE  # the images it reads (channels, size) and its classes, from the metadata
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "ModelInfo":
         return cls(loaded.model_name, loaded.model_args, loaded.normalization, loaded.dataset, loaded.classes,
-                   str(loaded.source), loaded.meta.get("metrics"), loaded.calibration)
+                   str(loaded.source), loaded.meta.get("metrics"), loaded.calibration, loaded.shape)
 
     @classmethod
     def from_meta(cls, meta: dict, source: str) -> "ModelInfo":
         """From metadata as export.model_metadata writes it (checked by backends.decode_metadata)."""
         return cls(meta["model"], meta.get("model_args", {}), meta["normalization"], meta.get("dataset", "mnist"),
-                   tuple(meta["classes"]), source, meta.get("metrics"), Calibration.from_meta(meta, source))
+                   tuple(meta["classes"]), source, meta.get("metrics"), Calibration.from_meta(meta, source),
+                   shape_of(meta, source))
+
+
+def shape_of(meta: dict, source: str) -> InputShape:
+    """The input shape an exported file's metadata records (MNIST's when it predates the keys), or a ModelError."""
+    try:
+        return InputShape.from_meta(meta)
+    except ConfigError as e:
+        raise ModelError(f"{Path(source).name}: its metadata has an unusable shape ({e})") from None
 
 
 @dataclass
@@ -118,7 +130,7 @@ class FileResult:
     """One file of predict_files: its MNIST-style image and prediction, or why it could not be read."""
 
     path: Path
-    image: np.ndarray | None  # the (28, 28) uint8 image the model saw
+    image: np.ndarray | None  # the uint8 image the model saw: (28, 28) for MNIST's shape
     prediction: Prediction | None
     error: str | None = None
 
@@ -129,6 +141,17 @@ def _preprocess_file(path: Path) -> tuple[np.ndarray | None, str | None]:
 
     try:
         return to_mnist(path), None
+    except DigitlabError as e:
+        return None, str(e)
+
+
+def _read_for_shape(path: Path, shape: InputShape) -> tuple[np.ndarray | None, str | None]:
+    """_preprocess_file for a model of another shape than MNIST's: the picture converted and resized
+    (preprocess.resize), not made MNIST-like."""
+    from digitlab.preprocess.resize import to_shape
+
+    try:
+        return to_shape(path, shape), None
     except DigitlabError as e:
         return None, str(e)
 
@@ -166,10 +189,12 @@ def _pool(workers: int):
     return multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
 
 
-def probe_images() -> np.ndarray:
-    """What the load check feeds a model: a blank image and a plain stroke (a 1), uint8 (2, 28, 28)."""
-    images = np.zeros((2, 28, 28), np.uint8)
-    images[1, 4:24, 13:16] = 255
+def probe_images(shape: InputShape = MNIST_SHAPE) -> np.ndarray:
+    """What the load check feeds a model: a blank image and a plain stroke (a 1), uint8 (2, 28, 28) for MNIST's
+    shape, (2, *shape.pixels) for another: the stroke spans the middle 5/7 of the height, 3 columns wide."""
+    images = np.zeros((2, *shape.pixels), np.uint8)
+    height, width = shape.image_size
+    images[1, ..., height // 7:height - height // 7, width // 2 - 1:width // 2 + 2] = 255
     return images
 
 
@@ -195,7 +220,7 @@ class Predictor:
         per class in its metadata (the checks of logits(); ONNX runs under its deadline, so an endless graph is
         stopped too). One call of two images: a second call of one image doubled the cost under PyTorch (its
         kernels are set up again for each new batch size) and only catches graphs fixed to a batch of two."""
-        images = probe_images()
+        images = probe_images(self.info.shape)
         if getattr(self.backend, "takes_numpy", False):  # as logits(): no torch import for an ONNX model
             batch = normalize_array(images, self.normalization)
         else:
@@ -226,7 +251,8 @@ class Predictor:
                               deadline_s=deadline_s)
         predictor = cls(backend, info)  # the probe first: NaN weights are a clearer message than a parity failure
         # Noise images, not digits: enough to check the numbers without needing the dataset at startup.
-        check_parity(loaded, backend, random_images(64), require_same_argmax=False).raise_if_failed()
+        check_parity(loaded, backend, random_images(64, pixels=loaded.shape.pixels),
+                     require_same_argmax=False).raise_if_failed()
         return predictor
 
     @classmethod
@@ -322,8 +348,9 @@ class Predictor:
                 "calibration": self.info.calibration.describe()}
 
     def logits(self, images) -> np.ndarray:
-        """uint8 MNIST-like images (N, 28, 28), numpy or tensor -> float32 logits (N, classes); a ModelError if
-        the model answers anything else (another shape, NaN or infinity)."""
+        """uint8 images of the model's shape (N, 28, 28) MNIST-like, (N, C, H, W) for colour), numpy or tensor ->
+        float32 logits (N, classes); a ModelError if the model answers anything else (another shape, NaN or
+        infinity)."""
         if getattr(self.backend, "takes_numpy", False):  # no tensors, no torch import
             pixels = images.detach().cpu().numpy() if _is_tensor(images) else np.asarray(images, np.uint8)
             prepare = normalize_array
@@ -332,7 +359,7 @@ class Predictor:
 
             pixels = images if _is_tensor(images) else torch.from_numpy(np.asarray(images, np.uint8))
             prepare = normalize
-        pixels = pixels.reshape(-1, 28, 28)
+        pixels = pixels.reshape(-1, *self.info.shape.pixels)
         if pixels.shape[0] == 0:
             return np.empty((0, len(self.classes)), np.float32)
         if _is_tensor(pixels):
@@ -358,7 +385,7 @@ class Predictor:
         return out.astype(np.float32, copy=False)
 
     def probabilities(self, images) -> np.ndarray:
-        """uint8 MNIST-like images (N, 28, 28) -> calibrated probabilities (N, 10), a float32 numpy array."""
+        """uint8 images as logits() takes them -> calibrated probabilities (N, classes), a float32 numpy array."""
         return self.calibrated(self.logits(images))
 
     def calibrated(self, logits) -> np.ndarray:
@@ -376,7 +403,8 @@ class Predictor:
         canvas drawings, whose extent judge() is given)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        return self.judge(np.stack([self.to_input(image, preprocess) for image in images]), None, top_k)
+        return self.judge(np.stack([self.to_input(image, preprocess, self.info.shape) for image in images]), None,
+                          top_k)
 
     def judge(self, images, extents: list[float | None] | None = None, top_k: int = 3) -> list[Prediction]:
         """uint8 (N, 28, 28) images -> Predictions, refused (label None, reason) where the model's abstention says;
@@ -386,8 +414,7 @@ class Predictor:
     def judged(self, images, logits: np.ndarray, extents: list[float | None] | None = None,
                top_k: int = 3) -> list[Prediction]:
         """judge() with the images' logits already computed (the server calls logits() itself)."""
-        pixels = images.numpy() if _is_tensor(images) else np.asarray(images)
-        reasons = self.abstention.reasons(pixels.reshape(-1, 28, 28), logits, self.temperature, extents)
+        reasons = self.refusals(images, logits, extents)
         return [self.describe_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,
@@ -400,19 +427,20 @@ class Predictor:
         the next chunk is preprocessed while the current one is predicted. `chunk`: files per step (CHUNK).
         """
         paths, chunk = [Path(p) for p in paths], chunk or CHUNK
+        read = _preprocess_file if self.info.shape.is_mnist else partial(_read_for_shape, shape=self.info.shape)
         workers = cpu_count() if workers is None else workers
         if workers <= 1 or len(paths) < POOL_MIN_FILES:
             for start in range(0, len(paths), chunk):
                 part = paths[start:start + chunk]
-                yield from self._predict_chunk(part, [_preprocess_file(p) for p in part], top_k)
+                yield from self._predict_chunk(part, [read(p) for p in part], top_k)
             return
         with _pool(min(workers, len(paths))) as pool:
             chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-            pending = pool.map_async(_preprocess_file, chunks[0], chunksize=8)
+            pending = pool.map_async(read, chunks[0], chunksize=8)
             for i, part in enumerate(chunks):
                 done = pending.get()
                 if i + 1 < len(chunks):  # keep the workers busy while this chunk is predicted and printed
-                    pending = pool.map_async(_preprocess_file, chunks[i + 1], chunksize=8)
+                    pending = pool.map_async(read, chunks[i + 1], chunksize=8)
                 yield from self._predict_chunk(part, done, top_k)
 
     def _predict_chunk(self, paths: list[Path], done: list[tuple[np.ndarray | None, str | None]],
@@ -424,22 +452,35 @@ class Predictor:
             yield FileResult(path, image, next(judged) if image is not None else None, error)
 
     @staticmethod
-    def to_input(image, preprocess: bool = True) -> np.ndarray:
-        """One image -> uint8 (28, 28); `preprocess=False` only for images already MNIST-like."""
+    def to_input(image, preprocess: bool = True, shape: InputShape = MNIST_SHAPE) -> np.ndarray:
+        """One image -> uint8 of `shape.pixels`, (28, 28) for MNIST's; `preprocess=False` only for images already
+        as the model reads them. Pictures for MNIST's shape are made MNIST-like (preprocess.to_mnist); for another
+        shape they are only converted and resized (preprocess.resize says why)."""
         if not preprocess:
             array = image.numpy() if _is_tensor(image) else np.asarray(image)
-            return np.array(array, dtype=np.uint8).reshape(28, 28)  # a copy: the input may be read-only
+            return np.array(array, dtype=np.uint8).reshape(shape.pixels)  # a copy: the input may be read-only
+        if not shape.is_mnist:
+            from digitlab.preprocess.resize import to_shape
+
+            return to_shape(image, shape)
         from digitlab.preprocess import to_mnist
 
         return to_mnist(image)
+
+    def refusals(self, images, logits: np.ndarray, extents: list[float | None] | None = None) -> list[str | None]:
+        """The abstention's reason for each image, or None. It measures ink on MNIST-like 28x28 images (and is
+        fitted on those): a model of another shape never refuses."""
+        if not self.info.shape.is_mnist:
+            return [None] * len(logits)
+        pixels = images.numpy() if _is_tensor(images) else np.asarray(images)
+        return self.abstention.reasons(pixels.reshape(-1, 28, 28), logits, self.temperature, extents)
 
     def describe_logits(self, logits, top_k: int = 3, image=None) -> Prediction:
         """One image's logits (from logits()) -> a Prediction, for callers that show the logits too; refused where
         the abstention says when `image` (the 28x28 the model saw) is given."""
         if image is None:
             return self.describe_probs(self.calibrated(logits), top_k)
-        pixels = np.asarray(image.numpy() if _is_tensor(image) else image).reshape(1, 28, 28)
-        reason = self.abstention.reasons(pixels, np.asarray(logits)[None], self.temperature)[0]
+        reason = self.refusals(image, np.asarray(logits)[None])[0]
         return self.describe_probs(self.calibrated(logits), top_k).refused(reason)
 
     def describe_probs(self, probs, top_k: int = 3) -> Prediction:
