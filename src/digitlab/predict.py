@@ -348,7 +348,7 @@ class Predictor:
                 "calibration": self.info.calibration.describe()}
 
     def logits(self, images) -> np.ndarray:
-        """uint8 images of the model's shape (N, 28, 28) MNIST-like, (N, C, H, W) for colour), numpy or tensor ->
+        """uint8 images of the model's shape ((N, 28, 28) MNIST-like, (N, C, H, W) for colour), numpy or tensor ->
         float32 logits (N, classes); a ModelError if the model answers anything else (another shape, NaN or
         infinity)."""
         if getattr(self.backend, "takes_numpy", False):  # no tensors, no torch import
