@@ -129,3 +129,9 @@ def test_shape_errors_are_config_errors():
     with pytest.raises(ConfigError, match="the dataset decides"):
         check_model_args("cnn", {"num_classes": 26})
     assert "num_classes" not in model_defaults("cnn")  # options, not the shape
+
+
+@pytest.mark.quick
+def test_a_shape_beyond_the_limits_is_refused_before_building():
+    with pytest.raises(ConfigError, match="beyond digitlab's limits"):
+        create_model("mlp", in_chans=3, image_size=(100_000, 100_000))

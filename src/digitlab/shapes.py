@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from digitlab.errors import ConfigError
 
 SHAPE_KEYS = ("num_classes", "in_chans", "image_size")  # create_model's keywords, and the metadata keys
+# Bounds on what a config or a file's metadata may ask for, checked before anything is allocated: an .onnx file is
+# untrusted, and its metadata's shape sizes the images its load check is fed. 16M values is a 4x2048x2048 picture.
+MAX_VALUES_PER_IMAGE = 1 << 24
+MAX_CLASSES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,11 @@ class InputShape:
         if not isinstance(image_size, (list, tuple)) or len(image_size) != 2:
             raise ConfigError(f"image_size must be [height, width], got {image_size!r}")
         height, width = (whole("image_size", v) for v in image_size)
-        return cls(whole("num_classes", num_classes), whole("in_chans", in_chans), (height, width))
+        shape = cls(whole("num_classes", num_classes), whole("in_chans", in_chans), (height, width))
+        if shape.in_chans * height * width > MAX_VALUES_PER_IMAGE or shape.num_classes > MAX_CLASSES:
+            raise ConfigError(f"{shape} is beyond digitlab's limits ({MAX_VALUES_PER_IMAGE:,} values per image, "
+                              f"{MAX_CLASSES:,} classes)")
+        return shape
 
     @classmethod
     def from_meta(cls, meta: dict) -> InputShape:
