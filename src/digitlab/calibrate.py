@@ -51,7 +51,7 @@ def calibrate_file(path: Path, images: torch.Tensor, labels: torch.Tensor, datas
     model = loaded.model.to(device)
     logits = predict_logits(model, images, loaded.normalization, 1000, device).numpy()
     calibration = Calibration.fitted_on(logits, labels.cpu().numpy(), dataset, val_size)
-    if dataset == "mnist":  # the generated non-digits are MNIST-like drawings
+    if dataset == "mnist" and loaded.shape.is_mnist:  # the generated non-digits are MNIST-like drawings
         others, other_extents, _ = non_digits.validation_set(NON_DIGITS)
         other_logits = predict_logits(model, torch.from_numpy(others), loaded.normalization, 1000, device).numpy()
         pixels = images.cpu().numpy()
@@ -120,7 +120,7 @@ class CalibrateAtEnd(Subscriber):
                 done = [mark_uncalibrated(path, NO_HOLD_OUT) for path in paths if path.is_file()]
             else:
                 images, labels = run.eval_sets["val"]
-                done = [calibrate_file(path, images, labels, run.cfg.dataset, run.cfg.val_size, run.device)
+                done = [calibrate_file(path, images, labels, run.meta["dataset"], run.cfg.val_size, run.device)
                         for path in paths if path.is_file()]
         except (DigitlabError, OSError) as e:
             run.log(f"warning: no temperature fitted ({e}); `digitlab calibrate {run.run_dir}` retries")
