@@ -191,8 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show runs stopped before their planned end, marked (never in a recipe's spread)")
 
     pred = sub.add_parser("predict", help="predict test images or image files", formatter_class=fmt)
-    pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; RUN: a run folder, .safetensors "
-                      "or .onnx file (from `digitlab export`, as --onnx); no RUN: shipped model")
+    pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
     pred.add_argument("--test-index", type=int, default=None, help="predict this test-set image")
     pred.add_argument("--checkpoint", default="best", choices=["best", "last"])
     pred.add_argument("--save", default=None, help="with --test-index: save the image as PNG")

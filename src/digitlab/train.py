@@ -222,6 +222,7 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
     local_batch = dist.check_batch_size(ctx, cfg.batch_size)
     set_seed(cfg.seed + ctx.rank)
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, progress=show_bars)
+    shape = dataset_shape(ds, cfg)
     train_x, train_y, eval_sets = split_data(ds, cfg.val_size, cfg.eval_test)  # a bad val_size fails here, early
     if cfg.pen_digits:  # imported only then: the pen generator and preprocessing cost ~36 ms of start-up
         from digitlab.synthetic import with_pen_digits
@@ -232,7 +233,6 @@ def setup(cfg: TrainConfig, dataset: Dataset | None, resume: bool, show_bars: bo
 
         train_x, train_y = with_non_digits(train_x, train_y, cfg.non_digits)  # labelled OUTLIER (-1)
     run_dir = prepare_run_dir(cfg, ctx, resume, force, held, log)
-    shape = dataset_shape(ds, cfg)
     model = create_model(cfg.model, **cfg.model_args, **shape.to_meta()).to(device)
     if not resume:  # a resumed run has its data-dependent layers in the checkpoint
         init_from_data(model, train_x, cfg.normalization, device)
