@@ -6,6 +6,7 @@ exit with status 2, as argparse does, but also in one line.
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import re
 import sys
@@ -15,10 +16,32 @@ from digitlab.errors import DigitlabError
 
 
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line, without the usage block."""
+    """ArgumentParser whose errors are one line, without the usage block. Flags are never abbreviated (`--epoch 3`
+    would otherwise be taken as `--epochs 3` without a word), and an unknown flag is refused by the (sub)command
+    that met it, naming the flags it may have meant."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self.suggestion(extras)}")
+        return namespace, extras
+
+    def suggestion(self, extras: list[str]) -> str:
+        """'; did you mean --epochs?' for the flags among `extras` that begin one of this parser's flags or are
+        spelled nearly like one."""
+        known = [flag for flag in self._option_string_actions if flag.startswith("--")]
+        guesses: list[str] = []
+        for extra in (e.split("=", 1)[0] for e in extras if e.startswith("--")):
+            starting = [flag for flag in known if flag.startswith(extra)]
+            guesses += starting[:3] or difflib.get_close_matches(extra, known, n=1, cutoff=0.8)
+        return f"; did you mean {' or '.join(dict.fromkeys(guesses))}?" if guesses else ""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -191,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show runs stopped before their planned end, marked (never in a recipe's spread)")
 
     pred = sub.add_parser("predict", help="predict test images or image files", formatter_class=fmt)
-    pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
+    pred.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; RUN: a run folder, .safetensors "
+                      "or .onnx file (from `digitlab export`, as --onnx); no RUN: shipped model")
     pred.add_argument("--test-index", type=int, default=None, help="predict this test-set image")
     pred.add_argument("--checkpoint", default="best", choices=["best", "last"])
     pred.add_argument("--save", default=None, help="with --test-index: save the image as PNG")

@@ -49,10 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports for all ranks
     final, best = result.final, result.best_row
     print(f"run: {result.run_dir}")
-    scored = "test" if final.get("test_accuracy") is not None else "val"  # --no-eval-test reads no test image
-    words = "test accuracy" if scored == "test" else "validation accuracy (the test set was not read)"
-    print(f"{words}: {final[f'{scored}_accuracy']:.2%} (loss {final[f'{scored}_loss']:.4f}) after "
-          f"{final['epoch']:g} epochs, {final['elapsed_s']:.1f}s")
+    print(final_line(final))
     if result.selected_on == "nothing":
         print("best checkpoint: the last epoch's weights (a fixed schedule: nothing was selected)")
     else:
@@ -60,6 +57,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
               f"{best['step']}{its_test}")
     return 0
+
+
+def final_line(final: dict) -> str:
+    """The run's closing accuracy line, on test or (with --no-eval-test, which reads no test image) validation."""
+    scored = "test" if final.get("test_accuracy") is not None else "val"
+    words = "test accuracy" if scored == "test" else "validation accuracy (the test set was not read)"
+    return (f"{words}: {final[f'{scored}_accuracy']:.2%} (loss {final[f'{scored}_loss']:.4f}) after "
+            f"{count(final['epoch'], 'epoch')}, {final['elapsed_s']:.1f}s")
+
+
+def count(n: float, noun: str) -> str:
+    """'1 epoch', '2 epochs', '0.5 epochs': the number with its noun in the singular only for exactly one."""
+    return f"{n:g} {noun}{'s' * (n != 1)}"
 
 
 def recipe_base(args: argparse.Namespace) -> dict:
