@@ -99,3 +99,23 @@ def test_pen_digits_need_mnists_shape(letters, tmp_path):
                        "threads": 1, "plot": False, "tensorboard": False, "out": str(tmp_path / "run")})
     with pytest.raises(ConfigError, match="pen_digits and non_digits are 1x28x28"):
         digitlab.train(cfg, dataset=letters, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.quick
+def test_explain_refuses_another_shape_in_one_line(tmp_path):
+    from digitlab.checkpoint import LoadedModel
+    from digitlab.explain.explainer import Explainer
+
+    model = digitlab.create_model("cnn", **SHAPE.to_meta())
+    loaded = LoadedModel(model, "cnn", {}, "standard", "letters", LETTERS, tmp_path / "best.safetensors", {},
+                         shape=SHAPE)
+    with pytest.raises(ConfigError, match="explain draws 1x28x28 images; .* reads 26 classes of 3x32x32 images"):
+        Explainer.from_loaded(loaded)
+
+
+@pytest.mark.quick
+def test_summary_runs_the_models_shape():
+    from digitlab.summary import format_summary
+
+    text = format_summary("rnn", digitlab.create_model("rnn", **SHAPE.to_meta()), SHAPE)
+    assert text.startswith("rnn: input (1, 3, 32, 32)") and "(1, 26)" in text

@@ -23,6 +23,7 @@ from torch import nn
 from digitlab.backends import TorchBackend
 from digitlab.checkpoint import LoadedModel, load_run
 from digitlab.device import use_channels_last
+from digitlab.errors import ConfigError
 from digitlab.explain.attributions import METHOD_NAMES, ExplainError, attribute, check_gradcam, check_method
 from digitlab.normalize import normalize
 from digitlab.predict import DEFAULT_WEIGHTS, Predictor, softmax
@@ -74,6 +75,10 @@ class Explainer:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "Explainer":
+        """The explainer of a loaded checkpoint; its maps, sanity checks and figures are drawn on 28x28 grey
+        images, so a model of another shape is a one-line ConfigError here rather than a reshape error later."""
+        if not loaded.shape.is_mnist:
+            raise ConfigError(f"explain draws 1x28x28 images; {loaded.source} reads {loaded.shape}")
         return cls(loaded.model, loaded.model_name, loaded.normalization, loaded.classes, loaded.dataset,
                    loaded.calibration.temperature)
 
