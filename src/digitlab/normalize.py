@@ -25,7 +25,8 @@ NORMALIZATIONS: dict[str, tuple[float, float]] = {
 
 
 def normalize(images: torch.Tensor, kind: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28) (float32 unless `dtype`), on the images' device.
+    """uint8 (N, H, W) or (N, C, H, W) -> float (N, C, H, W), C = 1 for the first (MNIST's (N, 1, 28, 28)), float32
+    unless `dtype`, on the images' device.
     `kind` is the run's normalisation, always given: there is no default that could silently differ from what a
     model was trained on."""
     import torch
@@ -40,7 +41,7 @@ def normalize(images: torch.Tensor, kind: str, dtype: torch.dtype | None = None)
 
 
 def normalize_array(images: np.ndarray, kind: str) -> np.ndarray:
-    """normalize() for a numpy uint8 batch, for ONNX Runtime without PyTorch: float32 (N, 1, 28, 28), the same
+    """normalize() for a numpy uint8 batch, for ONNX Runtime without PyTorch: float32 (N, C, H, W), the same
     numbers bit for bit (the same two float32 operations; tests/test_predict_startup.py compares them)."""
     shift, scale = NORMALIZATIONS[kind]
     if images.ndim == 3:
