@@ -44,7 +44,7 @@ from digitlab.serve.limits import BodySizeLimit, Limits
 from digitlab.serve.metrics import Metrics, MetricsMiddleware
 from digitlab.serve.inline_pool import InlinePool
 from digitlab.serve.pool_settings import PoolBusy, PoolTimeout
-from digitlab.serve.schema import PixelsRequest, describe_errors, plain_errors
+from digitlab.serve.schema import PixelsRequest, describe_errors, error_body, plain_errors
 
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {  # the page loads nothing from elsewhere, and says so
@@ -262,8 +262,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = plain_errors(exc.errors())
-        return JSONResponse({"detail": describe_errors(errors), "errors": errors}, status_code=422)
+        errors, count = plain_errors(exc.errors()), len(exc.errors())
+        return JSONResponse({"detail": describe_errors(errors, count), **error_body(errors, count)}, status_code=422)
 
     @app.exception_handler(JobError)
     async def refused(request: Request, exc: JobError) -> JSONResponse:  # from the pool: a 4xx, or 503

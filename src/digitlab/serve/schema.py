@@ -3,6 +3,7 @@ serving worker process parses and checks pixels without the web framework (the e
 """
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,18 +19,31 @@ class PixelsRequest(BaseModel):
     pixels: Annotated[list[Row], Field(min_length=28, max_length=28, description="28 rows of 28 numbers in 0..255")]
 
 
-def plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic's error dicts reduced to loc (a list), msg and type: plain JSON, picklable across processes."""
-    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+MAX_ERRORS = 10  # validation errors listed in a 422; the rest are counted (a body of 200,000 stray keys made 16 MB)
 
 
-def describe_errors(errors: list[dict]) -> str:
-    """Pydantic errors as one line: 'pixels[0][3]: Input should be a finite number'."""
+def plain_errors(errors: list[dict[str, Any]], limit: int = MAX_ERRORS) -> list[dict[str, Any]]:
+    """pydantic's first `limit` error dicts reduced to loc (a list), msg and type: plain JSON, picklable across
+    processes."""
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in itertools.islice(errors, limit)]
+
+
+def error_body(errors: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """What a 422 answers besides its detail: the first errors (plain_errors) and, when there were more, how many
+    there were in all."""
+    return {"errors": errors, **({"error_count": count} if count > len(errors) else {})}
+
+
+def describe_errors(errors: list[dict], count: int | None = None) -> str:
+    """Pydantic errors as one line: 'pixels[0][3]: Input should be a finite number'; `count`: how many there were
+    in all, when `errors` is the first few."""
     def where(loc) -> str:
         parts = [p for p in loc if p != "body"]
         return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
 
     errors = sorted(errors, key=lambda e: e.get("type") != "missing")  # "pixels: Field required" says the most
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    total = max(count or 0, len(errors))
+    more = f" (and {total - 1:,} more)" if total > 1 else ""
     return f"{where(first.get('loc', ())) or 'body'}: {first.get('msg', 'invalid')}{more}"
