@@ -98,3 +98,73 @@ def test_compare_command_draws_a_chart_per_dataset(two_dataset_runs, tmp_path, m
     assert all(0 <= y <= 100 for ax in fig.axes for y in ydata(ax)) and max(ydata(fig.axes[0])) > 50
     width, height = Image.open(png).size
     assert width > 1.5 * height  # two charts side by side
+
+
+FASHION_MISTAKES = ["Ankle boot -> Sneaker 98%", "T-shirt/top -> Shirt 97%", "Trouser -> Ankle boot 93%",
+                    "Sandal -> Sneaker 85%", "Pullover -> Coat 58%", "Shirt -> T-shirt/top 89%"] * 4 + ["Bag -> Coat 78%"]
+
+
+def title_boxes(fig) -> list[list]:
+    """The drawn title of each image of a grid, as window extents, row by row."""
+    import matplotlib.transforms as mtransforms
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    rows: dict[float, list] = {}
+    for ax in fig.axes:
+        if ax.get_title():
+            box = ax.title.get_window_extent(renderer)
+            rows.setdefault(round(ax.get_position().y0, 3), []).append(box)
+    assert all(isinstance(b, mtransforms.Bbox) for row in rows.values() for b in row)
+    return [sorted(row, key=lambda b: b.x0) for _, row in sorted(rows.items(), reverse=True)]
+
+
+@pytest.mark.quick
+def test_mistake_titles_with_long_class_names_do_not_overlap():
+    import torch
+
+    images = torch.zeros(len(FASHION_MISTAKES), 28, 28, dtype=torch.uint8)
+    fig = plots.grid_figure(images, FASHION_MISTAKES, title="most confident mistakes (true -> predicted)")
+    rows = title_boxes(fig)
+    assert len(rows) == 5 and [len(row) for row in rows] == [5] * 5
+    for row in rows:
+        for left, right in zip(row, row[1:]):
+            assert left.x1 < right.x0, (left, right)  # a gap between neighbouring titles
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[0] == "Ankle boot ->\nSneaker 98%" and titles[2] == "Trouser ->\nAnkle boot 93%"  # names whole
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("n, shape", [(36, (6, 6)), (25, (5, 5)), (12, (3, 4)), (7, (1, 7)), (100, (10, 10)),
+                                      (1, (1, 1)), (11, (3, 4)), (13, (2, 7))])
+def test_a_grid_fills_its_rows_evenly(n, shape):
+    """`digitlab data show -n 36` is 6x6, not 8 rows of 5 with one image alone on the last."""
+    rows, columns = shape
+    assert plots.grid_columns(n) == columns
+    import torch
+
+    fig = plots.grid_figure(torch.zeros(n, 28, 28, dtype=torch.uint8), [str(i % 10) for i in range(n)])
+    assert len(fig.axes) == rows * columns
+    empty = rows * columns - n
+    assert empty < columns and empty <= max(1, columns // 3)  # never a lone image on the last row
+
+
+def test_data_show_36_is_six_by_six(tmp_path, capsys):
+    from digitlab.cli import main
+
+    out = tmp_path / "s.png"
+    figures = []
+    original = plots.grid_figure
+
+    def spy(*args, **kwargs):
+        figures.append(original(*args, **kwargs))
+        return figures[-1]
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(plots, "grid_figure", spy):
+        assert main(["data", "show", "-n", "36", "-o", str(out)]) == 0
+    assert len(figures[0].axes) == 36 and {round(ax.get_position().x0, 3) for ax in figures[0].axes}.__len__() == 6
+    width, height = Image.open(out).size
+    assert 0.7 < width / height < 1.3  # square, as 6x6 is
+    assert f"wrote {out}" in capsys.readouterr().out

@@ -7,6 +7,7 @@ the tests read back); each `plot_*` function builds and writes it.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -102,25 +103,55 @@ def plot_curves(history: list[dict], path: Path, title: str = "", x: str = "step
     return _save(curves_figure(history, title, x), path)
 
 
-def plot_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 5,
+def plot_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int | None = None,
               title: str = "") -> Path:
     """grid_figure, written to `path`."""
     return _save(grid_figure(images, titles, columns, title), path)
 
 
-def grid_figure(images: torch.Tensor, titles: list[str], columns: int = 5, title: str = "") -> Figure:
+CELL_INCHES = 1.6  # width of one image of a grid
+TITLE_POINTS = 8  # font size of each image's title
+LINE_INCHES = 0.16  # height of one line of title
+
+
+def grid_columns(n: int) -> int:
+    """Columns for n images that fill the rows as evenly as the grid's shape allows (36 -> 6x6, 12 -> 3x4, 7 -> one
+    row of 7): the fewest empty cells in the last row, for a grid about as wide as it is high, never narrower."""
+    low = max(1, math.ceil(math.sqrt(n)))
+    high = max(low, min(n, max(10, math.ceil(1.5 * math.sqrt(n)))))
+    return min(range(low, high + 1), key=lambda c: (-n % c, c))
+
+
+def title_lines(text: str, width_inches: float = CELL_INCHES, points: float = TITLE_POINTS) -> str:
+    """`text` in lines that fit the width of a grid cell (about 0.6 em a character, a gap kept), so a long title
+    such as "Ankle boot -> Sneaker 98%" takes two lines instead of running into its neighbours; a mistake's title
+    breaks after its arrow first, keeping each class name whole."""
+    chars = max(8, int(0.8 * width_inches * 72 / (0.6 * points)))
+    if len(text) <= chars:
+        return text
+    head, arrow, tail = text.partition(" -> ")
+    parts = [head + arrow.rstrip(), tail] if arrow else [text]
+    return "\n".join(textwrap.fill(part, chars, break_on_hyphens=False) for part in parts)
+
+
+def grid_figure(images: torch.Tensor, titles: list[str], columns: int | None = None, title: str = "") -> Figure:
     """A grid of uint8 images ((H, W) grey, (1, H, W) or (3, H, W) colour), each titled (labels, or
-    true/predicted)."""
+    true/predicted); by default with grid_columns(n) columns, and titles wrapped to their cell."""
     n = len(titles)
+    columns = columns or grid_columns(n)
     rows = max(1, (n + columns - 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    wrapped = [title_lines(text) for text in titles]
+    lines = max((text.count("\n") + 1 for text in wrapped), default=1)
+    height = rows * (CELL_INCHES + LINE_INCHES * lines)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * CELL_INCHES, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, text in zip(axes.flat, images, titles):
+    for ax, image, text in zip(axes.flat, images, wrapped):
         ax.imshow(displayable(image), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(text, fontsize=8)
+        ax.set_title(text, fontsize=TITLE_POINTS)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 
