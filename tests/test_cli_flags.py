@@ -28,7 +28,8 @@ def test_no_parser_takes_abbreviated_flags():
 
 @pytest.mark.parametrize("args, expected", [
     (["train", "--epoch", "3"], "digitlab train: error: unrecognized arguments: --epoch 3; did you mean --epochs?"),
-    (["data", "show", "--sed", "3"], "digitlab data show: error: unrecognized arguments: --sed 3; did you mean --seed?"),
+    (["data", "show", "--sed", "3"], "digitlab data show: error: unrecognized arguments: --sed 3; "
+                                     "did you mean --seed?"),
     (["eval", "run", "--figure=out"], "digitlab eval: error: unrecognized arguments: --figure=out; "
                                       "did you mean --figures?"),
     (["train", "--max", "3"], "digitlab train: error: unrecognized arguments: --max 3; did you mean --max-steps?"),

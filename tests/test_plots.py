@@ -101,7 +101,8 @@ def test_compare_command_draws_a_chart_per_dataset(two_dataset_runs, tmp_path, m
 
 
 FASHION_MISTAKES = ["Ankle boot -> Sneaker 98%", "T-shirt/top -> Shirt 97%", "Trouser -> Ankle boot 93%",
-                    "Sandal -> Sneaker 85%", "Pullover -> Coat 58%", "Shirt -> T-shirt/top 89%"] * 4 + ["Bag -> Coat 78%"]
+                    "Sandal -> Sneaker 85%", "Pullover -> Coat 58%", "Shirt -> T-shirt/top 89%"] * 4
+FASHION_MISTAKES.append("Bag -> Coat 78%")
 
 
 def title_boxes(fig) -> list[list]:
@@ -164,7 +165,46 @@ def test_data_show_36_is_six_by_six(tmp_path, capsys):
 
     with unittest.mock.patch.object(plots, "grid_figure", spy):
         assert main(["data", "show", "-n", "36", "-o", str(out)]) == 0
-    assert len(figures[0].axes) == 36 and {round(ax.get_position().x0, 3) for ax in figures[0].axes}.__len__() == 6
+    assert len(figures[0].axes) == 36 and len({round(ax.get_position().x0, 3) for ax in figures[0].axes}) == 6
     width, height = Image.open(out).size
     assert 0.7 < width / height < 1.3  # square, as 6x6 is
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def with_validation(rows: list[dict]) -> list[dict]:
+    """`rows` as a run with a hold-out logs them: val_loss and val_accuracy beside train and test."""
+    return [{**r, "val_loss": r["test_loss"] * 0.9, "val_accuracy": r["test_accuracy"] - 0.001} for r in rows]
+
+
+@pytest.mark.quick
+def test_curves_draw_validation_beside_train_and_test_with_the_legend_below():
+    fig = plots.curves_figure(with_validation(MNIST_RUNS["digitnet"]), title="run", x="epoch")
+    loss, acc = fig.axes
+    labels = [text.get_text() for text in loss.get_legend().get_texts()]
+    assert labels == ["train loss", "train accuracy", "validation loss", "validation accuracy", "test loss",
+                      "test accuracy"]
+    assert [line.get_label() for line in acc.get_lines()] == ["train accuracy", "validation accuracy",
+                                                              "test accuracy"]
+    assert min(ydata(acc)) == pytest.approx(98.7)  # 0.989 - 0.002: train; validation is 98.8
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend, chart = loss.get_legend().get_window_extent(renderer), loss.get_window_extent(renderer)
+    assert legend.y1 < chart.y0  # under the chart: six entries inside it hid the lines they name
+
+
+def test_plot_command_draws_validation_from_metrics_csv(tmp_path, monkeypatch):
+    from digitlab.cli import main
+    from digitlab.runs import METRIC_COLUMNS
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = with_validation(MNIST_RUNS["cnn"])
+    lines = [",".join(METRIC_COLUMNS)] + [",".join(str(r.get(c, 0.0)) for c in METRIC_COLUMNS) for r in rows]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    figures = []
+    original = plots.curves_figure
+    monkeypatch.setattr(plots, "curves_figure", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
+    assert main(["plot", str(run)]) == 0
+    labels = [line.get_label() for ax in figures[0].axes for line in ax.get_lines()]
+    assert "validation loss" in labels and "validation accuracy" in labels
+    assert (run / "curves.png").is_file()

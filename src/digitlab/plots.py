@@ -70,8 +70,8 @@ CURVE_SPLITS = (("train", "o", "tab:blue", "tab:green"), ("val", "^", "tab:purpl
 
 
 def curves_figure(history: list[dict], title: str = "", x: str = "step") -> Figure:
-    """Train, validation (with a hold-out) and test (where read) loss on the left axis, accuracy (%) on a twin
-    right axis, over steps or epochs."""
+    """Train, validation (with a hold-out: metrics.csv's val_* columns) and test (where read) loss on the left axis,
+    accuracy (%) on a twin right axis, over steps or epochs; the legend below the chart."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     acc = ax.twinx()
     accuracies: list[float] = []
@@ -91,8 +91,11 @@ def curves_figure(history: list[dict], title: str = "", x: str = "step") -> Figu
         ax.set_xlabel(x)
     ax.set_ylabel("loss")
     accuracy_axis(acc, accuracies, "accuracy")
-    lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
-    ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right", fontsize=8)
+    # below the chart, a column per split (its loss over its accuracy): inside, six entries hid the lines they name
+    pairs = list(zip(ax.get_legend_handles_labels()[0], acc.get_legend_handles_labels()[0]))
+    lines = [line for pair in pairs for line in pair]
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncols=max(1, len(pairs)), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     ax.set_title(title)
     return fig
