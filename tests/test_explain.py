@@ -452,3 +452,25 @@ def test_json_keeps_the_shape_of_a_map_with_tiny_values():
     assert np.count_nonzero(rounded(tiny, 4)) == 2
     np.testing.assert_allclose(rounded(tiny, 4), tiny, rtol=1e-3)
     assert rounded(np.array([[0.123456, 0.0]]), 4) == [[0.12346, 0.0]]  # 4 places below the first digit
+
+
+@pytest.mark.quick
+def test_layers_figure_names_each_class_of_the_class_bar():
+    """The output layer's one-row tile (the class bar) is labelled with the class names and probabilities, and its
+    axis says what brightness means; the other layers keep bare tiles."""
+    from digitlab.explain.activations import LayerActivation
+    from digitlab.explain.figures import layers_figure
+
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot")
+    logits = np.arange(10, dtype=np.float32)
+    layers = [LayerActivation("features.0", "conv", "Conv2d", [4, 28, 28], np.random.rand(4, 28, 28), np.zeros(1)),
+              LayerActivation("fc", "linear", "Linear", [10], logits.reshape(1, 1, 10), logits)]
+    probs = np.exp(logits) / np.exp(logits).sum()
+    fig = layers_figure(layers, np.zeros((28, 28), np.uint8), "a shoe", classes, probs)
+    conv, bar = fig.axes[1], fig.axes[2]
+    ticks = [t.get_text() for t in bar.get_xticklabels()]
+    assert ticks[0] == "T-shirt/top\n0%" and ticks[9] == "Ankle boot\n63%" and len(ticks) == 10
+    assert "class" in bar.get_xlabel() and "probability" in bar.get_xlabel()
+    assert "class bar" in bar.get_title(loc="left")
+    assert conv.get_xticklabels() == [] and conv.get_xlabel() == ""

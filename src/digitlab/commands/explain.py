@@ -100,7 +100,8 @@ def explain_layers(explainer, image: np.ndarray, name: str, args: argparse.Names
         from digitlab.explain import figures
 
         title = f"{explainer.name}: {name}, predicted {explainer.classes[label]} ({probs[label]:.1%})"
-        path = figures.save(figures.layers_figure(layers, image, title), args.output or "layers.png", tight=True)
+        fig = figures.layers_figure(layers, image, title, explainer.classes, probs)
+        path = figures.save(fig, args.output or "layers.png", tight=True)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -105,11 +105,15 @@ def mosaic(maps: np.ndarray, per_row: int = TILES_PER_ROW) -> np.ndarray:
     return out
 
 
-def layers_figure(layers: list, image: np.ndarray, title: str) -> Figure:
-    """The input, then one panel per layer: its channels (up to MAX_CHANNELS) tiled, brighter = larger."""
+def layers_figure(layers: list, image: np.ndarray, title: str, classes: tuple[str, ...] | list[str] = (),
+                  probabilities: np.ndarray | None = None) -> Figure:
+    """The input, then one panel per layer: its channels (up to MAX_CHANNELS) tiled, brighter = larger. The last
+    layer, when it has a unit per class (the logits), is the class bar: each cell named with its class and, given
+    `probabilities`, the probability it amounts to."""
     tiles = [mosaic(layer.maps[:MAX_CHANNELS]) for layer in layers]
     heights = [1.6] + [max(0.35, min(4.5, 7.6 * t.shape[0] / max(t.shape[1], 1))) for t in tiles]
-    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, sum(heights) + 0.3 * len(heights)),
+    bar = len(classes) > 0 and len(layers) > 0 and layers[-1].values.size == len(classes)
+    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, sum(heights) + 0.3 * len(heights) + 0.5 * bar),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     axes = axes[:, 0]
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
@@ -124,8 +128,23 @@ def layers_figure(layers: list, image: np.ndarray, title: str) -> Figure:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    if bar:
+        label_class_bar(axes[-1], classes, probabilities)
     fig.tight_layout()
     return fig
+
+
+def label_class_bar(ax, classes: tuple[str, ...] | list[str], probabilities: np.ndarray | None) -> None:
+    """Name each cell of the output layer's one-row tile with its class (and probability), and say what the
+    brightness means: without them, ten coloured cells do not say which is which."""
+    names = [str(name) for name in classes]
+    if probabilities is not None:
+        names = [f"{name}\n{float(p):.0%}" for name, p in zip(names, probabilities)]
+    ax.set_title(f"{ax.get_title(loc='left')}: the class bar, a logit per class", fontsize=8, loc="left")
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.tick_params(axis="x", length=0)
+    ax.set_xlabel("class (its probability below; brighter = larger logit)" if probabilities is not None
+                  else "class (brighter = larger logit)", fontsize=8)
 
 
 def embedding_figure(points: np.ndarray, labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...],
