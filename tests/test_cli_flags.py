@@ -53,3 +53,14 @@ def test_the_final_line_counts_epochs_in_the_right_number(epoch, words):
 
     row = {"epoch": epoch, "test_accuracy": 0.99, "test_loss": 0.03, "elapsed_s": 12.0}
     assert words in final_line(row)
+
+
+@pytest.mark.parametrize("command, words", [
+    (["data", "show"], "current folder"), (["eval"], "run folder"), (["plot"], "RUN/curves.png"),
+    (["compare"], "current folder"), (["explain"], "run folder"),
+])
+def test_each_figure_command_says_where_its_files_go(command, words, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert words in help_text and ("printed" in help_text or "prints" in help_text)

@@ -474,3 +474,17 @@ def test_layers_figure_names_each_class_of_the_class_bar():
     assert "class" in bar.get_xlabel() and "probability" in bar.get_xlabel()
     assert "class bar" in bar.get_title(loc="left")
     assert conv.get_xticklabels() == [] and conv.get_xlabel() == ""
+
+
+def test_embedding_goes_in_the_run_folder_and_says_so(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """The map of a run's test set is about the run, as eval's figures are: RUN/embedding.png, its path printed;
+    heat maps of given images stay in the current folder."""
+    run = tiny_run(tmp_path_factory, "mlp", {"hidden": [16]})
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = cli(capsys, "explain", str(run), "--embedding", "--limit", "20")
+    assert code == 0, err
+    assert (run / "embedding.png").is_file() and not (tmp_path / "embedding.png").exists()
+    assert f"wrote {run / 'embedding.png'}" in stdout
+    code, stdout, err = cli(capsys, "explain", str(run), "--test-index", "0")
+    assert code == 0, err
+    assert (tmp_path / "explain.png").is_file() and "wrote explain.png" in stdout

@@ -145,13 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser.set_defaults(help_of=data_parser)
     data = data_parser.add_subparsers(dest="data_command", title="commands", metavar="COMMAND", parser_class=Parser)
     info = data.add_parser("info", help="sizes, classes, counts, file locations", formatter_class=fmt)
-    show = data.add_parser("show", help="a grid of samples as PNG", formatter_class=fmt)
+    show = data.add_parser("show", help="a grid of samples as PNG", formatter_class=fmt,
+                           description="A grid of samples as PNG, written to the current folder (or -o); the "
+                                       "command prints its path.")
     for p in (info, show):
         p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
         p.add_argument("--data-dir", default=None, help="folder with the IDX files")
     info.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("-n", type=int, default=25, help="number of images")
-    show.add_argument("-o", "--output", default="samples.png", help="PNG file to write")
+    show.add_argument("-o", "--output", default="samples.png", help="PNG file to write (relative to the current "
+                      "folder)")
     show.add_argument("--split", default="train", choices=["train", "test"])
     show.add_argument("--seed", type=int, default=0, help="which samples (random, seeded)")
 
@@ -174,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub, fmt)
 
-    ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt)
+    ev = sub.add_parser("eval", help="test metrics, per-class table, confusion and mistakes", formatter_class=fmt,
+                        description="Test metrics and a per-class table; the figures (confusion, mistakes, "
+                                    "reliability) go in the run folder, or --figures DIR, and their paths are printed.")
     ev.add_argument("run", help="run folder, .safetensors file, or .onnx file from `digitlab export`")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--dataset", default=None,
@@ -200,15 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--data-dir", default=None)
     cal.add_argument("--json", action="store_true", help="print JSON: each file's calibration record")
 
-    plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt)
+    plot = sub.add_parser("plot", help="draw curves.png for a run", formatter_class=fmt,
+                          description="Draw a run's loss and accuracy curves (train, validation, test) as "
+                                      "RUN/curves.png, or -o FILE; the command prints the path.")
     plot.add_argument("run")
     plot.add_argument("--x", default="step", choices=["step", "epoch"], help="x axis")
     plot.add_argument("-o", "--output", default=None, help="PNG file (default RUN/curves.png)")
 
     compare = sub.add_parser("compare", help="one table, the spread over seeds and one chart across finished runs",
-                             formatter_class=fmt)
+                             formatter_class=fmt,
+                             description="One table, the spread over seeds and one chart across finished runs; the "
+                                         "chart is about several runs, so it goes in the current folder (or -o), "
+                                         "and its path is printed.")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    compare.add_argument("-o", "--output", default="compare.png", help="PNG file for the chart")
+    compare.add_argument("-o", "--output", default="compare.png", help="PNG file for the chart (relative to the "
+                         "current folder)")
     compare.add_argument("--json", action="store_true", help="print JSON instead of the table")
     compare.add_argument("--include-unfinished", action="store_true",
                          help="show runs stopped before their planned end, marked (never in a recipe's spread)")
@@ -228,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write what the model saw for each image file, as DIR/<stem>.png (28x28)")
 
     explain = sub.add_parser("explain", help="why a model says what it says: heat maps, layer activations, "
-                             "an embedding map", formatter_class=fmt)
+                             "an embedding map", formatter_class=fmt,
+                             description="Why a model says what it says. The heat maps (explain.png) and layers "
+                                         "(layers.png) are about the images given and go in the current folder; "
+                                         "the embedding map of a run's test set goes in the run folder "
+                                         "(embedding.png); -o puts any of them elsewhere. The path is printed.")
     explain.add_argument("inputs", nargs="*", help="[RUN] then image files or folders; no RUN: shipped model")
     explain.add_argument("--test-index", type=int, nargs="+", default=None, metavar="N",
                          help="explain these test-set images")
@@ -237,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--target", type=int, default=None, metavar="CLASS",
                          help="explain this class (default: the predicted class and the runner-up)")
     explain.add_argument("-o", "--output", default=None,
-                         help="PNG to write (default explain.png, layers.png or embedding.png; none with --json)")
+                         help="PNG to write (default: explain.png or layers.png in the current folder; RUN/"
+                              "embedding.png, or embedding.png here for the shipped model or a lone file; none "
+                              "with --json)")
     explain.add_argument("--json", action="store_true", help="print the numbers as JSON")
     explain.add_argument("--layers", action="store_true", help="each layer's activations for one input")
     explain.add_argument("--embedding", action="store_true",

@@ -44,11 +44,12 @@ REQUIRED_METRICS = ("step", "epoch", "train_loss", "train_accuracy", "test_loss"
 TEST_METRICS = ("test_loss", "test_accuracy")  # blank in the rows of a run that does not read the test set
 LOCK_NAME = ".lock"
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files (tracking.py), one per training session
-# What a training writes into its folder (and eval/export next to it): what --force removes before a new run,
-# so nothing of the old run (a better best.safetensors above all) is left to be mixed with the new one.
+# What a training writes into its folder (and eval/export/explain --embedding next to it): what --force removes
+# before a new run, so nothing of the old run (a better best.safetensors above all) is left to be mixed with the
+# new one.
 RUN_FILES = ("config.json", "metrics.csv", "best.safetensors", "last.safetensors", "last.state.pt", "curves.png",
              "confusion-best.png", "confusion-last.png", "misclassified-best.png", "misclassified-last.png",
-             "reliability-best.png", "reliability-last.png", "model.onnx", "model.pt")
+             "reliability-best.png", "reliability-last.png", "embedding.png", "model.onnx", "model.pt")
 # Fields a resume may change: they decide how long, where and how fast the run goes on, or what it reports,
 # not what each step learns. Anything else (model, optimiser, lr, data, augmentation...) would continue the
 # checkpoint as another recipe than the one its config.json and metrics.csv describe.

@@ -1,4 +1,6 @@
-"""`digitlab explain`: attributions (heat maps), layer activations, or the test set's embedding map."""
+"""`digitlab explain`: attributions (heat maps), layer activations, or the test set's embedding map. The heat maps
+and layers are about the images given, so they go in the current folder; the embedding map is about a run's test
+set, so it goes in the run folder (as eval's figures do); -o puts any of them elsewhere."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.commands.inputs import expand_inputs, split_run_and_files
-from digitlab.errors import ConfigError
+from digitlab.errors import ConfigError, RunError
 
 
 MAX_EXPLAIN_IMAGES = 100  # rows of one explain PNG; more would be a figure no one can read
@@ -24,7 +26,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.embedding:
         if files or args.test_index is not None:
             raise ConfigError("--embedding maps the run's test set; give no image files or --test-index")
-        return explain_embedding(Explainer.from_run(run, args.checkpoint), args)
+        return explain_embedding(Explainer.from_run(run, args.checkpoint), args, embedding_path(run, args.output))
     if args.test_index is None and not files:
         raise ConfigError("give image files or folders to explain, or --test-index N...")
     if args.test_index is not None and files:
@@ -106,7 +108,15 @@ def explain_layers(explainer, image: np.ndarray, name: str, args: argparse.Names
     return 0
 
 
-def explain_embedding(explainer, args: argparse.Namespace) -> int:
+def embedding_path(run: str | None, output: str | None) -> Path:
+    """Where the embedding map goes: -o, else the run folder (a map of its test set is about the run, as eval's
+    figures are), else (the shipped model, a lone .safetensors or .onnx file) the current folder."""
+    if output:
+        return Path(output)
+    return Path(run) / "embedding.png" if run is not None and Path(run).is_dir() else Path("embedding.png")
+
+
+def explain_embedding(explainer, args: argparse.Namespace, path: Path) -> int:
     from digitlab.data import load_dataset
     from digitlab.explain.embedding import embed
 
@@ -126,6 +136,9 @@ def explain_embedding(explainer, args: argparse.Namespace) -> int:
         title = (f"{explainer.name}: penultimate-layer features of {len(emb.labels)} {explainer.dataset} test "
                  f"images (t-SNE), {wrong} misclassified (true→predicted)")
         fig = figures.embedding_figure(emb.points, emb.labels, emb.predictions, explainer.classes, title)
-        path = figures.save(fig, args.output or "embedding.png", tight=True)
+        try:
+            path = figures.save(fig, path, tight=True)
+        except OSError as e:
+            raise RunError(f"cannot write {path} ({e.strerror or e}); choose another file with -o") from None
         print(f"wrote {path}", file=out)
     return 0

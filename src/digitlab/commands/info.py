@@ -37,7 +37,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.n]
     titles = [ds.classes[int(labels[i])] for i in idx]
     out = plot_grid(images[idx], titles, Path(args.output), title=f"{ds.name} {args.split}")
-    print(f"wrote {out} ({len(idx)} {ds.name} {args.split} images)")
+    print(f"wrote {out} ({len(idx)} {ds.name} {args.split} image{'s' * (len(idx) != 1)})")
     return 0
 
 

@@ -49,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports for all ranks
     final, best = result.final, result.best_row
     print(f"run: {result.run_dir}")
+    if (result.run_dir / "curves.png").is_file():
+        print(f"curves: {result.run_dir / 'curves.png'}")
     print(final_line(final))
     if result.selected_on == "nothing":
         print("best checkpoint: the last epoch's weights (a fixed schedule: nothing was selected)")
