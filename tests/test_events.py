@@ -143,3 +143,35 @@ def test_without_tensorboard_installed_a_run_says_so_once(small, tmp_path, monke
     train(tiny(tmp_path, max_steps=3), dataset=small, progress=False, log=lines.append)
     assert sum("tensorboard package is not installed" in line for line in lines) == 1
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_train_draws_no_progress_bar_into_a_file_or_pipe(small, tmp_path, capsys):
+    """The Python API's default, progress=True, draws bars only where someone watches them live: under pytest,
+    as in a script whose output goes to a log file, stderr is not a terminal, so no carriage-return bars."""
+    lines: list[str] = []
+    train(tiny(tmp_path, epochs=1), small, progress=True, log=lines.append)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "step/s" not in err and "epoch 1/1" not in err, err[:300]
+    assert any(line.startswith("epoch 1/1:") for line in lines)  # the epoch's summary line is still there
+
+
+@pytest.mark.quick
+def test_bars_are_wanted_on_a_terminal_or_in_a_notebook(monkeypatch):
+    import io
+    import sys
+    import types
+
+    from digitlab import bars
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert bars.wanted(True, Terminal()) and not bars.wanted(False, Terminal())
+    assert not bars.wanted(True, io.StringIO())
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert bars.in_notebook() and bars.wanted(True, io.StringIO())  # Jupyter: tqdm.auto draws a widget
+    console = types.SimpleNamespace(config={"TerminalInteractiveShell": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: console))
+    assert not bars.in_notebook()

@@ -28,7 +28,6 @@ import contextlib
 import gzip
 import hashlib
 import os
-import sys
 import tempfile
 import urllib.request
 import zlib
@@ -309,7 +308,9 @@ class DownloadTooLarge(OSError):
 def fetch_capped(url: str, dest_dir: Path, name: str, cap: int, progress: bool) -> str:
     """Download `url` into a temporary file in `dest_dir`, at most `cap` bytes; its path. Anything larger (by
     Content-Length, or by what arrives) is a DownloadTooLarge, and the partial file is removed."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
+
+    from digitlab import bars
 
     with urllib.request.urlopen(url, timeout=30) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
@@ -318,7 +319,7 @@ def fetch_capped(url: str, dest_dir: Path, name: str, cap: int, progress: bool) 
         fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=name,
-                                                   disable=not (progress and sys.stderr.isatty())) as bar:
+                                                   disable=not bars.wanted(progress)) as bar:
                 received = 0
                 while chunk := response.read(min(READ_CHUNK, cap + 1 - received)):
                     received += len(chunk)

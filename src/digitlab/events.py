@@ -76,15 +76,18 @@ class MetricsCsv(Subscriber):
 
 
 class ConsoleProgress(Subscriber):
-    """A tqdm bar per epoch (when `show_bars`), a line per mid-epoch evaluation and a fixed-format line per epoch."""
+    """A tqdm bar per epoch (when `show_bars` and a terminal or notebook shows it live: bars.wanted), a line per
+    mid-epoch evaluation and a fixed-format line per epoch."""
 
     def __init__(self, log: Callable[[str], None], show_bars: bool):
-        self.log, self.show_bars = log, show_bars
+        from digitlab import bars
+
+        self.log, self.show_bars = log, bars.wanted(show_bars)
         self.bar = None
         self.epoch = 0
 
     def on_epoch_start(self, run: RunState, epoch: int) -> None:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a widget in a notebook, text on a terminal
 
         self.epoch = epoch
         if self.show_bars:

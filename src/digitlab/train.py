@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False
           progress: bool = True, log=log_line, force: bool = False,
           subscribers: list[Subscriber] | tuple = ()) -> TrainResult:
     """Train per `cfg`, writing a run folder; with resume=True continue from cfg.out's last checkpoint.
-    `progress` shows tqdm bars (rank 0 only). Ctrl-C raises TrainingInterrupted, saying what was saved.
+    `progress` shows tqdm bars (rank 0 only, where a terminal or a notebook shows them: digitlab.bars).
+    Ctrl-C raises TrainingInterrupted, saying what was saved.
     force=True lets a new run take a folder that holds files (a previous run's are removed first).
     `subscribers` hear the run's events after the built-in ones (events.py): a tracker, a sweep's pruner."""
     cfg.validate()
