@@ -164,3 +164,16 @@ def test_other_writers_adds_other_writers_formats_to_realworld(monkeypatch):
     assert spec.stroke == 1.0 and spec.thicken
     assert not (spec.degrees or spec.scale or spec.shift or spec.shear or spec.aspect or spec.elastic or spec.erase)
     assert sum(p.numel() for p in create_model(cfg.model, **cfg.model_args).parameters()) == 170_242
+
+
+@pytest.mark.quick
+def test_refuses_non_digits_is_other_writers_wider_longer_and_exposed_to_non_digits(monkeypatch):
+    """refuses-non-digits: other-writers' data and augmentation at width 32 for 5 epochs, plus 6,000 generated
+    non-digits trained towards a uniform answer (docs/not_a_digit.md has the candidates and their figures)."""
+    cfg = config_from_cli(monkeypatch, "--preset", "refuses-non-digits")
+    base = config_from_cli(monkeypatch, "--preset", "other-writers")
+    assert (cfg.model, cfg.model_args, cfg.epochs) == ("digitnet", {"width": 32}, 5)
+    assert (cfg.non_digits, cfg.outlier_weight, base.non_digits) == (6_000, 0.5, 0)
+    same = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "label_smoothing", "batch_size", "pen_digits",
+            "augment", "val_size", "fixed_schedule")
+    assert all(getattr(cfg, k) == getattr(base, k) for k in same)
