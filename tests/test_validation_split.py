@@ -83,7 +83,7 @@ def test_own_presets_select_on_5000_held_out_or_nothing_and_faithful_ones_hold_o
         cfg = make_config(preset_config(name))
         assert cfg.val_size == 0 and cfg.fixed_schedule and not cfg.target_accuracy, name
     for name, preset in PRESETS.items():
-        if not preset.measured:
+        if not preset.own_recipe:
             assert make_config(preset_config(name)).val_size == 0, name
 
 
@@ -172,10 +172,13 @@ def test_models_says_which_figures_are_measured_and_how_each_preset_selects(caps
 
     assert main(["models", "--json"]) == 0
     presets = {p["name"]: p for p in json.loads(capsys.readouterr().out)["presets"]}
-    assert presets["default"]["measured"] and "validation split" in presets["default"]["selection"]
-    assert presets["best"]["measured"] and "nothing selected" in presets["best"]["selection"]
-    assert not presets["cnn-bn"]["measured"] and "no validation split" in presets["cnn-bn"]["selection"]
-    assert presets["fast"]["measured"] and "nothing is selected" in presets["fast"]["selection"]
+    assert presets["default"]["own_recipe"] and "validation split" in presets["default"]["selection"]
+    assert presets["best"]["own_recipe"] and presets["best"]["measured"].startswith("99.76%")
+    assert "nothing selected" in presets["best"]["selection"] and presets["best"]["reference"] is None
+    assert not presets["cnn-bn"]["own_recipe"] and presets["cnn-bn"]["reference"] == "about 99.1%"
+    assert "no validation split" in presets["cnn-bn"]["selection"]
+    assert presets["fast"]["own_recipe"] and "nothing is selected" in presets["fast"]["selection"]
+    assert presets["mlp-bn"]["reference"] is None and presets["mlp-bn"]["measured"].startswith("98.27%")
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     best = next(i for i, line in enumerate(lines) if line.strip().startswith("best "))

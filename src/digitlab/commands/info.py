@@ -50,7 +50,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     presets = [{"name": n, "model": p.config["model"], "model_args": p.config.get("model_args", {}),
                 "parameters": count_parameters(create_model(p.config["model"], **p.config.get("model_args", {}))),
                 "dataset": p.config.get("dataset", "mnist"), "epochs": p.config.get("epochs"),
-                "published": p.published, "measured": p.measured, "selection": p.selection,
+                "reference": p.reference, "measured": p.measured, "own_recipe": p.own_recipe,
+                "selection": p.selection,
                 "description": p.description} for n, p in PRESETS.items()]
     if args.json:
         print(json.dumps({"models": models, "presets": presets}, indent=2))
@@ -58,11 +59,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("models (default options):")
     for m in models:
         print(f"  {m['name']:<10}{m['parameters']:>12,} params  {m['description']}")
-    print("\npresets (digitlab train --preset NAME); `published`: the recipe's source reports it, `measured`: "
-          "digitlab measured its own recipe:")
+    print("\npresets (digitlab train --preset NAME); `published`: what the recipe's source reports, `measured`: "
+          "what digitlab measured (its own recipes, and faithful ones whose source publishes no figure):")
     for p in presets:
+        figures = [f"published: {p['reference'] or 'none'}"] if not p["own_recipe"] else []
+        figures += [f"measured: {p['measured']}"] if p["measured"] else []
         print(f"  {p['name']:<16}{p['model']:<9}{p['parameters']:>12,} params  {p['dataset']:<14}"
-              f"{p['epochs']:>3} ep  {'measured' if p['measured'] else 'published'}: {p['published']}")
+              f"{p['epochs']:>3} ep  {'; '.join(figures)}")
         print(f"  {'':<16}model selection: {p['selection']}")
     return 0
 
