@@ -113,8 +113,8 @@ def test_from_run_serves_like_predictor(trained_run, mnist):
         {k: v for k, v in torch_predictor.describe().items() if k not in ("runtime", "source")}
     for i in range(5):  # the calls the web app makes
         image = mnist.test_images[i].numpy()
-        ours = onnx_predictor.describe_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
-        theirs = torch_predictor.describe_probs(torch_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        ours = onnx_predictor.prediction_from_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        theirs = torch_predictor.prediction_from_probs(torch_predictor.probabilities(torch.from_numpy(image)[None])[0])
         assert ours.label == theirs.label == int(mnist.test_labels[i])
         np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-5)
 

@@ -415,7 +415,7 @@ class Predictor:
                top_k: int = 3) -> list[Prediction]:
         """judge() with the images' logits already computed (the server calls logits() itself)."""
         reasons = self.refusals(images, logits, extents)
-        return [self.describe_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
+        return [self.prediction_from_probs(p, top_k).refused(r) for p, r in zip(self.calibrated(logits), reasons)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 3, workers: int | None = None,
                       chunk: int | None = None) -> Iterator[FileResult]:
@@ -475,15 +475,15 @@ class Predictor:
         pixels = images.numpy() if _is_tensor(images) else np.asarray(images)
         return self.abstention.reasons(pixels.reshape(-1, 28, 28), logits, self.temperature, extents)
 
-    def describe_logits(self, logits, top_k: int = 3, image=None) -> Prediction:
+    def prediction_from_logits(self, logits, top_k: int = 3, image=None) -> Prediction:
         """One image's logits (from logits()) -> a Prediction, for callers that show the logits too; refused where
         the abstention says when `image` (the 28x28 the model saw) is given."""
         if image is None:
-            return self.describe_probs(self.calibrated(logits), top_k)
+            return self.prediction_from_probs(self.calibrated(logits), top_k)
         reason = self.refusals(image, np.asarray(logits)[None])[0]
-        return self.describe_probs(self.calibrated(logits), top_k).refused(reason)
+        return self.prediction_from_probs(self.calibrated(logits), top_k).refused(reason)
 
-    def describe_probs(self, probs, top_k: int = 3) -> Prediction:
+    def prediction_from_probs(self, probs, top_k: int = 3) -> Prediction:
         """Ten probabilities -> a Prediction with the `top_k` most probable classes."""
         probs = np.asarray(probs, dtype=np.float32)
         order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, probs.size))]

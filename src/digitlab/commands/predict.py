@@ -69,7 +69,7 @@ def predict_test_image(predictor, args: argparse.Namespace) -> int:
         raise ConfigError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
     image, label = ds.test_images[args.test_index], int(ds.test_labels[args.test_index])
     logits = predictor.logits(image[None])[0]
-    pred = predictor.describe_logits(logits, args.top_k, image)
+    pred = predictor.prediction_from_logits(logits, args.top_k, image)
     if args.save:
         from PIL import Image
 
