@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 import digitlab
-from digitlab.checkpoint import load_run
 from digitlab.config import make_config
 from digitlab.data import Dataset
 from digitlab.errors import ConfigError
 from digitlab.export import export_run
 from digitlab.predict import Predictor
+from digitlab.runs import load_run
 from digitlab.shapes import InputShape
 
 LETTERS = tuple(string.ascii_uppercase)
@@ -57,7 +57,7 @@ def test_the_dataset_carries_its_shape(letters):
 def test_train_evaluate_export_and_predict_another_shape(model, model_args, letters, tmp_path):
     train_letters(model, model_args, tmp_path / "run", letters)
 
-    loaded = load_run(tmp_path / "run")
+    loaded = digitlab.load_run(tmp_path / "run")
     assert loaded.shape == SHAPE and loaded.classes == LETTERS
     assert {k: loaded.meta[k] for k in ("num_classes", "in_chans", "image_size")} == SHAPE.to_meta()
 
