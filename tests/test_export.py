@@ -288,3 +288,12 @@ def test_commands_name_the_exported_files_they_do_not_take(trained_run, exported
             assert "goes to `predict --onnx`, `eval` or `serve`" in err, err
     with pytest.raises(RunError, match="never loads TorchScript"):
         Predictor.from_run(scripted)
+
+
+def test_predict_takes_an_onnx_file_as_its_first_input(exported, mnist, tmp_path, capsys):
+    """`predict model.onnx FILE` is `predict --onnx model.onnx FILE`, as `eval` and `serve` take the file (with
+    --onnx, every input is an image, as before: test_bad_inputs_are_one_line_errors)."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0].numpy()).save(image)
+    assert main(["predict", str(exported), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == int(mnist.test_labels[0])

@@ -16,7 +16,6 @@ from digitlab.data import Dataset
 from digitlab.errors import ConfigError
 from digitlab.export import export_run
 from digitlab.predict import Predictor
-from digitlab.runs import load_run
 from digitlab.shapes import InputShape
 
 LETTERS = tuple(string.ascii_uppercase)
