@@ -248,3 +248,39 @@ def test_shipped_page_says_when_a_drawing_is_not_a_digit(shipped_page, tmp_path)
     assert "larger" in seen["dot"][1] and "does not look like a digit" in seen["scribble"][1]
     shipped_page.click("#clear")
     assert draw(shipped_page, [SEVEN]) == "7", "a real digit is still read"
+
+
+@pytest.fixture(scope="module")
+def fashion_server(tmp_path_factory):
+    """A real `digitlab serve` of a tiny Fashion-MNIST model (an MLP, a few steps, trained in a subprocess): what
+    is tested is how the page words its prompts for a model that reads clothes, not its accuracy."""
+    from helpers import fashion_dir, run_cli
+
+    run = tmp_path_factory.mktemp("fashion") / "run"
+    proc = run_cli("train", "--model", "mlp", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir()),
+                   "--max-steps", "10", "--batch-size", "64", "--threads", "1", "--no-plot", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    server = start_server(run, run.parent / "serve.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def test_fashion_page_asks_for_clothes_not_digits(browser, fashion_server):
+    """/api/model says the model reads Fashion-MNIST: the page asks for an item of clothing, names the classes,
+    and says "digit" nowhere a user reads before drawing."""
+    with open_page(browser, fashion_server.url, "mlp") as page:
+        page.locator("#prompt", has_text="Draw an item of clothing: T-shirt/top, Trouser, Pullover").wait_for()
+        assert "Ankle boot" in page.text_content("#prompt")
+        assert page.text_content("#hint") == "Draw one item, large and centred"
+        assert page.title() == "digitlab · draw an item of clothing"
+        assert "digit" not in page.text_content("#prompt") + page.text_content("#why-note")
+        page.click("#clear")  # Clear puts back the model's words, not MNIST's
+        assert page.text_content("#hint") == "Draw one item, large and centred"
+
+
+def test_mnist_page_asks_for_a_digit(shipped_page):
+    prompt = shipped_page.locator("#prompt")
+    assert prompt.text_content().startswith("Draw a digit with your mouse or finger")
+    assert shipped_page.text_content("#hint") == "Draw one digit, large and centred"

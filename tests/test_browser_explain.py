@@ -42,6 +42,10 @@ def test_why_panel_explains_a_drawn_seven(browser, shipped_server, tmp_path):  #
         assert coloured > 15, coloured
         names = page.locator("#layers .layer-name").all_text_contents()
         assert len(names) == 16 and names[0].startswith("features.0.0 Conv2d"), names  # DigitNet w16: 16 layers
+        cut = page.evaluate("[...document.querySelectorAll('#layers .layer-name')]"
+                            ".filter(n => n.scrollWidth > n.clientWidth || n.title !== n.textContent)"
+                            ".map(n => n.textContent)")
+        assert cut == [], cut  # every name shown in full (wrapped where long), and in its title
         assert page.locator("#layers canvas").count() == 15 * 8 + 1  # 8 channels a layer, the logits one image
         assert "Integrated Gradients" in page.text_content("#why-note")
 

@@ -20,6 +20,11 @@ const errorEl = document.getElementById("error");
 const hintEl = document.getElementById("hint");
 
 let classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+// What the page asks the user to draw, worded from /api/model: digits for MNIST, else what the model reads,
+// named with its classes (a Fashion-MNIST model reads clothes, not digits).
+const SUBJECTS = { "fashion-mnist": { what: "an item of clothing", one: "one item", noun: "item" } };
+const DIGITS = { what: "a digit", one: "one digit", noun: "digit" };
+let subject = DIGITS;
 let drawing = false;
 let hasInk = false;
 let last = null;            // last pointer position while drawing, in canvas pixels
@@ -144,7 +149,7 @@ async function requestPrediction() {
       showPrediction(answer);
       scheduleExplain({ pixels, generation: sentFor, strokes, final });
     }
-    else showError(response.status === 422 ? "No digit yet: keep drawing" : answer.detail);
+    else showError(response.status === 422 ? `No ${subject.noun} yet: keep drawing` : answer.detail);
   } catch (err) {
     if (sentFor === generation) showError("The server did not answer (" + err.message + ")");
   } finally {
@@ -336,7 +341,7 @@ function clearWhy() {
   heatCtx.fillRect(0, 0, SIDE, SIDE);
   whyLabelEl.textContent = "–";
   delete whyLabelEl.dataset.label;
-  whyNoteEl.textContent = "Draw a digit: red pixels speak for the prediction, blue against it.";
+  whyNoteEl.textContent = `Draw ${subject.what}: red pixels speak for the prediction, blue against it.`;
   layersEl.replaceChildren();
 }
 
@@ -361,7 +366,7 @@ function reset() {
   delete predictionEl.dataset.reason;
   confidenceEl.innerHTML = "&nbsp;";
   errorEl.textContent = "";
-  hintEl.textContent = "Draw one digit, large and centred";
+  hintEl.textContent = `Draw ${subject.one}, large and centred`;
   clearWhy();
   barsEl.querySelectorAll(".bar").forEach((bar) => {
     bar.classList.remove("top");
@@ -380,6 +385,7 @@ async function loadModel() {
       classes = model.classes.map(String);
       buildBars();
     }
+    wordPrompts(model.dataset);
     const accuracy = typeof model.test_accuracy === "number"
       ? ` · ${(100 * model.test_accuracy).toFixed(2)}% test accuracy` : "";
     const calibration = model.calibration || {};
@@ -390,6 +396,23 @@ async function loadModel() {
     el.title = calibration.note || "";
   } catch (err) {
     el.textContent = "model: unknown";
+  }
+}
+
+// The prompts for the loaded model's dataset: "Draw a digit" for MNIST (or any model whose classes are the ten
+// digits); otherwise what it reads and its classes, e.g. "Draw an item of clothing: T-shirt/top, Trouser, ...".
+function wordPrompts(dataset) {
+  const digits = dataset === "mnist" || classes.every((name) => /^[0-9]$/.test(name));
+  subject = digits ? DIGITS
+    : SUBJECTS[dataset] || { what: "one of the things it knows", one: "one thing", noun: "drawing" };
+  document.getElementById("prompt").textContent = digits
+    ? "Draw a digit with your mouse or finger. The model guesses as you draw."
+    : `Draw ${subject.what}: ${classes.join(", ")}. Use your mouse or finger; the model guesses as you draw.`;
+  document.title = `digitlab · draw ${subject.what}`;
+  canvas.setAttribute("aria-label", `drawing canvas: draw ${subject.one}`);
+  if (!hasInk) {
+    hintEl.textContent = `Draw ${subject.one}, large and centred`;
+    whyNoteEl.textContent = `Draw ${subject.what}: red pixels speak for the prediction, blue against it.`;
   }
 }
 
