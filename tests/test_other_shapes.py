@@ -118,3 +118,26 @@ def test_summary_runs_the_models_shape():
 
     text = format_summary("rnn", digitlab.create_model("rnn", **SHAPE.to_meta()), SHAPE)
     assert text.startswith("rnn: input (1, 3, 32, 32)") and "(1, 26)" in text
+
+
+@pytest.mark.quick
+def test_checkpoints_without_a_shape_are_mnists():
+    from digitlab.predict import DEFAULT_WEIGHTS
+    from digitlab.shapes import MNIST_SHAPE
+
+    loaded = digitlab.load_run(DEFAULT_WEIGHTS)  # the shipped weights predate the shape keys
+    assert "num_classes" not in loaded.meta and loaded.shape == MNIST_SHAPE
+    assert Predictor.from_shipped().info.shape == MNIST_SHAPE
+
+
+@pytest.mark.quick
+def test_a_shape_in_metadata_that_disagrees_with_the_classes_is_refused(tmp_path):
+    from digitlab.checkpoint import read_weights, save_weights
+    from digitlab.errors import RunError
+    from digitlab.predict import DEFAULT_WEIGHTS
+
+    _, meta = read_weights(DEFAULT_WEIGHTS)
+    model = digitlab.load_run(DEFAULT_WEIGHTS).model
+    save_weights(tmp_path / "odd.safetensors", model, {**meta, "num_classes": 26})
+    with pytest.raises(RunError, match="names 10 classes for a model of 26"):
+        digitlab.load_run(tmp_path / "odd.safetensors")
