@@ -25,7 +25,7 @@ from digitlab.export import (TOLERANCE, ExportError, check_parity, export_run, o
 from digitlab.models import create_model, list_models
 from digitlab.backends import OnnxBackend
 from digitlab.predict import Predictor
-from digitlab.runs import load_run
+from digitlab.checkpoint import load_run
 from helpers import run_cli
 
 PARITY_IMAGES = {"alexnet": 4}  # 57M parameters: a few images are enough to compare, 1000 would take a minute
