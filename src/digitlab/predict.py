@@ -407,7 +407,8 @@ class Predictor:
                           top_k)
 
     def judge(self, images, extents: list[float | None] | None = None, top_k: int = 3) -> list[Prediction]:
-        """uint8 (N, 28, 28) images -> Predictions, refused (label None, reason) where the model's abstention says;
+        """uint8 images of the model's shape ((N, 28, 28) for MNIST's) -> Predictions, refused (label None, reason)
+        where the model's abstention says;
         `extents`: each canvas drawing's ink extent (canvas_to_mnist_measured; None where not a canvas)."""
         return self.judged(images, self.logits(images), extents, top_k)
 
