@@ -39,7 +39,8 @@ def serve(http: str, loop: str, port: int) -> None:
 
     from digitlab.predict import Predictor
     from digitlab.serve import create_app
-    from digitlab.serve.http_connection import ConnectionLimits, bounded_http_protocol
+    from digitlab.serve.http_connection import bounded_http_protocol
+    from digitlab.serve.settings import ConnectionLimits
 
     app = create_app(Predictor.from_run(runtime="onnx"))
     protocol = bounded_http_protocol(ConnectionLimits()) if http == "guarded" else http

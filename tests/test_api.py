@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from digitlab.serve import Limits, create_app
+from digitlab.serve import Limits, ServeSettings, create_app
 from helpers import png_bytes, png_header_only
 
 PREDICT = "/api/predict"
@@ -184,7 +184,7 @@ def test_5000x5000_image_is_413(client):
 
 def test_decompression_bomb_is_413(predictor):
     # a header claiming 30000x30000: beyond Pillow's bomb limit, even when the side limit allows it
-    with TestClient(create_app(predictor, Limits(max_image_side=100_000))) as c:
+    with TestClient(create_app(predictor, ServeSettings(limits=Limits(max_image_side=100_000)))) as c:
         assert_error(upload(c, png_header_only(30000, 30000)), 413, "too many pixels")
 
 
@@ -326,7 +326,7 @@ class BlockedPredictor(WrappedPredictor):
 def test_slow_inference_is_503(predictor, mnist_test):
     """The answer comes while the model is still blocked: the time limit, not the model, ended the request."""
     blocked = BlockedPredictor(predictor)
-    with TestClient(create_app(blocked, Limits(inference_timeout_s=0.3))) as c:
+    with TestClient(create_app(blocked, ServeSettings(limits=Limits(inference_timeout_s=0.3)))) as c:
         try:
             r = c.post(PREDICT, json=pixels_body(mnist_test[0][0].tolist()))
             assert blocked.started.is_set() and not blocked.finished.is_set(), "the model was not still running"
@@ -339,7 +339,7 @@ def test_slow_inference_is_503(predictor, mnist_test):
 
 def test_slow_body_is_408(predictor):
     """A client that stops sending half-way gets 408 after read_timeout_s (driven through raw ASGI)."""
-    app = create_app(predictor, Limits(read_timeout_s=0.3))
+    app = create_app(predictor, ServeSettings(limits=Limits(read_timeout_s=0.3)))
     sent: list[dict] = []
 
     async def receive():
@@ -372,7 +372,7 @@ class BrokenPredictor(WrappedPredictor):
 
 
 def test_unexpected_error_is_500_without_traceback(predictor, mnist_test):
-    with TestClient(create_app(BrokenPredictor(predictor), Limits()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(BrokenPredictor(predictor)), raise_server_exceptions=False) as c:
         r = c.post(PREDICT, json=pixels_body(mnist_test[0][0].tolist()))
         assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
         assert "secret" not in r.text and "Traceback" not in r.text

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from digitlab.predict import Predictor
-from digitlab.serve import create_app
+from digitlab.serve import ServeSettings, create_app
 from helpers import REPO, free_port, run_cli, server_in_thread
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -326,12 +326,12 @@ def test_sigterm_stops_the_server_as_ctrl_c_does(tmp_path, sig, zero_pixels):
 @pytest.fixture()
 def small_server(shipped) -> Iterator[tuple[str, object]]:
     """make_server with 8 connections at most and a long header deadline, so only the cap closes anything."""
-    from digitlab.serve.http_connection import ConnectionLimits
     from digitlab.serve.server import make_server
+    from digitlab.serve.settings import ConnectionLimits, ServeSettings
 
     port = free_port()
-    server = make_server(shipped, port=port, log_level="warning",
-                         connections=ConnectionLimits(max_connections=8, header_timeout_s=60, keep_alive_s=60))
+    connections = ConnectionLimits(max_connections=8, header_timeout_s=60, keep_alive_s=60)
+    server = make_server(shipped, ServeSettings(connections=connections), port=port, log_level="warning")
     with server_in_thread(server):
         yield f"http://127.0.0.1:{port}", server
 
@@ -402,8 +402,8 @@ def test_wrong_host_is_400_and_the_server_own_names_pass(serve):
 def test_allowed_hosts_option(shipped):
     from digitlab.serve.http_policy import HttpPolicy
 
-    policy = HttpPolicy(allowed_hosts=("digits.example", "*.lan"))
-    with TestClient(create_app(shipped, policy=policy), base_url="http://digits.example") as c:
+    settings = ServeSettings(http=HttpPolicy(allowed_hosts=("digits.example", "*.lan")))
+    with TestClient(create_app(shipped, settings), base_url="http://digits.example") as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("http://box.lan:8000/healthz").status_code == 200
         assert c.get("http://localhost/healthz").status_code == 400
@@ -448,7 +448,7 @@ def test_no_cors_headers_unless_configured(shipped, client, zero_pixels):
 
     from digitlab.serve.http_policy import HttpPolicy
 
-    with TestClient(create_app(shipped, policy=HttpPolicy(cors_origins=("http://app.example",)))) as c:
+    with TestClient(create_app(shipped, ServeSettings(http=HttpPolicy(cors_origins=("http://app.example",))))) as c:
         r = c.options(PREDICT, headers=preflight)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
         r = c.post(PREDICT, json=zero_pixels, headers={"origin": "http://app.example"})

@@ -344,7 +344,7 @@ def test_full_queue_is_an_immediate_503_and_waiting_requests_are_batched(serve, 
 def test_process_pool_batches_concurrent_jobs(trained_run, mnist):
     """In process: 8 jobs submitted together run in one model call with --max-batch 8, in 8 with --max-batch 1,
     and each gets its own answer."""
-    from digitlab.serve import Limits, ModelSpec, PoolSettings, ProcessPool
+    from digitlab.serve import ModelSpec, PoolSettings, ProcessPool, ServeSettings
 
     bodies = [json.dumps({"pixels": mnist.test_images[i].tolist()}).encode() for i in range(8)]
     labels = [int(x) for x in mnist.test_labels[:8]]
@@ -354,8 +354,8 @@ def test_process_pool_batches_concurrent_jobs(trained_run, mnist):
         return [json.loads(a)["label"] for a in answers]
 
     for max_batch, calls in ((8, 1), (1, 8)):
-        pool = ProcessPool(ModelSpec(str(trained_run)), PoolSettings(workers=1, max_batch=max_batch,
-                                                                      batch_wait_ms=2000), Limits()).start()
+        pool_settings = PoolSettings(workers=1, max_batch=max_batch, batch_wait_ms=2000)
+        pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), pool_settings)).start()
         try:
             got = asyncio.run(run(pool))
             assert pool.stats.model_calls == calls and pool.stats.batched == 8, pool.stats
@@ -388,11 +388,11 @@ def test_every_worker_is_reaped_when_the_server_stops(serve, stop):
 
 def test_pixel_budget_is_checked_from_the_header(predictor):
     """More pixels than the budget is 413 before decoding (the file here has no pixel data at all)."""
-    from digitlab.serve import Limits, create_app
+    from digitlab.serve import Limits, ServeSettings, create_app
 
     ihdr = struct.pack(">IIBBBBB", 3000, 3000, 8, 0, 0, 0, 0)  # 9 MP grey, within the 4096 side limit
     header_only = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
-    with TestClient(create_app(predictor, Limits(max_image_pixels=4_000_000))) as c:
+    with TestClient(create_app(predictor, ServeSettings(limits=Limits(max_image_pixels=4_000_000)))) as c:
         r = c.post(PREDICT, files={"file": ("big.png", header_only, "image/png")})
     assert r.status_code == 413 and "9,000,000" in r.json()["detail"], r.text
 

@@ -21,7 +21,7 @@ import uvicorn
 
 from digitlab.predict import Predictor
 from digitlab.serve.limits import Limits
-from digitlab.serve.http_connection import ConnectionLimits
+from digitlab.serve.settings import ConnectionLimits, ServeSettings
 from digitlab.serve.server import make_server
 from helpers import free_port, server_in_thread
 
@@ -39,10 +39,9 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 def running() -> Iterator[tuple[int, uvicorn.Server]]:
     """make_server around the shipped model, with the short deadlines above; yields its port and the server."""
     port = free_port()
-    server = make_server(Predictor.from_run(runtime="onnx"), port=port, log_level="warning",
-                         limits=Limits(read_timeout_s=READ_TIMEOUT_S),
-                         connections=ConnectionLimits(header_timeout_s=HEADER_TIMEOUT_S, keep_alive_s=HEADER_TIMEOUT_S,
-                                                      write_stall_s=WRITE_STALL_S))
+    settings = ServeSettings(limits=Limits(read_timeout_s=READ_TIMEOUT_S), connections=ConnectionLimits(
+        header_timeout_s=HEADER_TIMEOUT_S, keep_alive_s=HEADER_TIMEOUT_S, write_stall_s=WRITE_STALL_S))
+    server = make_server(Predictor.from_run(runtime="onnx"), settings, port=port, log_level="warning")
     with server_in_thread(server):
         yield port, server
 

@@ -25,28 +25,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.runtime == "onnx":  # before loading anything
         for module in ("onnx", "onnxruntime"):
             require("onnx", module, "serving with --runtime onnx (the default; --runtime torch needs no extra)")
-    from digitlab.serve import Limits, ModelSpec, PoolSettings, check_can_listen, run_server, start_pool
+    from digitlab.serve import (Limits, ModelSpec, PoolSettings, ServeSettings, check_can_listen, run_server,
+                                start_pool)
     from digitlab.serve.http_policy import HttpPolicy, check_host, check_origin, default_allowed_hosts
     from digitlab.serve.pool_settings import default_workers
 
     hosts = tuple(check_host(h) for h in args.allowed_host) if args.allowed_host else default_allowed_hosts(args.host)
     policy = HttpPolicy(allowed_hosts=hosts, cors_origins=tuple(check_origin(o) for o in args.cors_origin or ()))
     workers = default_workers() if args.workers is None else args.workers
-    settings = PoolSettings(workers=workers, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                            queue_size=args.queue_size, memory_mb=args.worker_memory_mb)
+    pool_settings = PoolSettings(workers=workers, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                                 queue_size=args.queue_size, memory_mb=args.worker_memory_mb)
+    settings = ServeSettings(model=ModelSpec(args.run, args.checkpoint, args.runtime, args.threads),
+                             pool=pool_settings, limits=Limits(inference_timeout_s=args.deadline), http=policy)
     settings.check()
-    limits = Limits(inference_timeout_s=args.deadline)
     check_can_listen(args.host, args.port)  # before the workers spend seconds loading the model
-    pool = start_pool(ModelSpec(args.run, args.checkpoint, args.runtime, args.threads), limits, settings)
+    pool = start_pool(settings)
     info = pool.model_info
     host = f"[{args.host}]" if ":" in args.host else args.host
-    where = f"{settings.workers} worker processes" if settings.workers else "this process"
+    where = f"{settings.pool.workers} worker processes" if settings.pool.workers else "this process"
     print(f"digitlab: serving {info['name']} ({info['dataset']}, {info['source']}, {info['runtime']}) on "
           f"http://{host}:{args.port} from {where} (Ctrl+C to stop)", flush=True)
     if args.host in ("0.0.0.0", "::") and not args.allowed_host:  # reachable by names the server cannot know
         print(f"digitlab: answering Host {', '.join(hosts)} only; add the names clients use with --allowed-host",
               flush=True)
-    run_server(host=args.host, port=args.port, threads=args.threads, limits=limits, pool=pool, policy=policy)
+    run_server(settings, host=args.host, port=args.port, pool=pool)
     stats = pool.stats
     print(f"digitlab: served {stats.completed:,} requests in {stats.model_calls:,} model calls (largest batch "
           f"{stats.largest_batch}); {stats.rejected:,} refused as busy, {stats.timeouts:,} past the deadline, "

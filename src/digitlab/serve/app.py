@@ -38,12 +38,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from digitlab.errors import DigitlabError, ModelError
-from digitlab.serve.http_policy import HttpPolicy, add_http_policy
+from digitlab.serve.http_policy import add_http_policy
 from digitlab.serve.jobs import JobError
 from digitlab.serve.limits import BodySizeLimit, Limits
 from digitlab.serve.metrics import Metrics, MetricsMiddleware
 from digitlab.serve.inline_pool import InlinePool
 from digitlab.serve.pool_settings import PoolBusy, PoolTimeout
+from digitlab.serve.settings import ServeSettings
 from digitlab.serve.schema import PixelsRequest, describe_errors, error_body, plain_errors
 
 STATIC = Path(__file__).parent / "static"
@@ -117,15 +118,17 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def create_app(predictor=None, limits: Limits = Limits(), policy: HttpPolicy = HttpPolicy(), *,
-               pool=None) -> FastAPI:
+def create_app(predictor=None, settings: ServeSettings | None = None, *, pool=None) -> FastAPI:
     """The web app around a pool that runs the jobs (serve/pool.py or inline_pool.py), or around one
     loaded predictor, run in this process's threads (an InlinePool). The app attaches the pool to its event loop
-    at startup and closes it at shutdown. `policy` says which Host headers and origins it answers."""
+    at startup and closes it at shutdown. It reads settings.limits and settings.http (which Host headers and
+    origins it answers; None: any Host)."""
+    settings = settings or ServeSettings()
+    limits, policy = settings.limits, settings.http
     if pool is None:
         if predictor is None:
             raise TypeError("create_app needs a predictor or a pool")
-        pool = InlinePool(predictor, limits)
+        pool = InlinePool(predictor, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -1,6 +1,6 @@
 """The HTTP connection layer under uvicorn: httptools' parser, with the bounds uvicorn lacks.
 
-    protocol = bounded_http_protocol(ConnectionLimits(), on_close=metrics.connection_closed)
+    protocol = bounded_http_protocol(settings.connections, on_close=metrics.reject)
     uvicorn.run(app, http=protocol, limit_concurrency=None, ...)
 
 uvicorn (0.54) closes a keep-alive connection that stays silent after a response, but nothing closes one that
@@ -33,34 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-def default_max_connections() -> int:
-    """2,048, or half the process's file-descriptor limit if that is lower (the rest: the listener, worker pipes,
-    model files, logs)."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(64, min(2048, soft // 2)) if soft != resource.RLIM_INFINITY else 2048
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    header_timeout_s: float = 5.0  # to complete a request's headers, from connecting or from the previous answer
-    keep_alive_s: float = 5.0  # an idle keep-alive connection (nothing sent after an answer) is closed after this
-    max_header_bytes: int = 64 * 1024  # request line + headers; larger is 431
-    max_headers: int = 100  # header fields in one request (Apache's default too); more is 431
-    max_body_chunks: int = 1024  # chunks in one chunked body (2 MiB in 1,024 chunks: 2 KiB each); more is 413
-    max_connections: int = 2048  # open connections; past it the longest-idle one is closed, or the new one refused
-    backlog: int = 2048  # connections the kernel queues before they are accepted
-    max_pipelined: int = 16  # requests one read may queue behind the one being answered; more: closed after them
-    write_buffer_bytes: int = 64 * 1024  # unsent answers a connection may buffer; past it, it is not read
-    write_stall_s: float = 15.0  # a connection whose write buffer stays full this long is dropped
+from digitlab.serve.settings import ConnectionLimits
 
 
 def json_response(status: int, reason: str, detail: str) -> bytes:

@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 
 from digitlab.serve.jobs import JobError, WorkerContext, job_kind
-from digitlab.serve.limits import Limits
-from digitlab.serve.pool_settings import PoolBusy, PoolSettings, PoolStats, PoolTimeout
+from digitlab.serve.pool_settings import PoolBusy, PoolStats, PoolTimeout
+from digitlab.serve.settings import ServeSettings
 
 
 class InlinePool:
@@ -17,8 +17,10 @@ class InlinePool:
     lock, no batching. For tests and embedding (create_app(predictor)); a job past its deadline is answered 503
     but its thread cannot be stopped, so `digitlab serve` uses ProcessPool."""
 
-    def __init__(self, predictor, limits: Limits = Limits(), queue_size: int = PoolSettings.queue_size):
-        self.limits, self.queue_size = limits, queue_size
+    def __init__(self, predictor, settings: ServeSettings | None = None):
+        settings = settings or ServeSettings()
+        limits = self.limits = settings.limits
+        self.queue_size = settings.pool.queue_size
         self.model_info = predictor.describe()
         self.stats = PoolStats()
         self._context = WorkerContext(predictor, limits, self.model_info)

@@ -1,11 +1,11 @@
 """Where the server's requests are computed: a pool of worker processes with a bounded queue and real deadlines.
 
-    pool = ProcessPool(ModelSpec("runs/<run>"), PoolSettings(workers=2), Limits()).start()  # blocks until ready
+    pool = ProcessPool(ServeSettings(ModelSpec("runs/<run>"), PoolSettings(workers=2))).start()  # until ready
     body = await pool.submit("predict", ("upload", png_bytes, False))  # JSON bytes, or JobError (4xx/503)
     pool.queue_depth(), pool.in_flight(), pool.stats               # for /metrics and tests
     pool.close()                                                   # every worker stopped and reaped
 
-    InlinePool(predictor, limits)    # serve/inline_pool.py: the same interface in threads: create_app(predictor)
+    InlinePool(predictor, settings)    # serve/inline_pool.py: the same interface in threads: create_app(predictor)
 
 ProcessPool bounds every resource a request can take:
 - CPU and memory: all parsing, decoding, preprocessing and inference run in `workers` processes (forkserver:
@@ -47,9 +47,9 @@ from typing import Any
 
 from digitlab.errors import DigitlabError
 from digitlab.serve.jobs import job_kind
-from digitlab.serve.limits import Limits
 from digitlab.serve.pipe_frames import FrameReader
-from digitlab.serve.pool_settings import PoolBusy, PoolSettings, PoolStats, PoolTimeout, WorkerCrash
+from digitlab.serve.settings import ServeSettings
+from digitlab.serve.pool_settings import PoolBusy, PoolStats, PoolTimeout, WorkerCrash
 from digitlab.serve.worker import ModelSpec, worker_main
 
 log = logging.getLogger("digitlab.serve")
@@ -103,8 +103,8 @@ class _Worker:
 class ProcessPool:
     """Worker processes, a bounded queue and per-job deadlines (see the module's docstring)."""
 
-    def __init__(self, spec: ModelSpec, settings: PoolSettings | None = None, limits: Limits = Limits()):
-        self.spec, self.settings, self.limits = spec, settings or PoolSettings(), limits
+    def __init__(self, settings: ServeSettings):
+        self.spec, self.settings, self.limits = settings.model, settings.pool, settings.limits
         if self.settings.workers < 1:
             raise ValueError("ProcessPool needs at least one worker; use InlinePool for none")
         self.stats = PoolStats()

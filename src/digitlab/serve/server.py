@@ -1,12 +1,13 @@
-"""Run the app under uvicorn: `digitlab serve [RUN]` starts a pool of worker processes (start_pool), then
-run_server(pool=pool, host=..., port=...). The server listens only once every worker has loaded the model.
+"""Run the app under uvicorn: `digitlab serve [RUN]` starts a pool of worker processes (start_pool(settings)),
+then run_server(settings, host=..., port=..., pool=pool), one ServeSettings (serve/settings.py) for both. The
+server listens only once every worker has loaded the model.
 
 The connection layer is uvicorn's httptools protocol with a header deadline, a header size cap and a cap on
 open connections (serve/http_connection.py), so idle or half-sent connections are closed, not counted against
 requests.
 uvicorn's own `limit_concurrency` is off: it counted connections, so 64 idle sockets made every request 503.
-Requests in flight are limited by the app (serve/http_policy.py, 503 beyond HttpPolicy.max_in_flight), and the
-app's Limits bound each request's body, time and image.
+Requests in flight are limited by the app (serve/http_policy.py, 503 beyond settings.http.max_in_flight), and
+settings.limits bound each request's body, time and image.
 """
 from __future__ import annotations
 
@@ -23,17 +24,14 @@ from digitlab.errors import ConfigError, DigitlabError
 from digitlab.predict import Predictor
 from digitlab.serve.access_log import install_url_filter
 from digitlab.serve.app import create_app
-from digitlab.serve.http_policy import HttpPolicy, default_allowed_hosts
-from digitlab.serve.limits import Limits
+from digitlab.serve.http_policy import default_allowed_hosts
 from digitlab.serve.inline_pool import InlinePool
 from digitlab.serve.pool import ProcessPool
-from digitlab.serve.pool_settings import PoolSettings
+from digitlab.serve.settings import ServeSettings
 from digitlab.serve.worker import ModelSpec
 
 if TYPE_CHECKING:
     import uvicorn
-
-    from digitlab.serve.http_connection import ConnectionLimits
 
 EVENT_LOOP = "asyncio"  # uvloop measured no faster here (docs/benchmarks.md), so not one more dependency
 
@@ -49,21 +47,21 @@ def check_can_listen(host: str, port: int) -> None:
             raise DigitlabError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def start_pool(model: Predictor | ModelSpec | None = None, limits: Limits = Limits(),
-               settings: PoolSettings | None = None) -> ProcessPool | InlinePool:
-    """The pool that will run the requests, started: worker processes that each load `model` (a ModelSpec; None:
-    the shipped model), or, for a Predictor already loaded here or `settings.workers == 0`, threads in this
-    process. Blocks until every worker is ready; a model that cannot be loaded is a DigitlabError."""
-    settings = settings or PoolSettings()
+def start_pool(settings: ServeSettings | None = None, predictor: Predictor | None = None) -> ProcessPool | InlinePool:
+    """The pool that will run the requests, started: worker processes that each load `settings.model`, or, for a
+    `predictor` already loaded here or `settings.pool.workers == 0`, threads in this process. Blocks until every
+    worker is ready; a model that cannot be loaded is a DigitlabError."""
+    settings = settings or ServeSettings()
     settings.check()
-    if isinstance(model, Predictor):
-        return InlinePool(model, limits, settings.queue_size)
-    spec = vetted(model or ModelSpec())
-    if settings.workers == 0:
+    if predictor is not None:
+        return InlinePool(predictor, settings)
+    settings = dataclasses.replace(settings, model=vetted(settings.model))
+    if settings.pool.workers == 0:
+        spec = settings.model
         predictor = Predictor.from_path(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads,
                                         vetted_sha256=spec.vetted_sha256)
-        return InlinePool(predictor, limits, settings.queue_size)
-    return ProcessPool(spec, settings, limits).start()
+        return InlinePool(predictor, settings)
+    return ProcessPool(settings).start()
 
 
 def vetted(spec: ModelSpec) -> ModelSpec:
@@ -83,18 +81,17 @@ def vetted(spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, vetted_sha256=digest)
 
 
-def run_server(model: Predictor | ModelSpec | None = None, host: str = "127.0.0.1", port: int = 8000,
-               threads: int = 1, limits: Limits = Limits(), log_level: str = "info", *,
-               pool: ProcessPool | InlinePool | None = None, pool_settings: PoolSettings | None = None,
-               policy: HttpPolicy | None = None, connections: ConnectionLimits | None = None) -> None:
+def run_server(settings: ServeSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "info", *, predictor: Predictor | None = None,
+               pool: ProcessPool | InlinePool | None = None) -> None:
     """Serve until interrupted: `pool` if given (started; it is closed when the server stops), else one started
-    here from `model` (see start_pool). torch uses `threads` CPU threads per inference in this process (an
-    InlinePool's predictor); worker processes take theirs from their ModelSpec. `policy` defaults to answering
-    only Host headers naming `host` or this machine's loopback names."""
-    torch.set_num_threads(max(1, threads))
-    pool = pool or start_pool(model, limits, pool_settings)
+    here from `settings` (see start_pool). torch uses `settings.model.threads` CPU threads per inference in this
+    process too (an InlinePool's predictor). Host headers: see make_server."""
+    settings = settings or ServeSettings()
+    torch.set_num_threads(max(1, settings.model.threads))
+    pool = pool or start_pool(settings, predictor)
     try:
-        server = make_server(None, host, port, limits, log_level, policy, connections, pool=pool)
+        server = make_server(None, settings, host, port, log_level, pool=pool)
         try:
             with sigterm_as_ctrl_c():
                 server.run()
@@ -122,20 +119,22 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def make_server(predictor: Predictor | None = None, host: str = "127.0.0.1", port: int = 8000,
-                limits: Limits = Limits(), log_level: str = "info", policy: HttpPolicy | None = None,
-                connections: ConnectionLimits | None = None, *,
+def make_server(predictor: Predictor | None = None, settings: ServeSettings | None = None,
+                host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", *,
                 pool: ProcessPool | InlinePool | None = None) -> uvicorn.Server:
     """The uvicorn server run_server runs (call .run(), or set .should_exit to stop it from another thread),
-    around `pool`, or around `predictor` in this process's threads."""
+    around `pool`, or around `predictor` in this process's threads. Settings whose `http.allowed_hosts` is None
+    answer only Host headers naming `host` or this machine's loopback names (("*",): any)."""
     import uvicorn
 
-    from digitlab.serve.http_connection import (  # httptools
-        ConnectionLimits, bounded_http_protocol, default_max_connections)
+    from digitlab.serve.http_connection import bounded_http_protocol  # httptools
 
-    policy = policy or HttpPolicy(allowed_hosts=default_allowed_hosts(host))
-    connections = connections or ConnectionLimits(max_connections=default_max_connections())
-    app = create_app(predictor, limits, policy, pool=pool)
+    settings = settings or ServeSettings()
+    if settings.http.allowed_hosts is None:
+        settings = dataclasses.replace(
+            settings, http=dataclasses.replace(settings.http, allowed_hosts=default_allowed_hosts(host)))
+    connections = settings.connections
+    app = create_app(predictor, settings, pool=pool)
     protocol = bounded_http_protocol(connections, on_close=app.state.metrics.reject)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, http=protocol, loop=EVENT_LOOP, limit_concurrency=None,
