@@ -113,8 +113,8 @@ def test_from_run_serves_like_predictor(trained_run, mnist):
         {k: v for k, v in torch_predictor.describe().items() if k not in ("runtime", "source")}
     for i in range(5):  # the calls the web app makes
         image = mnist.test_images[i].numpy()
-        ours = onnx_predictor.describe_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
-        theirs = torch_predictor.describe_probs(torch_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        ours = onnx_predictor.prediction_from_probs(onnx_predictor.probabilities(torch.from_numpy(image)[None])[0])
+        theirs = torch_predictor.prediction_from_probs(torch_predictor.probabilities(torch.from_numpy(image)[None])[0])
         assert ours.label == theirs.label == int(mnist.test_labels[i])
         np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-5)
 
@@ -288,3 +288,12 @@ def test_commands_name_the_exported_files_they_do_not_take(trained_run, exported
             assert "goes to `predict --onnx`, `eval` or `serve`" in err, err
     with pytest.raises(RunError, match="never loads TorchScript"):
         Predictor.from_run(scripted)
+
+
+def test_predict_takes_an_onnx_file_as_its_first_input(exported, mnist, tmp_path, capsys):
+    """`predict model.onnx FILE` is `predict --onnx model.onnx FILE`, as `eval` and `serve` take the file (with
+    --onnx, every input is an image, as before: test_bad_inputs_are_one_line_errors)."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0].numpy()).save(image)
+    assert main(["predict", str(exported), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == int(mnist.test_labels[0])
