@@ -155,7 +155,7 @@ def phase_evaluate(jobs: list[dict], args: argparse.Namespace, fashion_parent: P
     """Per-run and per-schedule (3-seed ensemble) accuracies on validation and test, with and without flip TTA."""
     import torch
 
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
     from digitlab.data import load_dataset
     from digitlab.presets import VAL_SIZE
     from digitlab.split import stratified_split

@@ -36,7 +36,7 @@ from digitlab.errors import DigitlabError  # noqa: E402
 from digitlab.evaluate import predict_logits  # noqa: E402
 from digitlab.preprocess import to_mnist  # noqa: E402
 from digitlab.presets import preset_config  # noqa: E402
-from digitlab.checkpoint import load_run  # noqa: E402
+from digitlab.runs import load_run  # noqa: E402
 from digitlab.train import train  # noqa: E402
 
 VAL_SIZE = 5000

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from digitlab.checkpoint import load_run
 from digitlab.data import load_dataset
 from digitlab.evaluate import tta_views
 from digitlab.normalize import normalize
-from digitlab.runs import read_config
+from digitlab.runs import load_run, read_config
 from digitlab.split import stratified_split
 
 VIEWS = {"none": 1, "shifts": 5, "shifts+mirror": 10}  # each kind: the first N of tta_views(mirror=True)

@@ -20,7 +20,7 @@ import torch
 from digitlab.checkpoint import load_training_checkpoint
 from digitlab.data import load_dataset
 from digitlab.evaluate import predict_logits
-from digitlab.checkpoint import load_run
+from digitlab.runs import load_run
 
 
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: str,

@@ -17,10 +17,10 @@ import sys
 import torch
 
 from digitlab.backends import OnnxBackend
-from digitlab.checkpoint import load_run
 from digitlab.data import load_dataset
 from digitlab.export import check_parity, onnx_model_bytes
 from digitlab.predict import DEFAULT_ONNX, DEFAULT_WEIGHTS, WEIGHTS_SHA256, weights_sha256
+from digitlab.runs import load_run
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from digitlab.config import make_config
 from digitlab.data import load_dataset
 from digitlab.evaluate import predict_logits
 from digitlab.normalize import NORMALIZATIONS, normalize
-from digitlab.checkpoint import load_run
+from digitlab.runs import load_run
 
 KINDS = [k for k in AUGMENTATIONS if k != "none"]
 

@@ -17,11 +17,12 @@ from digitlab import make_config, train
 from digitlab.calibrate import calibrate_run
 from digitlab.calibration import (META_KEY, NO_HOLD_OUT, Calibration, assess, expected_calibration_error,
                                   fit_temperature, nll, reliability_bins, softmax_t)
-from digitlab.checkpoint import load_run, read_weights, update_metadata
+from digitlab.checkpoint import read_weights, update_metadata
 from digitlab.cli import main
 from digitlab.errors import RunError
 from digitlab.evaluate import metrics_from_logits, predict_logits
 from digitlab.predict import DEFAULT_ONNX, DEFAULT_WEIGHTS, Predictor, softmax
+from digitlab.runs import load_run
 from digitlab.serve import create_app
 from digitlab.train import split_data
 

@@ -172,7 +172,7 @@ def test_eval_amp_scores_under_the_training_autocast(mnist, tmp_path, monkeypatc
 def test_a_lean_whitened_run_resumes_where_it_would_have_been(mnist, tmp_path):
     """1 epoch + resume ends where 2 uninterrupted epochs do with adamw-lean and the whitening conv: the
     optimiser's moments and step counts come back from the checkpoint, and the fixed first conv is the saved one."""
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
     from digitlab.resume import resume_config
 
     small = mnist_slice(mnist, 512, 300)

@@ -129,7 +129,7 @@ def test_ema_and_augmentation_resume_exactly(tmp_path, mnist):
     """With EMA and augmentation on, 1 epoch + resume ends where 2 uninterrupted epochs do: the averaged
     weights, the raw weights and the augmentation RNG all come back from the checkpoint."""
     from digitlab import train
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
     from digitlab.resume import resume_config
 
     small = mnist_slice(mnist, 1024, 500)

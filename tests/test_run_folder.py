@@ -108,7 +108,7 @@ def test_out_of_a_folder_with_an_unrelated_config_json_is_refused(tmp_path):
 @pytest.mark.slow
 def test_force_replaces_a_run_completely(run):
     """With --force, nothing of the old run survives to be mixed with the new one (best.safetensors above all)."""
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
 
     (run / "last.state.pt.tmp").write_bytes(b"left over from a kill")
     proc = run_cli("train", *TINY, "--model-args", "hidden=[8]", "--out", str(run), "--force")

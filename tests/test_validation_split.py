@@ -108,7 +108,7 @@ def test_training_selects_on_validation_and_only_reports_test(small, tmp_path):
     assert all(r["val_accuracy"] is not None and r["test_accuracy"] is not None for r in rows)
     assert result.best_accuracy == max(r["val_accuracy"] for r in result.history)
     best_row = max(result.history, key=lambda r: r["val_accuracy"])
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
 
     assert load_run(tmp_path / "run", "best").meta["metrics"]["step"] == best_row["step"]
     assert result.best_row == best_row
@@ -127,7 +127,7 @@ def test_the_best_checkpoint_follows_validation_not_test(small, tmp_path, monkey
     result = train(cfg, dataset=small, **QUIET)
     assert [r["val_accuracy"] for r in result.history] == [0.9, 0.8]
     assert [r["test_accuracy"] for r in result.history] == [0.1, 0.2]
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
 
     assert load_run(tmp_path / "run", "best").meta["step"] == 10 and result.best_accuracy == 0.9
 
@@ -142,7 +142,7 @@ def test_a_fixed_schedule_keeps_the_last_epoch_whatever_test_says(small, tmp_pat
     cfg = make_config(model="mlp", batch_size=100, epochs=2, fixed_schedule=True, threads=1,
                       out=str(tmp_path / "run"))
     result = train(cfg, dataset=small, progress=False, log=lines.append)
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
 
     assert result.selected_on == "nothing" and result.final["step"] == 24  # all 1,200 images, batch 100
     assert load_run(tmp_path / "run", "best").meta["step"] == 24 and result.best_accuracy == 0.8

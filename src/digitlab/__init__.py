@@ -15,7 +15,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path tha
 
 _WHERE = {"TrainConfig": "config", "make_config": "config", "Dataset": "data", "load_dataset": "data",
           "DigitlabError": "errors", "evaluate": "evaluate", "create_model": "models", "list_models": "models",
-          "register_model": "models", "PRESETS": "presets", "preset_config": "presets", "load_run": "checkpoint",
+          "register_model": "models", "PRESETS": "presets", "preset_config": "presets", "load_run": "runs",
           "train": "train", "Predictor": "predict", "Subscriber": "events"}
 __all__ = [*_WHERE, "explain"]
 

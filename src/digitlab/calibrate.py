@@ -21,10 +21,11 @@ import torch
 from digitlab import non_digits
 from digitlab.abstain import Scored, fit_abstention
 from digitlab.calibration import META_KEY, NO_HOLD_OUT, Calibration
-from digitlab.checkpoint import load_run, resolve_checkpoint, update_metadata
+from digitlab.checkpoint import resolve_checkpoint, update_metadata
 from digitlab.errors import ConfigError, DigitlabError, RunError
 from digitlab.evaluate import predict_logits
 from digitlab.events import Subscriber
+from digitlab.runs import load_run
 
 if TYPE_CHECKING:
     from digitlab.train import RunState, TrainResult

@@ -16,8 +16,8 @@ all). A write that fails removes its ``.tmp`` file and raises a RunError; the fi
 untouched (digitlab.atomic).
 
 A state file is checked field by field when read, and an optimiser state against the parameters it is
-loaded for, so a tampered file is a one-line RunError. load_run() rebuilds a trained model from a run folder
-(or a lone .safetensors file) through the model registry; nothing is ever unpickled.
+loaded for, so a tampered file is a one-line RunError. build_from_weights() rebuilds a trained model through the
+model registry (runs.load_run: from a run folder or a lone .safetensors file); nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ from digitlab.data import get_spec
 from digitlab.errors import ConfigError, RunError
 from digitlab.models import check_model_args, create_model
 from digitlab.normalize import NORMALIZATIONS
-from digitlab.runs import read_config
 from digitlab.shapes import MNIST_SHAPE, InputShape
 
 FORMAT = "digitlab-checkpoint-1"
@@ -330,12 +329,3 @@ def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
         raise RunError(f"{path} has no {checkpoint}.safetensors: is it a digitlab run folder, "
                        "and did its first epoch finish?")
     return candidate
-
-
-def load_run(path: str | Path, checkpoint: str = "best") -> LoadedModel:
-    """Load a trained model from a run folder (or .safetensors file), ready for inference on CPU."""
-    source = resolve_checkpoint(path, checkpoint)
-    if source.parent.joinpath("config.json").is_file() and Path(path).is_dir():
-        read_config(source.parent)  # a run folder whose config is broken is an error, not ignored
-    weights, meta = read_weights(source)
-    return build_from_weights(weights, meta, source)

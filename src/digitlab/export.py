@@ -50,7 +50,8 @@ from digitlab.evaluate import predict_logits
 from digitlab.extras import require
 from digitlab.onnx_static import static_check
 from digitlab.normalize import normalize
-from digitlab.checkpoint import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel
+from digitlab.runs import load_run
 from digitlab.shapes import MNIST_SHAPE
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix of the default output

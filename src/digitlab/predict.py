@@ -261,7 +261,7 @@ class Predictor:
         """Load a run folder or .safetensors file; no path means the model shipped with digitlab."""
         if runtime not in RUNTIMES:  # before loading anything
             raise ConfigError(f"runtime must be one of: {', '.join(RUNTIMES)}; got {runtime!r}")
-        from digitlab.checkpoint import load_run
+        from digitlab.runs import load_run
 
         loaded = load_run(path if path is not None else DEFAULT_WEIGHTS, checkpoint)
         return cls.from_loaded(loaded, runtime, threads, device, deadline_s)

@@ -1,15 +1,14 @@
-"""Resuming and claiming run folders for training: where a run stands, the folder it writes, its checkpoint.
+"""Resuming a training: where a run stands and its checkpoint.
 
     resume_config("runs/<run>", epochs=5)    # the run's saved recipe, checked against what a resume may change
-    prepare_run_dir(cfg, ctx, ...)           # rank 0 claims the folder (lock, refusals) and shares it
     restore(run_dir, model, optimizer, ...)  # the last checkpoint into model, optimiser and RNGs -> Progress
 
 Nothing in the run folder changes until a resume is known to be compatible and its checkpoint has loaded;
-the rules themselves (what a resume may change, the lock, which folders a new run may take) are in runs.py.
+the rules themselves (what a resume may change, the lock, which folders a new run may take) and the claiming of
+a run folder (prepare_run_dir) are in runs.py.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from digitlab import distributed as dist
 from digitlab.checkpoint import has_checkpoint, load_model_state, load_optimizer_state, load_training_checkpoint
 from digitlab.config import TrainConfig, make_config
 from digitlab.device import set_rng_state, set_seed
-from digitlab.errors import DigitlabError, RunError
-from digitlab.runs import check_resume_compatible, check_work_left, claim_run_dir, read_config, write_config
+from digitlab.errors import RunError
+from digitlab.runs import check_resume_compatible, check_work_left, read_config, write_config
 
 
 @dataclass
@@ -67,25 +66,6 @@ def restore(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: dist.DistCon
     log(f"resuming {run_dir} at epoch {state['epoch']}, step {state['step']}{within}")
     return Progress(epoch=state["epoch"], step=state["step"], epoch_step=epoch_step, history=state["history"],
                     best_accuracy=state["best_accuracy"], averaged_weights=weights)
-
-
-def prepare_run_dir(cfg: TrainConfig, ctx: dist.DistContext, resume: bool, force: bool,
-                    held: contextlib.ExitStack, log) -> Path:
-    """Rank 0 claims the run folder (runs.claim_run_dir: its lock, held in `held` until training ends, the
-    refusal of a folder that is not this run's, config.json of a new run) and shares it; when it cannot,
-    every rank raises the same error before training."""
-    run_dir, error = None, None
-    if ctx.is_main:
-        try:
-            run_dir = str(held.enter_context(claim_run_dir(cfg, resume, force, log)))
-        except DigitlabError as e:
-            if not ctx.enabled:
-                raise
-            error = e
-    run_dir, error = dist.broadcast_object((run_dir, error))
-    if error is not None:
-        raise error
-    return Path(run_dir)
 
 
 def resume_config(run: str | Path, **overrides) -> TrainConfig:

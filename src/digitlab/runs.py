@@ -13,8 +13,8 @@ a folder from being damaged.
 
 claim_run_dir() is how a training takes a folder: a new run only gets an empty (or new) folder, unless
 force=True, which first removes the files of a previous run; a resume only continues a run with its own recipe
-(RESUMABLE lists what may change). Both hold the folder's lock for the whole training. Loading a trained model
-from a folder is checkpoint.load_run().
+(RESUMABLE lists what may change). Both hold the folder's lock for the whole training; prepare_run_dir() is
+how every rank of a training gets the folder rank 0 claimed. load_run() loads a trained model from a folder.
 """
 from __future__ import annotations
 
@@ -31,11 +31,15 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from digitlab import atomic
 from digitlab.config import TrainConfig, config_from_json
-from digitlab.errors import ConfigError, RunError
+from digitlab.errors import ConfigError, DigitlabError, RunError
+
+if TYPE_CHECKING:  # both import torch: only load_run and prepare_run_dir need them, and import them when called
+    from digitlab.checkpoint import LoadedModel
+    from digitlab.distributed import DistContext
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
                   "test_accuracy", "lr", "elapsed_s", "images_per_s", "data_fraction"]  # val_*: empty without val_size
@@ -165,6 +169,17 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise RunError(f"{path}: {e}") from None
 
 
+def load_run(path: str | Path, checkpoint: str = "best") -> LoadedModel:
+    """Load a trained model from a run folder (or .safetensors file), ready for inference on CPU."""
+    from digitlab.checkpoint import build_from_weights, read_weights, resolve_checkpoint
+
+    source = resolve_checkpoint(path, checkpoint)
+    if source.parent.joinpath("config.json").is_file() and Path(path).is_dir():
+        read_config(source.parent)  # a run folder whose config is broken is an error, not ignored
+    weights, meta = read_weights(source)
+    return build_from_weights(weights, meta, source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Taking a folder for a training
 
@@ -220,6 +235,27 @@ def claim_run_dir(cfg: TrainConfig, resume: bool, force: bool = False,
         yield run_dir
     finally:
         lock.release()
+
+
+def prepare_run_dir(cfg: TrainConfig, ctx: DistContext, resume: bool, force: bool,
+                    held: contextlib.ExitStack, log: Callable[[str], None]) -> Path:
+    """Rank 0 claims the run folder (claim_run_dir: its lock, held in `held` until training ends, the refusal of
+    a folder that is not this run's, config.json of a new run) and shares it; when it cannot, every rank raises
+    the same error before training."""
+    from digitlab import distributed as dist
+
+    run_dir, error = None, None
+    if ctx.is_main:
+        try:
+            run_dir = str(held.enter_context(claim_run_dir(cfg, resume, force, log)))
+        except DigitlabError as e:
+            if not ctx.enabled:
+                raise
+            error = e
+    run_dir, error = dist.broadcast_object((run_dir, error))
+    if error is not None:
+        raise error
+    return Path(run_dir)
 
 
 def make_folder(run_dir: Path) -> None:

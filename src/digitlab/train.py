@@ -45,7 +45,8 @@ from digitlab.events import Events, Subscriber, default_subscribers
 from digitlab.models import create_model
 from digitlab.normalize import normalize
 from digitlab.optim import LeanAdamW, build_optimizer, lr_at, set_lr
-from digitlab.resume import Progress, prepare_run_dir, restore
+from digitlab.resume import Progress, restore
+from digitlab.runs import prepare_run_dir
 from digitlab.selection import Selection
 from digitlab.shapes import InputShape
 from digitlab.split import stratified_split

@@ -137,7 +137,7 @@ class EvalSubject:
 def run_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool, bool]]:
     """A run folder or .safetensors file: its model in PyTorch, on its own dataset; with the test-time augmentation
     the run's own evaluations used unless --tta says. Returns the subject, its dataset and how TTA was used."""
-    from digitlab.checkpoint import load_run
+    from digitlab.runs import load_run
     from digitlab.evaluate import predict_logits
 
     loaded = load_run(args.run, args.checkpoint)

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from digitlab.backends import TorchBackend
-from digitlab.checkpoint import LoadedModel, load_run
+from digitlab.checkpoint import LoadedModel
 from digitlab.device import use_channels_last
 from digitlab.errors import ConfigError
 from digitlab.explain.attributions import METHOD_NAMES, ExplainError, attribute, check_gradcam, check_method
 from digitlab.normalize import normalize
 from digitlab.predict import DEFAULT_WEIGHTS, Predictor, softmax
+from digitlab.runs import load_run
 
 JSON_DECIMALS = 6  # attribution values in JSON: enough to rank every pixel, a third of float32's repr
 
