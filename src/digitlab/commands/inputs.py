@@ -15,13 +15,14 @@ def holds_run_files(folder: Path) -> bool:
 
 
 def split_run_and_files(inputs: list[str]) -> tuple[str | None, list[str]]:
-    """The first input is a run if it is a folder with config.json or a .safetensors file. One that only looks
-    like a run (missing and not an image name, under a runs/ folder, or a folder with run files but no
-    config.json) is an error: predicting with the shipped model instead would hide the typo."""
+    """The first input is a run if it is a folder with config.json, a .safetensors file or an .onnx file from
+    `digitlab export`. One that only looks like a run (missing and not an image name, under a runs/ folder, or a
+    folder with run files but no config.json) is an error: predicting with the shipped model instead would hide
+    the typo."""
     if not inputs:
         return None, []
     first = Path(inputs[0])
-    if first.suffix == ".safetensors" or (first.is_dir() and (first / "config.json").is_file()):
+    if first.suffix in (".safetensors", ".onnx") or (first.is_dir() and (first / "config.json").is_file()):
         return inputs[0], inputs[1:]
     under_runs = "runs" in first.parts
     if first.is_dir() and (holds_run_files(first) or under_runs):

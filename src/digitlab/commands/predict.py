@@ -20,6 +20,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     run, files = split_run_and_files(args.inputs)
+    if run is not None and run.lower().endswith(".onnx"):
+        if args.onnx:  # every input is an image to predict, as --onnx always had it
+            run, files = None, list(args.inputs)
+        else:  # `predict model.onnx FILE...`: as --onnx model.onnx
+            args.onnx, run = run, None
     if args.onnx:
         return predict_onnx(run, files, args)
     if args.test_index is None and not files:
