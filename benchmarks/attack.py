@@ -21,10 +21,13 @@ processes too); each attack gets a fresh server, so that one's aftermath cannot 
    (at most --max-growth-mb), and a prediction and /healthz every 100 ms meanwhile, each within 1 s.
 5. 8 clients x 25 requests whose 10,000 headers (80 KB, past the 64 KiB cap) arrive in one write: each 431;
    /healthz p99 meanwhile.
+6-8. the worker pool's: an explain flood of 100 held connections, the same opened and closed 100 times a second,
+   and a 1.9 MB JSON prediction of 200,000 extra keys, each beside 2 clients predicting (benchmarks/pool_attacks.py
+   says what each measures).
 /healthz is probed every 50 ms in attacks 2, 3 and 5, on a fresh connection each time. It prints one markdown
 table (attack, threshold, measured, pass/fail) and exits 1 if any row fails.
 
-The last attack starts no server of its own: two hostile .onnx files (300 constant MatMuls, a Tile to 2.4 GB)
+The last attack starts no server of its own: two hostile .onnx files (990 constant MatMuls, a Tile to 2.4 GB)
 given to `predict --onnx` and `serve`, each of which must refuse them in one line, within seconds and without
 the gigabytes (benchmarks/onnx_attacks.py; --no-onnx-files skips it).
 """
@@ -55,6 +58,7 @@ from PIL import Image
 
 from digitlab.data import load_dataset
 
+from pool_attacks import attack_explain_flood, attack_many_keys
 from onnx_attacks import attack_hostile_onnx
 from server_process import TICK, proc_stat, process_tree, start_serve
 
@@ -514,8 +518,11 @@ def main() -> int:
                         default=["png", "jpeg", "chunked"], help="what attack 3's clients send")
     parser.add_argument("--pipeline-s", type=float, default=12, help="seconds attack 4 floods (1..300)")
     parser.add_argument("--max-growth-mb", type=float, default=300, help="attack 4's bound on the tree's RSS growth")
-    parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3, 4, 5], default=[1, 2, 3, 4, 5],
-                        help="attacks to run")
+    parser.add_argument("--flood-s", type=float, default=30, help="seconds attacks 6 and 7 flood (1..300)")
+    parser.add_argument("--flood-clients", type=int, default=100, help="attack 6's explaining clients")
+    parser.add_argument("--churn-rate", type=float, default=100, help="attack 7's explanations a second")
+    parser.add_argument("--only", type=int, nargs="+", choices=[1, 2, 3, 4, 5, 6, 7, 8],
+                        default=[1, 2, 3, 4, 5, 6, 7, 8], help="attacks to run (6-8: benchmarks/pool_attacks.py)")
     parser.add_argument("--onnx-files", action=argparse.BooleanOptionalAction, default=True,
                         help="also give two hostile .onnx files to `predict --onnx` and `serve` (onnx_attacks.py)")
     args, flags = parser.parse_known_args()
@@ -525,6 +532,7 @@ def main() -> int:
 
     ds = load_dataset("mnist", progress=False)
     seven = digit(ds, 7)
+    seven_json = json.dumps({"pixels": seven.tolist()}).encode()
     files = {"png": many_chunk_png(ds), "jpeg": many_marker_jpeg(ds)}
     big, chunked = huge_png(ds), one_byte_chunked(seven.tolist())
     print(f"machine: {os.cpu_count()} logical CPUs, shared by the server and this script; load average (1 min) "
@@ -536,7 +544,12 @@ def main() -> int:
                3: lambda url, pid: attack_slow_parses(url, files, chunked, args.rounds, args.slow_kinds),
                4: lambda url, pid: attack_pipelining(url, pid, args.pipeline_s, seven.tolist(), 7,
                                                      args.max_growth_mb),
-               5: lambda url, pid: attack_headers_in_one_read(url)}
+               5: lambda url, pid: attack_headers_in_one_read(url),
+               6: lambda url, pid: attack_explain_flood(url, seven_json, 7, "keep-alive", args.flood_clients,
+                                                        args.churn_rate, args.flood_s, 6, Row),
+               7: lambda url, pid: attack_explain_flood(url, seven_json, 7, "churn", args.flood_clients,
+                                                        args.churn_rate, args.flood_s, 7, Row),
+               8: lambda url, pid: attack_many_keys(url, pid, seven_json, 7, args.rounds, 8, Row)}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(args.only):  # a fresh server for each, so that one attack's aftermath cannot skew the next

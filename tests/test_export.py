@@ -262,14 +262,14 @@ def test_serve_takes_an_exported_onnx_file(exported, mnist, tmp_path):
 def test_serve_vets_an_onnx_file_once_and_refuses_torch_for_it(exported, monkeypatch):
     """The serving process vets the file in its probe process once; workers load the same bytes without one."""
     from digitlab import onnx_guard
-    from digitlab.serve import ModelSpec, PoolSettings, start_pool
+    from digitlab.serve import ModelSpec, PoolSettings, ServeSettings, start_pool
 
     honest, probes = onnx_guard.probe_in_child, []
     monkeypatch.setattr(onnx_guard, "probe_in_child", lambda *args: probes.append(args) or honest(*args))
-    pool = start_pool(ModelSpec(str(exported)), settings=PoolSettings(workers=0))
+    pool = start_pool(ServeSettings(model=ModelSpec(str(exported)), pool=PoolSettings(workers=0)))
     assert pool.model_info["runtime"].startswith("onnxruntime") and len(probes) == 1
     with pytest.raises(ConfigError, match="runs in ONNX Runtime only"):
-        start_pool(ModelSpec(str(exported), runtime="torch"), settings=PoolSettings(workers=0))
+        start_pool(ServeSettings(model=ModelSpec(str(exported), runtime="torch"), pool=PoolSettings(workers=0)))
 
 
 def test_commands_name_the_exported_files_they_do_not_take(trained_run, exported, tmp_path, capsys):

@@ -1,16 +1,89 @@
-"""The worker pool under abuse and mishap (serve/pool.py, worker.py, jobs.py): a body of many stray JSON keys is
-refused cheaply and briefly.
+"""The worker pool under abuse and mishap (serve/pool.py, worker.py, jobs.py): an explain flood leaves predictions
+their own capacity; a body of many stray JSON keys is refused cheaply and briefly; a retrained run is not served
+beside the model the server started with; a pool whose workers cannot load the model says so at /healthz and
+refuses at once, backing off its restarts; a stopped worker is replaced; both pools implement one interface.
 
 Pools run in this process on the fixture model (a small CNN), each test's on its own copy of the run folder where
 the test changes it. Every wait is on an event (an answer, the pool's state, a /proc entry), bounded in time.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import shutil
+import signal
 import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+
+from digitlab.serve import Limits, ModelSpec, PoolSettings, ProcessPool, ServeSettings
+from digitlab.serve.pool_settings import PoolBusy, PoolUnavailable
+
+from test_serve_pool import state, wait_until
+
+
+def pixels_body(mnist, i: int) -> bytes:
+    return json.dumps({"pixels": mnist.test_images[i].tolist()}).encode()
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Let the event loop run (the pool reads its workers there) until `condition` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """The fixture run, copied: a test may retrain it in place or move it away."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+#### 1. the explain flood
+
+
+def test_explain_flood_leaves_predictions_their_capacity(trained_run, mnist):
+    """30 explanations (Integrated Gradients with layers) submitted at once, then 8 predictions, on 2 workers: one
+    explanation runs and 4 wait in their own queue, the other 25 are refused at once with 503; the predictions
+    go to the worker that holds no explanation and are all answered before the last explanation is, none
+    refused, no worker killed. Before, the explanations filled both workers' batches and the predictions were
+    answered after them."""
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=2, explain_queue_size=4),
+                                     Limits(inference_timeout_s=120))).start()
+    finished: list[str] = []
+
+    async def ask(kind: str, payload: tuple) -> str:
+        try:
+            await pool.submit(kind, payload)
+            outcome = "ok"
+        except PoolBusy:
+            outcome = "busy"
+        finished.append(f"{kind} {outcome}")
+        return outcome
+
+    async def flood() -> tuple[list[str], list[str]]:
+        explains = [asyncio.create_task(ask("explain", (("pixels", pixels_body(mnist, i)), "ig", None, True)))
+                    for i in range(30)]
+        await asyncio.sleep(0)  # every explanation is submitted (each task runs to its first wait) ...
+        predicts = [asyncio.create_task(ask("predict", ("pixels", pixels_body(mnist, i), False))) for i in range(8)]
+        return await asyncio.gather(*explains), await asyncio.gather(*predicts)  # ... before any prediction
+
+    try:
+        explained, predicted = asyncio.run(flood())
+        assert predicted == ["ok"] * 8, predicted
+        assert explained.count("ok") == 5 and explained.count("busy") == 25, explained
+        last_prediction = max(i for i, f in enumerate(finished) if f.startswith("predict"))
+        last_explanation = max(i for i, f in enumerate(finished) if f == "explain ok")
+        assert last_prediction < last_explanation, finished
+        assert pool.stats.restarts == 0 and pool.stats.timeouts == 0, pool.stats
+    finally:
+        pool.close()
 
 
 #### 2. a JSON body of many stray keys
@@ -57,3 +130,148 @@ def test_odd_shapes_are_named_as_pydantic_names_them(predictor, body, detail):
     assert r.status_code == 422 and r.json()["detail"].startswith(detail), r.text
 
 
+#### 3. a run retrained under a running server
+
+
+def retrain_in_place(run: Path) -> None:
+    """Another model in the run's best.safetensors, written as digitlab writes checkpoints (a rename)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    best = run / "best.safetensors"
+    with safe_open(str(best), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] * -1.0
+    save_file(tensors, str(run / "next.safetensors"), metadata=meta)
+    os.replace(run / "next.safetensors", best)
+
+
+def test_a_replacement_worker_refuses_a_retrained_model(run_copy, mnist):
+    """The pool pins the checkpoint's sha256 at start: after the run is retrained in place, a worker replacing a
+    dead one finds other bytes and refuses to serve them, and the pool says so (health, a 503 at once) instead
+    of answering with two models while /api/model names the first."""
+    pool = ProcessPool(ServeSettings(ModelSpec(str(run_copy)), PoolSettings(workers=1),
+                                     Limits(inference_timeout_s=30))).start()
+    described = dict(pool.model_info)
+
+    async def scenario() -> None:
+        assert json.loads(await pool.submit("predict", ("pixels", pixels_body(mnist, 0), False)))["label"] == 7
+        retrain_in_place(run_copy)
+        [pid] = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: pool.stats.load_failures >= 1, "the replacement's refusal")
+        health = pool.health()
+        assert not health.ok and "changed since the server started" in health.reason, health
+        started = time.monotonic()
+        with pytest.raises(PoolUnavailable):
+            await pool.submit("predict", ("pixels", pixels_body(mnist, 0), False))
+        assert time.monotonic() - started < 1
+
+    try:
+        asyncio.run(scenario())
+        assert pool.model_info == described and pool.ready_workers() == 0
+    finally:
+        pool.close()
+
+
+#### 4. no worker able to load the model
+
+
+def metric(text: str, name: str) -> float:
+    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_no_loadable_model_is_reported_refused_at_once_and_retried_with_backoff(run_copy, mnist, caplog):
+    """The run folder moved away and the worker killed: /healthz answers 503 with the reason, a prediction is
+    refused at once (not at its 30 s deadline), /metrics shows no ready worker, the crash and the load failures,
+    the failures are logged once (not twice a second) while the retries back off (1 s, 2 s, ...); once the
+    folder is back, a worker loads it and the server answers again."""
+    from digitlab.serve import create_app
+
+    pool = ProcessPool(ServeSettings(ModelSpec(str(run_copy)), PoolSettings(workers=1),
+                                     Limits(inference_timeout_s=30))).start()
+    moved = run_copy.with_name("moved")
+    caplog.set_level(logging.ERROR, logger="digitlab.serve")
+    with TestClient(create_app(pool=pool)) as client:
+        assert client.get("/healthz").status_code == 200
+        run_copy.rename(moved)
+        [pid] = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: client.get("/healthz").status_code == 503, "/healthz answering 503", 60)
+        assert "does not exist" in client.get("/healthz").json()["detail"]
+        started = time.monotonic()
+        r = client.post("/api/predict", json={"pixels": mnist.test_images[0].tolist()})
+        assert r.status_code == 503 and time.monotonic() - started < 2, (r.text, time.monotonic() - started)
+        wait_until(lambda: pool.stats.load_failures >= 3, "three failed loads", 60)
+        text = client.get("/metrics").text
+        assert metric(text, "digitlab_workers_ready") == 0
+        assert metric(text, "digitlab_worker_crashes_total") == 1
+        assert metric(text, "digitlab_worker_load_failures_total") >= 3
+        failures = [r for r in caplog.records if "could not load the model" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+        moved.rename(run_copy)
+        wait_until(lambda: client.get("/healthz").status_code == 200, "a worker ready again", 60)
+        r = client.post("/api/predict", json={"pixels": mnist.test_images[0].tolist()})
+        assert r.status_code == 200 and r.json()["label"] == 7, r.text
+        assert metric(client.get("/metrics").text, "digitlab_workers_ready") == 1
+
+
+def test_restart_delays_back_off_to_a_minute():
+    from digitlab.serve.pool import restart_delay
+
+    assert [restart_delay(n) for n in (1, 2, 3, 4, 7, 8, 100)] == [1, 2, 4, 8, 60, 60, 60]
+
+
+#### 5. a stopped worker
+
+
+def test_a_stopped_worker_is_replaced(trained_run, mnist):
+    """One of two workers stopped (SIGSTOP): the predictions handed to it get their 503 at the 2 s deadline and
+    it is killed and replaced (it held jobs a whole deadline without a word); the next round is all answered.
+    Before, it was never replaced and kept taking half the jobs."""
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=2),
+                                     Limits(inference_timeout_s=2))).start()
+    stopped = pool.worker_pids()[0]
+
+    async def round_of(n: int) -> list[str]:
+        async def one(i: int) -> str:
+            try:
+                await pool.submit("predict", ("pixels", pixels_body(mnist, i), False))
+                return "ok"
+            except PoolBusy:
+                return "busy"
+            except Exception as e:
+                return type(e).__name__
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        first = await round_of(8)
+        await until(lambda: pool.ready_workers() == 2, "a ready replacement")
+        return first, await round_of(8)
+
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        if state(stopped) not in (None, "Z"):
+            os.kill(stopped, signal.SIGCONT)
+        pool.close()
+    assert "PoolTimeout" in first and second == ["ok"] * 8, (first, second)
+    assert pool.stats.unresponsive == 1 and stopped not in pool.worker_pids(), pool.stats
+
+
+#### 6. one interface
+
+
+def test_both_pools_implement_the_pool_interface(predictor, trained_run):
+    from digitlab.serve import InlinePool
+    from digitlab.serve.pool_api import Health, WorkerPool
+
+    inline = InlinePool(predictor)
+    processes = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=1)))  # not started
+    assert isinstance(inline, WorkerPool) and isinstance(processes, WorkerPool)
+    assert inline.health() == Health(True) and inline.ready_workers() == 1
+    assert not processes.health().ok and processes.ready_workers() == 0

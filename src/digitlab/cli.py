@@ -301,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a worker waits for more requests to fill a batch")
     serve.add_argument("--queue-size", type=int, default=64,
                        help="requests waiting for a worker; beyond it the server answers 503 at once")
+    serve.add_argument("--explain-queue-size", type=int, default=4,
+                       help="explanations (/api/explain) waiting, in a queue of their own; beyond it 503 at once")
+    serve.add_argument("--explain-workers", type=int, default=0,
+                       help="workers that may compute an explanation at once (0: half of them, at least one; "
+                            "with two or more workers one always stays free for predictions)")
     serve.add_argument("--deadline", type=float, default=10.0,
                        help="seconds a request may take from arrival to answer; later is 503 and its worker is "
                             "killed and replaced")

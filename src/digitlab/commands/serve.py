@@ -34,7 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     policy = HttpPolicy(allowed_hosts=hosts, cors_origins=tuple(check_origin(o) for o in args.cors_origin or ()))
     workers = default_workers() if args.workers is None else args.workers
     pool_settings = PoolSettings(workers=workers, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                                 queue_size=args.queue_size, memory_mb=args.worker_memory_mb)
+                                 queue_size=args.queue_size, memory_mb=args.worker_memory_mb,
+                                 explain_queue_size=args.explain_queue_size, explain_workers=args.explain_workers)
     settings = ServeSettings(model=ModelSpec(args.run, args.checkpoint, args.runtime, args.threads),
                              pool=pool_settings, limits=Limits(inference_timeout_s=args.deadline), http=policy)
     settings.check()

@@ -7,7 +7,8 @@
     POST /api/explain  the same inputs; answers the prediction and heat maps of which pixels made it (query:
                        method=ig|saliency|occlusion|gradcam, target=CLASS, layers=true for each layer's output)
     GET  /api/model    what is loaded
-    GET  /healthz      {"status": "ok"} (HEAD / and HEAD /healthz too, for probes)
+    GET  /healthz      {"status": "ok"}, or 503 {"status": "unavailable", "detail": why} while no worker can
+                       answer (HEAD / and HEAD /healthz too, for probes)
     GET  /docs         OpenAPI docs: Swagger UI from fastapi-offline's copy, served here (no CDN, works offline)
     GET  /metrics      counters in the Prometheus text format (serve/metrics.py; not in the OpenAPI schema)
 
@@ -43,7 +44,8 @@ from digitlab.serve.jobs import JobError
 from digitlab.serve.limits import BodySizeLimit, Limits
 from digitlab.serve.metrics import Metrics, MetricsMiddleware
 from digitlab.serve.inline_pool import InlinePool
-from digitlab.serve.pool_settings import PoolBusy, PoolTimeout
+from digitlab.serve.pool_api import WorkerPool
+from digitlab.serve.pool_settings import PoolBusy, PoolTimeout, PoolUnavailable
 from digitlab.serve.settings import ServeSettings
 from digitlab.serve.schema import PixelsRequest, describe_errors, error_body, plain_errors
 
@@ -118,7 +120,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def create_app(predictor=None, settings: ServeSettings | None = None, *, pool=None) -> FastAPI:
+def create_app(predictor=None, settings: ServeSettings | None = None, *, pool: WorkerPool | None = None) -> FastAPI:
     """The web app around a pool that runs the jobs (serve/pool.py or inline_pool.py), or around one
     loaded predictor, run in this process's threads (an InlinePool). The app attaches the pool to its event loop
     at startup and closes it at shutdown. It reads settings.limits and settings.http (which Host headers and
@@ -156,13 +158,14 @@ def create_app(predictor=None, settings: ServeSettings | None = None, *, pool=No
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
-    @app.get("/healthz")
-    async def healthz() -> dict:  # async: on the event loop, never queued behind a busy thread pool
-        return {"status": "ok"}
+    @app.get("/healthz", responses={503: {"description": "no worker can answer now; `detail` says why"}})
+    async def healthz() -> JSONResponse:  # async: on the event loop, never queued behind a busy thread pool
+        """Readiness: 200 {"status": "ok"} while a worker can answer, else 503 with the reason."""
+        return health_response(pool)
 
     @app.head("/healthz", include_in_schema=False)  # for probes: GET's headers; the server drops the body
     async def healthz_head() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        return health_response(pool)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -189,7 +192,14 @@ def create_app(predictor=None, settings: ServeSettings | None = None, *, pool=No
     return app
 
 
-def add_explain_route(app: FastAPI, pool, limits: Limits) -> None:
+def health_response(pool: WorkerPool) -> JSONResponse:
+    health = pool.health()
+    if health.ok:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "unavailable", "detail": health.reason}, status_code=503)
+
+
+def add_explain_route(app: FastAPI, pool: WorkerPool, limits: Limits) -> None:
     """POST /api/explain: /api/predict's inputs and limits, run through the same pool as an "explain" job
     (serve/jobs.py: digitlab.explain.explain_image in the worker, under the same queue and deadline)."""
 
@@ -270,7 +280,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JobError)
     async def refused(request: Request, exc: JobError) -> JSONResponse:  # from the pool: a 4xx, or 503
-        reason = {PoolBusy: "queue_full", PoolTimeout: "deadline"}.get(type(exc))
+        reason = {PoolBusy: "queue_full", PoolTimeout: "deadline", PoolUnavailable: "no_worker"}.get(type(exc))
         if reason:
             request.state.reject_reason = reason  # what /metrics counts the refusal as
         return JSONResponse(exc.body(), status_code=exc.status)

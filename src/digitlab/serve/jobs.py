@@ -7,8 +7,9 @@ A job kind is two functions. `prepare` takes the request's raw payload (plain by
 a client) and does all the parsing and decoding there is: JSON validation, the image header check, the pixel
 budget, decoding at reduced size, digitlab.preprocess. `run` takes the prepared items of several requests and
 answers each with its finished JSON body (bytes), so the serving process only copies bytes to the socket.
-Adding a kind (e.g. "explain") is one register_job call with its two functions; the pools (serve/pool.py,
-serve/inline_pool.py) run every kind the same way, under the same queue, deadline and memory limit.
+Adding a kind is one register_job call with its two functions; the pools (serve/pool.py, serve/inline_pool.py) run
+every kind under the same deadline and memory limit. A kind registered `expensive` (explain: Integrated Gradients
+costs a hundred predictions) runs alone and is admitted through its own small queue and workers (serve/pool.py).
 
 A refusal is a JobError(status, detail): it crosses the process boundary by pickling and becomes the usual
 {"detail": ...} JSON answer with that status.
@@ -56,14 +57,17 @@ class WorkerContext:
 class JobKind:
     prepare: Callable[[WorkerContext, Any], Any]  # per request, may raise JobError
     run: Callable[[WorkerContext, list[Any]], list[bytes]]  # per batch: one answer per prepared item, in order
+    # expensive: tens to hundreds of times a prediction's CPU (explain). Such a job runs alone, never in a batch
+    # with others, and the pool admits few of them at once, on few workers, so predictions keep their capacity
+    expensive: bool = False
 
 
 JOBS: dict[str, JobKind] = {}
 
 
 def register_job(name: str, prepare: Callable[[WorkerContext, Any], Any],
-                 run: Callable[[WorkerContext, list[Any]], list[bytes]]) -> None:
-    JOBS[name] = JobKind(prepare, run)
+                 run: Callable[[WorkerContext, list[Any]], list[bytes]], expensive: bool = False) -> None:
+    JOBS[name] = JobKind(prepare, run, expensive)
 
 
 def job_kind(name: str) -> JobKind:
@@ -123,6 +127,8 @@ def check_shape(body: bytes) -> None:
     errors = [{"loc": [key], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
               for key in itertools.islice((k for k in content if k != "pixels"), MAX_ERRORS)]
     count = len(content) - ("pixels" in content)
+    if errors and "pixels" not in content:  # named first, as pydantic's would be (describe_errors)
+        errors, count = [{"loc": ["pixels"], "msg": "Field required", "type": "missing"}, *errors], count + 1
     pixels = content.get("pixels")
     if not errors and isinstance(pixels, list):
         rows = [(i, len(row)) for i, row in enumerate(pixels) if isinstance(row, list) and len(row) > 28]
@@ -235,4 +241,4 @@ def _refusal(status: int, detail: str) -> JobError:
     return JobError(status, detail)
 
 
-register_job("explain", prepare_explain, run_explain)
+register_job("explain", prepare_explain, run_explain, expensive=True)

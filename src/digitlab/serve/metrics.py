@@ -14,6 +14,10 @@ Series (all prefixed digitlab_):
     http_requests_in_flight                     requests being handled now
     queue_depth, inference_in_flight            read at scrape time from app.state.queue_depth() and
                                                 app.state.inference_in_flight(), callables a worker pool replaces
+    workers_ready                               workers able to take a job now (0: /healthz answers 503)
+    worker_restarts_total, worker_crashes_total workers started to replace another; workers that died on their own
+    worker_load_failures_total                  workers that could not load the model (or found another file)
+    worker_unresponsive_total                   workers killed for holding jobs a whole deadline without a word
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # the default reason of a refusal, from its status, where the code that refused did not name one
@@ -48,6 +53,9 @@ class Metrics:
             if not hasattr(app.state, name):
                 setattr(app.state, name, lambda: 0)  # until a worker pool sets its own
             Gauge(f"digitlab_{name}", doc, registry=self.registry).set_function(state_reader(app, name))
+        pool = getattr(app.state, "pool", None)
+        if pool is not None:
+            self.registry.register(PoolCollector(pool))
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
@@ -55,6 +63,29 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type, for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class PoolCollector:
+    """The worker pool's readiness and its workers' lives, read from the pool at each scrape."""
+
+    COUNTERS = (("restarts", "worker_restarts", "Workers started to replace one that was killed or died"),
+                ("crashes", "worker_crashes", "Workers that died on their own"),
+                ("load_failures", "worker_load_failures", "Workers that could not load the model, or found another "
+                                                          "file than the server started with"),
+                ("unresponsive", "worker_unresponsive", "Workers killed for holding jobs a whole deadline without "
+                                                        "answering"))
+
+    def __init__(self, pool: Any):
+        self.pool = pool
+
+    def describe(self) -> list:
+        return []  # described by collect() at each scrape: nothing is read from the pool at registration
+
+    def collect(self):
+        yield GaugeMetricFamily("digitlab_workers_ready", "Workers able to take a job now",
+                                value=self.pool.ready_workers())
+        for field, name, doc in self.COUNTERS:
+            yield CounterMetricFamily(f"digitlab_{name}", doc, value=getattr(self.pool.stats, field))
 
 
 def state_reader(app: Any, name: str) -> Callable[[], float]:
