@@ -37,7 +37,6 @@ class Stop:
 class Ready:
     pid: int
     model: dict  # Predictor.describe(): what GET /api/model answers
-    memory_cap: int | None  # RLIMIT_AS in bytes, None: no cap
     sha256: str  # of the checkpoint file the worker loaded
 
 

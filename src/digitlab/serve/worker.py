@@ -170,8 +170,8 @@ def worker_main(spec: ModelSpec, settings: WorkerSettings, limits: Limits, jobs:
         return
     gc.collect()
     tune_allocator()
-    cap = limit_memory(settings.memory_mb)
-    results.send(Ready(os.getpid(), ctx.model_info, cap, sha256))
+    limit_memory(settings.memory_mb)
+    results.send(Ready(os.getpid(), ctx.model_info, sha256))
     try:
         serve(ctx, jobs, results, settings)
     except (EOFError, BrokenPipeError, ConnectionResetError):
