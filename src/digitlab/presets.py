@@ -104,14 +104,10 @@ PRESETS: dict[str, Preset] = {
         measured="99.05% test, mean of 10 seeds (min 98.96%, 8 of 10 >= 99%; val 99.03%), "
                  "benchmarks/time_to_accuracy.py --skip-reference, 2 threads; chosen on val: 99.07% over seeds 0-7 "
                  "at 1 thread; time: docs/results.md",
-        # Chosen on the 5,000 held out (docs/results.md, "`fast` in half the time"): 350 steps = 0.6108 x
-        # ceil(55000 / 96), 33,600 images against the previous recipe's 48,640 (380 x 128 at lr 1e-2, val mean 99.03%
-        # over seeds 0-3). pool_first cuts ~25% of a step's CPU (BatchNorm/ReLU on pooled maps), whiten another ~10%
-        # (no gradient through the 28x28 conv), and with lr 1.2e-2 the shorter schedule holds val at a mean of 99.07%
-        # over seeds 0-7 (300 steps: ~98.98%); adamw-lean skips torch.optim's import of torch._dynamo (~1.1 s CPU)
-        # and eval_amp halves the cost of the one evaluation.
-        # bf16 where the CPU has it natively (AVX512-BF16/AMX); elsewhere all of it runs fp32. No curves.png:
-        # drawing it costs ~0.7 s of a run this short (`digitlab plot RUN` draws it from metrics.csv).
+        # Every choice here was made on the 5,000 held out, one at a time (docs/results.md, "`fast` in half the
+        # time"): the schedule's length, pool_first and whiten (cheaper steps), adamw-lean (torch.optim imports
+        # torch._dynamo), eval_amp (a cheaper last evaluation). bf16 only where the CPU has it natively; elsewhere
+        # all of it runs fp32. No curves.png: `digitlab plot RUN` draws it from metrics.csv when wanted.
         own_recipe=True,
     ),
     "realworld": Preset(
@@ -163,10 +159,8 @@ PRESETS: dict[str, Preset] = {
         measured="95.05% test after epoch 30, mean of 3 seeds (95.11 / 95.05 / 94.99%), all 60,000 images; mirror "
                  "TTA chosen on the 5,000-image hold-out (95.34% there against 95.11% with shifts alone); "
                  "see docs/results.md",
-        # Mirror TTA was chosen on the final weights of seeds 0-2, where no checkpoint selection biases the view
-        # (benchmarks/tta_and_ensembles.py --checkpoint last): validation 95.34% against 95.11% with shifts alone.
-        # Clothes are trained with flips, so a mirror image is another view of the same class; it doubles the
-        # cost of every evaluation.
+        # Mirror TTA was chosen on the final weights, where no checkpoint selection biases the view: clothes are
+        # trained with flips, so a mirror image is another view of the same class. It doubles every evaluation.
         own_recipe=True,
     ),
 }
