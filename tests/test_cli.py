@@ -59,8 +59,13 @@ def test_train_says_a_fixed_schedule_selected_nothing(tmp_path):
     proc = run_cli("train", "--model", "digitnet", "--model-args", "width=4,depth=1", "--max-steps", "30",
                    "--fixed-schedule", "--threads", "1", "--no-progress", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
-    assert "best.safetensors is the last epoch's weights, trained on 60,000 images" in proc.stdout
-    assert "best checkpoint: the last epoch's weights" in proc.stdout and "selected on" not in proc.stdout
+    assert "the run's model is last.safetensors, trained on 60,000 images (no best.safetensors)" in proc.stdout
+    assert "no best checkpoint: a fixed schedule selects nothing" in proc.stdout and "selected on" not in proc.stdout
+    run = tmp_path / "run"
+    assert not (run / "best.safetensors").exists() and (run / "last.safetensors").is_file()
+    for command in (["eval", str(run), "--json"], ["predict", str(run), "--test-index", "0", "--json"]):
+        proc = run_cli(*command)  # the default checkpoint, `best`, is the run's model: last.safetensors
+        assert proc.returncode == 0, proc.stderr
 
 
 def test_eval_uses_test_time_augmentation_when_the_run_did(tmp_path):

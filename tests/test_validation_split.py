@@ -147,7 +147,8 @@ def test_a_fixed_schedule_keeps_the_last_epoch_whatever_test_says(small, tmp_pat
     assert result.selected_on == "nothing" and result.final["step"] == 24  # all 1,200 images, batch 100
     assert load_run(tmp_path / "run", "best").meta["step"] == 24 and result.best_accuracy == 0.8
     assert result.best_row == result.final
-    assert "best.safetensors is the last epoch's weights, trained on 1,200 images" in lines[0]
+    assert "the run's model is last.safetensors, trained on 1,200 images (no best.safetensors)" in lines[0]
+    assert not (tmp_path / "run" / "best.safetensors").exists()  # `best` above read last.safetensors
     assert not any("| best test" in line for line in lines)
 
 

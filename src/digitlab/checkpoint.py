@@ -38,9 +38,10 @@ from safetensors.torch import save as safetensors_bytes
 from digitlab import atomic
 from digitlab.calibration import UNCALIBRATED, Calibration
 from digitlab.data import get_spec
-from digitlab.errors import ConfigError, RunError
+from digitlab.errors import ConfigError, DigitlabError, RunError
 from digitlab.models import check_model_args, create_model
 from digitlab.normalize import NORMALIZATIONS
+from digitlab.runs import read_config
 from digitlab.shapes import MNIST_SHAPE, InputShape
 
 FORMAT = "digitlab-checkpoint-1"
@@ -316,7 +317,8 @@ def build_from_weights(weights: dict, meta: dict, source: Path) -> LoadedModel:
 
 
 def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
-    """A run folder + 'best'/'last', or a .safetensors file given directly."""
+    """A run folder + 'best'/'last', or a .safetensors file given directly. A run that selected nothing (a fixed
+    schedule) has no best.safetensors: its model, and so its `best`, is last.safetensors."""
     path = Path(path)
     if path.is_file():
         return path
@@ -324,8 +326,20 @@ def resolve_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
         raise RunError(f"{path} does not exist (expected a run folder or a .safetensors file)")
     if checkpoint not in ("best", "last"):
         raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if checkpoint == "best" and not (path / "best.safetensors").exists() and selects_nothing(path):
+        checkpoint = "last"
     candidate = path / f"{checkpoint}.safetensors"
     if not candidate.is_file():
         raise RunError(f"{path} has no {checkpoint}.safetensors: is it a digitlab run folder, "
                        "and did its first epoch finish?")
     return candidate
+
+
+def selects_nothing(run_dir: Path) -> bool:
+    """Whether the run folder's config is a fixed schedule (False when it has no readable config)."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    try:
+        return read_config(run_dir).fixed_schedule
+    except DigitlabError:
+        return False  # load_run reports a broken config itself

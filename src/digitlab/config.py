@@ -51,7 +51,7 @@ class TrainConfig:
     val_size: int = 0  # training images held out for validation (stratified, same for every seed); 0: none
     # With a hold-out, the best checkpoint and target_accuracy go by validation accuracy and the test set is
     # only reported; without one they go by test accuracy, as the faithful recipes' sources do (split.py).
-    fixed_schedule: bool = False  # select nothing: `best` is the last epoch's weights; test is only reported
+    fixed_schedule: bool = False  # select nothing: no best.safetensors, the model is last; test only reported
     # For a schedule tuned on a hold-out, then trained on every training image (val_size 0).
     eval_test: bool = True  # score the test set at each evaluation; off in sweep trials, whose choices never see it
     eval_every: int = 0  # also evaluate (validation and the full test set) every N steps; 0: only at epoch end

@@ -5,7 +5,8 @@ a folder from being damaged.
         config.json          everything needed to rebuild model and preprocessing
         metrics.csv          one row per evaluation
         last.safetensors     weights after the latest epoch (+ last.state.pt to resume)
-        best.safetensors     weights of the selected evaluation (selection.py)
+        best.safetensors     weights of the selected evaluation (selection.py); none when a fixed schedule
+                             selects nothing: the run's model, and its `best`, is then last.safetensors
                              (both .safetensors: the temperature fitted on the hold-out in their metadata)
         curves.png           loss and accuracy curves
         events.out.tfevents.*  TensorBoard's scalars, hparams and final figures (tracking.py)

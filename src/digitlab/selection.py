@@ -6,8 +6,9 @@ One rule, in one place, read by the training loop, its log lines, TrainResult an
                 set is only reported
     test        no hold-out (the faithful recipes' protocol, as their sources did): they go by TEST accuracy, so
                 the best epoch's test figure is optimistic, and every line that shows it says so
-    nothing     cfg.fixed_schedule: nothing is selected; `best` is the last epoch's weights (a schedule tuned on a
-                hold-out, then trained on every training image)
+    nothing     cfg.fixed_schedule: nothing is selected, so the run has no best.safetensors: its model is
+                last.safetensors, and `best` names it (a schedule tuned on a hold-out, then trained on every
+                training image)
 """
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ class Selection:
 
     def score(self, row: dict) -> float | None:
         return row.get(self.key)
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the run writes best.safetensors: only when something is selected, so that the file's name never
+        claims a choice that was not made."""
+        return self.on != "nothing"
 
     def improves(self, row: dict, best: float) -> bool:
         """Whether `row` replaces the best checkpoint: a strictly better score, or always with nothing selected
@@ -68,8 +75,8 @@ class Selection:
         """The line a run starts with: what picks its best checkpoint, and what is only reported."""
         if self.on == "nothing":
             held = " and the validation hold-out are" if held_out else " is"
-            return (f"model selection: none, a fixed schedule: best.safetensors is the last epoch's weights, trained "
-                    f"on {train_images:,} images; the test set{held} only reported")
+            return (f"model selection: none, a fixed schedule: the run's model is last.safetensors, trained on "
+                    f"{train_images:,} images (no best.safetensors); the test set{held} only reported")
         if self.on == "validation":
             reported = "the test set is only reported" if test_reported else "the test set is not read"
             return (f"model selection: validation accuracy on {held_out:,} of the {train_size:,} training images, "

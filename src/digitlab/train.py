@@ -81,7 +81,7 @@ class TrainResult:
     best_accuracy: float  # the best checkpoint's accuracy on the split it was selected on (`selected_on`)
     stopped_early: bool  # stopped before the planned last epoch or max_steps because target_accuracy was reached
     selected_on: str = "test"  # what `best` and target_accuracy used: "validation" (val_size > 0), "test", or
-    # "nothing" (fixed_schedule: `best` is the last epoch's weights)
+    # "nothing" (fixed_schedule: no best.safetensors; the last epoch's weights are the run's model)
 
     @property
     def final(self) -> dict:
@@ -470,7 +470,7 @@ def evaluate(run: RunState, epoch_position: float, tally: EpochTally, epoch_end:
     improved = run.selection.improves(row, progress.best_accuracy)  # scores are reduced: every rank agrees
     if improved:
         progress.best_accuracy = run.selection.score(row)
-        if run.ctx.is_main:
+        if run.ctx.is_main and run.selection.keeps_best:
             save_weights(run.run_dir / "best.safetensors", run.scored,
                          {**run.meta, "step": progress.step, "metrics": row})
     run.events.emit("on_evaluation", run, row, epoch_end)

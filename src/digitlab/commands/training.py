@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"curves: {result.run_dir / 'curves.png'}")
     print(final_line(final))
     if result.selected_on == "nothing":
-        print("best checkpoint: the last epoch's weights (a fixed schedule: nothing was selected)")
+        print("no best checkpoint: a fixed schedule selects nothing; the run's model is last.safetensors")
     else:
         its_test = f" (its test accuracy {best['test_accuracy']:.2%})" if best.get("test_accuracy") is not None else ""
         print(f"best checkpoint, selected on {result.selected_on} accuracy: {result.best_accuracy:.2%} at step "
