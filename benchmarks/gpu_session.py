@@ -1,4 +1,5 @@
-"""Issue 13's GPU measurements in one bounded run (about 8.5 minutes on one H200): run it once on a lent GPU machine.
+"""The GPU measurements of `fast`, `best` and `best-fashion` in one bounded run (about 8.5 minutes on one H200):
+run it once on a GPU machine.
 
     bash benchmarks/gpu_session.sh                 # on the GPU machine; $OUT collects the results
     python benchmarks/gpu_session.py --device cpu --quick --out /tmp/gpu_out   # the same machinery, tiny, on a CPU

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 13's GPU measurements, once, on a lent GPU machine (about 8.5 minutes; give the run a 600 s limit):
+# `fast`, `best` and `best-fashion` measured once on a GPU machine (about 8.5 minutes; give the run a 600 s limit):
 #   bash benchmarks/gpu_session.sh              # results in $OUT (default ./gpu_out)
-#   bash benchmarks/gpu_session.sh --budget 420 # a shorter session; any benchmarks/gpu_session.py flag passes on
+#   bash benchmarks/gpu_session.sh --budget 420 # a shorter run; any benchmarks/gpu_session.py flag passes on
 # Fashion-MNIST is not in the repo: copy it beside it first, as a carried folder (here, in the repo root:
 #   mkdir -p .data && cp -r /path/to/fashion-mnist .data/ && echo /.data/ >> .git/info/exclude; carry ".data"),
 # or pass --fashion-dir PARENT; without it the best-fashion part is skipped and says so.

@@ -1,4 +1,4 @@
-"""Issue 13's `fast` machinery: a run can skip drawing curves.png (config `plot`), and everything else in its
+"""`fast`'s machinery: a run can skip drawing curves.png (config `plot`), and everything else in its
 run folder is still written."""
 from __future__ import annotations
 

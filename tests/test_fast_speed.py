@@ -1,4 +1,4 @@
-"""Issue 13's faster `fast`: the pieces it is built from do what they claim.
+"""The faster `fast`: the pieces it is built from do what they claim.
 
 - LeanAdamW computes AdamW exactly as torch.optim.AdamW does and reads and writes its checkpoint layout, and a
   training run with it never imports torch._dynamo (what building a torch.optim optimiser costs: ~1.1 s of CPU);

@@ -63,7 +63,7 @@ def test_cli_trains_the_preset_with_the_overrides(name, monkeypatch):
 
 @pytest.mark.quick
 def test_fast_is_a_fixed_schedule_that_ends_where_its_one_cycle_does(monkeypatch):
-    """fast runs 350 steps of 96 (0.611 of its 55,000-image epoch; issue 13, chosen on validation) and evaluates
+    """fast runs 350 steps of 96 (0.611 of its 55,000-image epoch, chosen on validation) and evaluates
     once, at the end: the one-cycle learning rate peaks at 1.2e-2 a fifth of the way in and reaches zero on its
     last step. It trains with digitlab's lean AdamW (no torch.optim import), in bf16 where the CPU has it, scores
     in bf16 too, and draws no curves.png."""

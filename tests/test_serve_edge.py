@@ -1,4 +1,4 @@
-"""The connection layer and HTTP hygiene of `digitlab serve` (issue 11): idle and half-sent connections, the
+"""The connection layer and HTTP hygiene of `digitlab serve`: idle and half-sent connections, the
 header deadline and caps, HEAD probes, page headers, Host checks, cross-origin refusals, CORS, /metrics.
 
 Findings that live in the server's configuration run against a real `python -m digitlab serve` (shipped model)

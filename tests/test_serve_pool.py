@@ -1,6 +1,6 @@
 """Serving's worker pool (serve/pool.py): real `digitlab serve` processes on 127.0.0.1 and the pool in process.
 
-What each test guards (issue 11): a request past its deadline kills its worker, so no computation outlives the
+What each test guards: a request past its deadline kills its worker, so no computation outlives the
 answer; a 4096x4096 RGBA PNG flood stays bounded in memory, threads and processes; uploads whose headers are slow
 to parse never slow /healthz (the parsing is in the workers); a full queue is an immediate 503; every worker
 process is reaped when the server stops; concurrent requests are batched into one model call; the pixel budget
@@ -163,7 +163,7 @@ def digit_png(mnist) -> bytes:
 
 @pytest.fixture(scope="module")
 def huge_png(mnist) -> bytes:
-    """The issue's attack file: an MNIST 0 upscaled to 4096x4096 RGBA, saved with optimize=True (~77 KB)."""
+    """The attack file (docs/benchmarks.md): an MNIST 0 upscaled to 4096x4096 RGBA, saved with optimize=True (~77 KB)."""
     image = Image.fromarray(mnist.test_images[3].numpy()).resize((4096, 4096), Image.NEAREST).convert("RGBA")
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
@@ -219,7 +219,7 @@ def test_4096_rgba_png_flood_stays_bounded(serve, huge_png):
     which counts pages the workers share with the forkserver once per process; PSS is printed beside it), at most
     workers + forkserver + resource tracker + replacements processes, a bounded thread count, /healthz fast
     throughout; afterwards every process is idle again (no work outlives the answers). 2 uploads per client, not
-    the issue's 8, to keep the test short (the full 8 x 8 is measured in docs/benchmarks.md)."""
+    the attack's 8, to keep the test short (the full 8 x 8 is measured in docs/benchmarks.md)."""
     server = serve("--workers", "2", "--deadline", "8")
     pid = server.process.pid
     peak = {"VmRSS": 0, "Pss": 0, "Threads": 0, "processes": 0}

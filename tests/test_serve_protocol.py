@@ -1,5 +1,5 @@
-"""A body sent very slowly cannot hold a request slot or a connection for long (issue 11: "header-read, body and
-keep-alive timeouts"), against a real uvicorn in a thread configured as `digitlab serve` configures it
+"""A body sent very slowly cannot hold a request slot or a connection for long (header-read, body and
+keep-alive timeouts), against a real uvicorn in a thread configured as `digitlab serve` configures it
 (serve.server.make_server), with short limits so that each test takes seconds.
 
 A client that keeps a request alive by dribbling its body (a byte every DRIP_S, never idle long enough for an
