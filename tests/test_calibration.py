@@ -20,11 +20,11 @@ from digitlab.calibration import (META_KEY, NO_HOLD_OUT, Calibration, assess, ex
 from digitlab.checkpoint import read_weights, update_metadata
 from digitlab.cli import main
 from digitlab.errors import RunError
-from digitlab.evaluate import metrics_from_logits, predict_logits
+from digitlab.evaluation import metrics_from_logits, predict_logits
 from digitlab.predict import DEFAULT_ONNX, DEFAULT_WEIGHTS, Predictor, softmax
 from digitlab.runs import load_run
 from digitlab.serve import create_app
-from digitlab.train import split_data
+from digitlab.training import split_data
 
 VAL = 300  # validation images of the tiny runs
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
 import subprocess
@@ -17,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab.config import make_config
 from digitlab.errors import ConfigError
 from digitlab.models import create_model
 from digitlab.optim import LeanAdamW
-from digitlab.train import train
+from digitlab.training import train
 
 from helpers import mnist_slice
 
@@ -95,7 +95,7 @@ def test_a_lean_run_never_imports_torch_dynamo(tmp_path):
 import sys
 from digitlab.config import make_config
 from digitlab.data import load_dataset
-from digitlab.train import train
+from digitlab.training import train
 cfg = make_config(model="digitnet", model_args={{"width": 4, "depth": 1, "pool_first": True}}, optimizer="adamw-lean",
                   batch_size=32, max_steps=3, val_size=100, eval_amp=True, cpu_amp=True, plot=False,
                   out={str(tmp_path / 'run')!r}, threads=1)
@@ -150,7 +150,6 @@ def test_whiten_sets_fixed_filters_from_the_data():
 
 def test_eval_amp_scores_under_the_training_autocast(mnist, tmp_path, monkeypatch):
     """With eval_amp the run's evaluation runs inside the training autocast; without it, outside."""
-    train_module = importlib.import_module("digitlab.train")  # `digitlab.train` is the function (see __init__)
     seen = []
     real = train_module.sharded_eval
 
