@@ -396,7 +396,7 @@ def test_the_shipped_model_is_calibrated_on_mnist_test(mnist):
 
 
 def test_explain_shows_the_calibrated_probabilities_predict_shows(held_run, mnist):
-    from digitlab.explain.explainer import Explainer
+    from digitlab.attribution.explainer import Explainer
 
     images = mnist.test_images[:4].numpy()
     predictor = Predictor.from_run(held_run, runtime="torch")

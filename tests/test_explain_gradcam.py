@@ -1,6 +1,6 @@
 """Grad-CAM where the model looks: on the shipped DigitNet its map lies on the digit's strokes, each conv family's
 feature map is found and placed on the input, a net with too coarse a map is refused, and the ink-share check
-(digitlab.explain.sanity) is measured as it says, on hand-made maps. No training: the shipped model, untrained
+(digitlab.attribution.sanity) is measured as it says, on hand-made maps. No training: the shipped model, untrained
 models of the zoo, and MNIST test digits."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from digitlab.explain import Explainer
-from digitlab.explain.attributions import (METHODS, CamLayer, ExplainError, attribute, cam_layer, on_input,
+from digitlab.attribution import Explainer
+from digitlab.attribution.attributions import (METHODS, CamLayer, ExplainError, attribute, cam_layer, on_input,
                                            unread_zeroed)
-from digitlab.explain.sanity import ink_share, near_ink, run_checks
+from digitlab.attribution.sanity import ink_share, near_ink, run_checks
 from digitlab.models import create_model
 
 

@@ -14,15 +14,12 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path tha
 _WHERE = {"TrainConfig": "config", "make_config": "config", "Dataset": "data", "load_dataset": "data",
           "DigitlabError": "errors", "evaluate": "evaluation", "create_model": "models", "list_models": "models",
           "register_model": "models", "PRESETS": "presets", "preset_config": "presets", "load_run": "runs",
-          "train": "training", "Predictor": "predict", "Subscriber": "events"}
-__all__ = [*_WHERE, "explain"]
+          "train": "training", "Predictor": "predict", "Subscriber": "events", "explain": "attribution"}
+__all__ = [*_WHERE]
 
 
 def __getattr__(name: str):
-    """`digitlab.Predictor` and the others: the attribute from its module, imported now. `digitlab.explain` is
-    the explain package, which is callable: digitlab.explain(images, run=None, method="ig")."""
-    if name == "explain":
-        return importlib.import_module("digitlab.explain")
+    """`digitlab.Predictor` and the others: the attribute from its module, imported now."""
     if name not in _WHERE:
         raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"digitlab.{_WHERE[name]}"), name)
@@ -31,5 +28,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE, "explain"])
+    return sorted([*globals(), *_WHERE])
 
