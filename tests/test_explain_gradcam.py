@@ -94,7 +94,6 @@ def test_every_method_passes_the_checks_on_the_shipped_model(shipped, test_digit
 @pytest.mark.parametrize("name, args, layer, read, offset, stride", [
     ("digitnet", {}, "features.7.2", (6, 6), 1.5, 4),  # after BatchNorm and ReLU; the 7 -> 3 pool skips row 7
     ("digitnet", {"pool_first": True}, "features.5.0", (6, 6), 1.5, 4),  # pooled before its BatchNorm
-    ("digitnet", {"stem": "stride2", "width": 8}, "features.5.2", (6, 6), 1.5, 4),
     ("cnn", {}, "features.4", (10, 10), 3.5, 2),  # 11x11, pooled to 5x5 at once: row and column 11 unread
     ("lenet5", {}, "features.4", (10, 10), 4.5, 2),  # the sigmoid after the second conv, read whole
     ("alexnet", {}, "features.11", (13, 13), 1.0, 2),

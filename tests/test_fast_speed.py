@@ -2,7 +2,7 @@
 
 - LeanAdamW computes AdamW exactly as torch.optim.AdamW does and reads and writes its checkpoint layout, and a
   training run with it never imports torch._dynamo (what building a torch.optim optimiser costs: ~1.1 s of CPU);
-- DigitNet's pool_first, stem and whiten options build the nets they describe;
+- DigitNet's pool_first and whiten options build the nets they describe;
 - eval_amp scores the run under the training autocast, and only when asked."""
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import torch
 
 import digitlab.training as train_module
 from digitlab.config import make_config
-from digitlab.errors import ConfigError
 from digitlab.models import create_model
 from digitlab.optim import LeanAdamW
 from digitlab.training import train
@@ -119,19 +118,6 @@ def test_pool_first_is_the_same_layers_with_the_pool_moved():
     first = pooled.features[0]
     assert [type(m).__name__ for m in first] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
     assert pooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-
-
-@pytest.mark.quick
-def test_stride2_stem_replaces_the_first_conv_and_pool():
-    net = create_model("digitnet", width=4, depth=1, pool_first=True, stem="stride2")
-    stem = net.features[0]
-    assert stem[0].stride == (2, 2) and stem[0].kernel_size == (4, 4)
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in stem)
-    assert net.features(torch.randn(2, 1, 28, 28)).shape == (2, 16, 3, 3)
-    with pytest.raises(ConfigError, match="stem"):
-        create_model("digitnet", stem="stride3")
-    with pytest.raises(ConfigError, match="whiten"):
-        create_model("digitnet", whiten=True, stem="stride2")
 
 
 def test_whiten_sets_fixed_filters_from_the_data():
