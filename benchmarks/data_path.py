@@ -73,7 +73,7 @@ def time_steps(model, optimizer, batches, steps: int, max_seconds: float, min_st
 
 
 def digitlab_batches(images: torch.Tensor, labels: torch.Tensor, batch: int, kind: str, seed: int):
-    """train.py's data path: a seeded permutation, index slices, normalise the whole batch at once."""
+    """training.py's data path: a seeded permutation, index slices, normalise the whole batch at once."""
     epoch = 0
     while True:
         perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + epoch))

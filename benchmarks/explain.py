@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from digitlab.data import load_dataset
-from digitlab.explain import Explainer
-from digitlab.explain.attributions import METHODS, ExplainError, check_gradcam
-from digitlab.explain.sanity import maps_for, parametrised_layers, randomised, run_checks, spearman
+from digitlab.attribution import Explainer
+from digitlab.attribution.attributions import METHODS, ExplainError, check_gradcam
+from digitlab.attribution.sanity import maps_for, parametrised_layers, randomised, run_checks, spearman
 
 
 def load() -> str:
@@ -115,7 +115,7 @@ def sanity(explainer: Explainer, digits: np.ndarray, methods: list[str], figures
         constant = f" ({r['constant_maps']} randomised maps constant)" if r["constant_maps"] else ""
         print(f"| {m}{constant} | {shown} | {r['auc_attributed']:.3f} | {r['auc_random']:.3f} | {ink_cells(r)} |")
     if figures:
-        from digitlab.explain import figures as figs
+        from digitlab.attribution import figures as figs
 
         os.makedirs(figures, exist_ok=True)
         for name, fig in (("randomisation.png", figs.randomisation_figure(results)),

@@ -147,7 +147,7 @@ def run_record(job: dict) -> dict:
 
 def logits_for(loaded, images, device: str, flip: bool):
     """Shift-TTA logits (the presets' TTA), over the mirrored images too when flip."""
-    from digitlab.evaluate import predict_logits
+    from digitlab.evaluation import predict_logits
 
     return predict_logits(loaded.model.to(device), images, loaded.normalization, 500, device, tta=True, mirror=flip)
 

@@ -33,11 +33,11 @@ from digitlab.augment import AUGMENTATIONS, AugmentSpec  # noqa: E402
 from digitlab.config import make_config  # noqa: E402
 from digitlab.data import Dataset, load_dataset  # noqa: E402
 from digitlab.errors import DigitlabError  # noqa: E402
-from digitlab.evaluate import predict_logits  # noqa: E402
+from digitlab.evaluation import predict_logits  # noqa: E402
 from digitlab.preprocess import to_mnist  # noqa: E402
 from digitlab.presets import preset_config  # noqa: E402
 from digitlab.runs import load_run  # noqa: E402
-from digitlab.train import train  # noqa: E402
+from digitlab.training import train  # noqa: E402
 
 VAL_SIZE = 5000
 VAL_SEED = 12345

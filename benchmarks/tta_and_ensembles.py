@@ -4,7 +4,7 @@ recipe may be chosen, with the test figure beside it to be reported for the choi
     python benchmarks/tta_and_ensembles.py RUN [RUN ...] [--checkpoint best] [--data-dir ../shared/data]
 
 For each run (trained with a validation hold-out, `--val-size N`) it scores the checkpoint on the same
-hold-out the run used and on the test set, with three kinds of test-time augmentation (`digitlab.evaluate.
+hold-out the run used and on the test set, with three kinds of test-time augmentation (`digitlab.evaluation.
 tta_views`): none, the image and its four 1-pixel shifts, and those five with their mirror images. Then the
 mean over the runs, and the runs averaged as one model (the mean of their log-probabilities), which is what
 multi-model averaging would give for the runs' total training time.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from digitlab.data import load_dataset
-from digitlab.evaluate import tta_views
+from digitlab.evaluation import tta_views
 from digitlab.normalize import normalize
 from digitlab.runs import load_run, read_config
 from digitlab.split import stratified_split

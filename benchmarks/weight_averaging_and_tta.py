@@ -19,7 +19,7 @@ import torch
 
 from digitlab.checkpoint import load_training_checkpoint
 from digitlab.data import load_dataset
-from digitlab.evaluate import predict_logits
+from digitlab.evaluation import predict_logits
 from digitlab.runs import load_run
 
 

@@ -17,7 +17,6 @@ Two environment variables, read by this script only (digitlab itself has no test
 """
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import digitlab.atomic as atomic
 import digitlab.plots as plots
+import digitlab.training as train
 from digitlab.cli import main
 
-train = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the re-exported function
 
 RANK = os.environ.get("RANK", "0")
 WRITE_LOG = os.environ.get("DIGITLAB_TEST_WRITE_LOG")

@@ -9,7 +9,7 @@ import torch
 from digitlab.augment import AUGMENTATIONS, AugmentSpec, affine_matrices, augment, erase_mask
 from digitlab.config import make_config
 from digitlab.data import load_dataset
-from digitlab.evaluate import predict_logits
+from digitlab.evaluation import predict_logits
 from digitlab.normalize import NORMALIZATIONS, normalize
 from digitlab.runs import load_run
 

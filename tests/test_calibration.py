@@ -20,11 +20,11 @@ from digitlab.calibration import (META_KEY, NO_HOLD_OUT, Calibration, assess, ex
 from digitlab.checkpoint import read_weights, update_metadata
 from digitlab.cli import main
 from digitlab.errors import RunError
-from digitlab.evaluate import metrics_from_logits, predict_logits
+from digitlab.evaluation import metrics_from_logits, predict_logits
 from digitlab.predict import DEFAULT_ONNX, DEFAULT_WEIGHTS, Predictor, softmax
 from digitlab.runs import load_run
 from digitlab.serve import create_app
-from digitlab.train import split_data
+from digitlab.training import split_data
 
 VAL = 300  # validation images of the tiny runs
 
@@ -396,7 +396,7 @@ def test_the_shipped_model_is_calibrated_on_mnist_test(mnist):
 
 
 def test_explain_shows_the_calibrated_probabilities_predict_shows(held_run, mnist):
-    from digitlab.explain.explainer import Explainer
+    from digitlab.attribution.explainer import Explainer
 
     images = mnist.test_images[:4].numpy()
     predictor = Predictor.from_run(held_run, runtime="torch")

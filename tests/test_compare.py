@@ -15,7 +15,7 @@ from digitlab import make_config, train
 from digitlab.cli import main
 from digitlab.compare import is_finished, progress_words, run_labels, run_summary
 from digitlab.runs import read_metrics, write_config, write_metrics
-from digitlab.train import TrainingInterrupted
+from digitlab.training import TrainingInterrupted
 from helpers import mnist_slice
 
 RECIPE = {"model": "digitnet", "model_args": {"width": 4, "depth": 1}, "epochs": 2, "batch_size": 128, "lr": 1e-2,

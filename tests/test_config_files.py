@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import digitlab.training as train_module
 from digitlab.cli import main
 from digitlab.config import make_config
 from digitlab.config_files import config_toml, read_config_file
@@ -39,10 +40,8 @@ def test_bad_files_are_config_errors(tmp_path, text, words):
 @pytest.mark.quick
 def test_train_takes_the_file_over_the_preset_and_under_the_flags(tmp_path, monkeypatch):
     """The config `digitlab train --preset fast --config FILE --lr 0.5` hands to training."""
-    import importlib
-
     handed = []
-    monkeypatch.setattr(importlib.import_module("digitlab.train"), "train",
+    monkeypatch.setattr(train_module, "train",
                         lambda cfg, **kw: handed.append(cfg) or (_ for _ in ()).throw(SystemExit(0)))
     path = tmp_path / "r.toml"
     path.write_text('model = "mlp"\nepochs = 3\nweight_decay = 0.01\n')

@@ -21,7 +21,7 @@ from digitlab.config import config_from_json
 from digitlab.distributed import DistContext, check_batch_size
 from digitlab.errors import ConfigError
 from digitlab.runs import read_metrics
-from digitlab.train import epoch_permutation, rank_shard
+from digitlab.training import epoch_permutation, rank_shard
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")

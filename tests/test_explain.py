@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from digitlab.cli import main
-from digitlab.explain import Explainer, explain
-from digitlab.explain.attributions import METHODS, attribute
-from digitlab.explain.figures import attribution_figure_size
-from digitlab.explain.sanity import deletion, ink_check, maps_for, randomisation, randomised
+from digitlab.attribution import Explainer, explain
+from digitlab.attribution.attributions import METHODS, attribute
+from digitlab.attribution.figures import attribution_figure_size
+from digitlab.attribution.sanity import deletion, ink_check, maps_for, randomisation, randomised
 from digitlab.models import create_model, list_models
 from helpers import REPO, png_bytes
 
@@ -293,8 +293,9 @@ def test_embedding_json_and_map(runs, capsys, tmp_path):
 
 def test_import_digitlab_does_not_import_explain():
     code = ("import sys, digitlab; assert 'captum' not in sys.modules and 'sklearn' not in sys.modules; "
-            "assert 'digitlab.explain' not in sys.modules; "
-            "f = digitlab.explain; import digitlab.explain.sanity; assert digitlab.explain is f and callable(f)")
+            "assert 'digitlab.attribution' not in sys.modules; "
+            "f = digitlab.explain; import digitlab.attribution.sanity; assert digitlab.explain is f and callable(f); "
+            "assert f is digitlab.attribution.explain")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -446,7 +447,7 @@ def test_api_explain_is_fuzzed_from_the_schema(case, fuzz_count):
 @pytest.mark.quick
 def test_json_keeps_the_shape_of_a_map_with_tiny_values():
     """Rounding is relative to the map's peak: a saliency map peaking at 3e-5 must not become all zeros."""
-    from digitlab.explain.explainer import rounded
+    from digitlab.attribution.explainer import rounded
 
     tiny = np.array([[3.2e-5, -1.1e-6, 0.0]], np.float32)
     assert np.count_nonzero(rounded(tiny, 4)) == 2
@@ -458,8 +459,8 @@ def test_json_keeps_the_shape_of_a_map_with_tiny_values():
 def test_layers_figure_names_each_class_of_the_class_bar():
     """The output layer's one-row tile (the class bar) is labelled with the class names and probabilities, and its
     axis says what brightness means; the other layers keep bare tiles."""
-    from digitlab.explain.activations import LayerActivation
-    from digitlab.explain.figures import layers_figure
+    from digitlab.attribution.activations import LayerActivation
+    from digitlab.attribution.figures import layers_figure
 
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")

@@ -3,7 +3,7 @@ run folder is still written."""
 from __future__ import annotations
 
 from digitlab.config import make_config
-from digitlab.train import train
+from digitlab.training import train
 
 from helpers import mnist_slice
 

@@ -2,12 +2,11 @@
 
 - LeanAdamW computes AdamW exactly as torch.optim.AdamW does and reads and writes its checkpoint layout, and a
   training run with it never imports torch._dynamo (what building a torch.optim optimiser costs: ~1.1 s of CPU);
-- DigitNet's pool_first, stem and whiten options build the nets they describe;
+- DigitNet's pool_first and whiten options build the nets they describe;
 - eval_amp scores the run under the training autocast, and only when asked."""
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
 import subprocess
@@ -17,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab.config import make_config
-from digitlab.errors import ConfigError
 from digitlab.models import create_model
 from digitlab.optim import LeanAdamW
-from digitlab.train import train
+from digitlab.training import train
 
 from helpers import mnist_slice
 
@@ -95,7 +94,7 @@ def test_a_lean_run_never_imports_torch_dynamo(tmp_path):
 import sys
 from digitlab.config import make_config
 from digitlab.data import load_dataset
-from digitlab.train import train
+from digitlab.training import train
 cfg = make_config(model="digitnet", model_args={{"width": 4, "depth": 1, "pool_first": True}}, optimizer="adamw-lean",
                   batch_size=32, max_steps=3, val_size=100, eval_amp=True, cpu_amp=True, plot=False,
                   out={str(tmp_path / 'run')!r}, threads=1)
@@ -121,19 +120,6 @@ def test_pool_first_is_the_same_layers_with_the_pool_moved():
     assert pooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.quick
-def test_stride2_stem_replaces_the_first_conv_and_pool():
-    net = create_model("digitnet", width=4, depth=1, pool_first=True, stem="stride2")
-    stem = net.features[0]
-    assert stem[0].stride == (2, 2) and stem[0].kernel_size == (4, 4)
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in stem)
-    assert net.features(torch.randn(2, 1, 28, 28)).shape == (2, 16, 3, 3)
-    with pytest.raises(ConfigError, match="stem"):
-        create_model("digitnet", stem="stride3")
-    with pytest.raises(ConfigError, match="whiten"):
-        create_model("digitnet", whiten=True, stem="stride2")
-
-
 def test_whiten_sets_fixed_filters_from_the_data():
     net = create_model("digitnet", width=4, depth=1, whiten=True)
     conv = net.first_conv
@@ -150,7 +136,6 @@ def test_whiten_sets_fixed_filters_from_the_data():
 
 def test_eval_amp_scores_under_the_training_autocast(mnist, tmp_path, monkeypatch):
     """With eval_amp the run's evaluation runs inside the training autocast; without it, outside."""
-    train_module = importlib.import_module("digitlab.train")  # `digitlab.train` is the function (see __init__)
     seen = []
     real = train_module.sharded_eval
 

@@ -24,7 +24,7 @@ from digitlab import load_dataset, load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, save_checkpoint, save_weights
 from digitlab.errors import RunError
 from digitlab.runs import read_metrics, write_metrics
-from digitlab.train import TrainingError, check_finite
+from digitlab.training import TrainingError, check_finite
 from helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]

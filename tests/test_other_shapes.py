@@ -103,7 +103,7 @@ def test_pen_digits_need_mnists_shape(letters, tmp_path):
 @pytest.mark.quick
 def test_explain_refuses_another_shape_in_one_line(tmp_path):
     from digitlab.checkpoint import LoadedModel
-    from digitlab.explain.explainer import Explainer
+    from digitlab.attribution.explainer import Explainer
 
     model = digitlab.create_model("cnn", **SHAPE.to_meta())
     loaded = LoadedModel(model, "cnn", {}, "standard", "letters", LETTERS, tmp_path / "best.safetensors", {},

@@ -2,7 +2,6 @@
 threshold can refuse letters and scribbles the model would otherwise read as digits with confidence."""
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import replace
 
@@ -10,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab import load_dataset, make_config, non_digits, pen
 from digitlab.config import ConfigError
 from digitlab.synthetic import OUTLIER, PAGE_SEED_BASE, with_non_digits
 
-train_module = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the function
 
 
 @pytest.mark.quick

@@ -102,11 +102,15 @@ def test_numpy_normalisation_is_torchs_bit_for_bit(kind: str):
 
 
 def test_package_names_are_the_functions_in_any_import_order():
-    """`digitlab.train` and `digitlab.evaluate` are functions named like their modules; importing the package no
-    longer imports them (nor torch), and importing their modules first must not leave the module in their place."""
-    code = ("import sys, digitlab; assert 'torch' not in sys.modules; import digitlab.train, digitlab.evaluate; "
+    """`digitlab.train` and `digitlab.evaluate` are functions from the modules digitlab.training and
+    digitlab.evaluation; importing the package imports neither (nor torch), and importing the modules first
+    leaves the functions in place."""
+    code = ("import sys, types, digitlab; assert 'torch' not in sys.modules; "
+            "import digitlab.training, digitlab.evaluation; "
             "from digitlab import train, evaluate, Predictor, load_dataset; "
-            "assert callable(train) and callable(evaluate) and digitlab.train is train, (train, evaluate); print('ok')")
+            "assert callable(train) and callable(evaluate) and digitlab.train is train, (train, evaluate); "
+            "assert isinstance(digitlab.training, types.ModuleType) and digitlab.evaluation.evaluate is evaluate; "
+            "print('ok')")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

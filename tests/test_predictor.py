@@ -225,7 +225,7 @@ def test_normalisation_has_no_default(function, parameter):
     import importlib
     import inspect
 
-    module = importlib.import_module("digitlab.normalize" if function == "normalize" else "digitlab.evaluate")
+    module = importlib.import_module("digitlab.normalize" if function == "normalize" else "digitlab.evaluation")
     fn = getattr(module, function)
     assert inspect.signature(fn).parameters[parameter].default is inspect.Parameter.empty
     images = load_dataset("mnist", progress=False).test_images[:4]

@@ -2,13 +2,13 @@
 and a shipped model that reads the European 1s MNIST's writers did not write."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab import pen, synthetic
 from digitlab.augment import AUGMENTATIONS, AugmentSpec, augment, stroke_width
 from digitlab.config import TrainConfig, make_config
@@ -184,8 +184,6 @@ def test_an_unwritable_cache_still_gives_the_digits(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_pen_digits_only_train(small_cache, monkeypatch, tmp_path):
     """The run trains on MNIST plus the pen digits, and never evaluates (validates or tests) on a pen digit."""
-    train_module = importlib.import_module("digitlab.train")  # the package exports a function of that name
-
     ds = load_dataset("mnist")
     small = Dataset("mnist", ds.classes, ds.train_images[:50], ds.train_labels[:50], ds.test_images[:30],
                     ds.test_labels[:30])

@@ -4,12 +4,12 @@ augmentation that training builds from it. docs/results.md and docs/real_writers
 each recipe."""
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab.augment import AUGMENTATIONS, affine_matrices
 from digitlab.cli import main
 from digitlab.config import TrainConfig, make_config
@@ -35,7 +35,7 @@ def config_from_cli(monkeypatch, *argv: str) -> TrainConfig:
     def handed(cfg, **_kwargs):
         raise Handed(cfg)
 
-    monkeypatch.setattr(importlib.import_module("digitlab.train"), "train", handed)
+    monkeypatch.setattr(train_module, "train", handed)
     with pytest.raises(Handed) as caught:
         main(["train", *argv])
     return caught.value.cfg

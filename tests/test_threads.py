@@ -3,7 +3,6 @@ the CPUs the rest of the machine leaves idle, never above torch's own count, and
 sweep gave. Nothing here is timed: the idle CPUs come from a fake /proc/stat."""
 from __future__ import annotations
 
-import importlib
 import io
 
 import pytest
@@ -131,11 +130,11 @@ def test_threads_0_elsewhere_keeps_what_0_meant_before(monkeypatch):
 
 
 def test_training_setup_sets_the_picked_count(monkeypatch):
-    """train.set_threads applies training_threads(): 1 thread on a machine with one CPU free, 3 when asked."""
+    """training.set_threads applies training_threads(): 1 thread on a machine with one CPU free, 3 when asked."""
+    import digitlab.training as train_module
     from digitlab.config import make_config
     from digitlab.distributed import DistContext
 
-    train_module = importlib.import_module("digitlab.train")  # `from digitlab import train` is the function
     monkeypatch.setattr(device, "TORCH_THREADS", 4)
     monkeypatch.setattr(device, "free_cpus", lambda: 1.0)
     torch.set_num_threads(2)

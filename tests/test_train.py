@@ -11,7 +11,7 @@ from digitlab import load_dataset, load_run, make_config, train
 from digitlab.checkpoint import load_training_checkpoint, read_state
 from digitlab.data import Dataset
 from digitlab.device import cpu_has_native_bf16, training_autocast
-from digitlab.evaluate import evaluate
+from digitlab.evaluation import evaluate
 from digitlab.resume import resume_config
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,6 @@
 log files, and Ctrl-C saying what was saved and how to resume."""
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab import load_dataset, make_config, train
 from digitlab.checkpoint import read_state
 from digitlab.models import create_model
@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).with_name("digitlab_wrapped.py")
 QUIET = {"progress": False, "log": lambda *_: None}
 EVENT_TIMEOUT_S = 120
-train_module = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the function
 
 
 @pytest.fixture(scope="module")

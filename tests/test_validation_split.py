@@ -2,13 +2,13 @@
 and that training selects and stops on it while the test set is only reported."""
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import replace
 
 import pytest
 import torch
 
+import digitlab.training as train_module
 from digitlab import load_dataset, make_config, train
 from digitlab.config import TrainConfig
 from digitlab.errors import ConfigError
@@ -94,7 +94,6 @@ def small(mnist):
 
 
 QUIET = {"progress": False, "log": lambda *_: None}
-train_module = importlib.import_module("digitlab.train")  # the module: `digitlab.train` is also the function
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ import is about 1.5 s of CPU, and `digitlab predict` with the shipped model runs
 """
 import importlib
 import importlib.metadata
-import sys
-import types
 
 try:  # pyproject.toml holds the one version number; the installed metadata carries it here
     __version__ = importlib.metadata.version("digitlab")
@@ -14,17 +12,14 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path tha
     __version__ = "0+unknown"
 
 _WHERE = {"TrainConfig": "config", "make_config": "config", "Dataset": "data", "load_dataset": "data",
-          "DigitlabError": "errors", "evaluate": "evaluate", "create_model": "models", "list_models": "models",
+          "DigitlabError": "errors", "evaluate": "evaluation", "create_model": "models", "list_models": "models",
           "register_model": "models", "PRESETS": "presets", "preset_config": "presets", "load_run": "runs",
-          "train": "train", "Predictor": "predict", "Subscriber": "events"}
-__all__ = [*_WHERE, "explain"]
+          "train": "training", "Predictor": "predict", "Subscriber": "events", "explain": "attribution"}
+__all__ = [*_WHERE]
 
 
 def __getattr__(name: str):
-    """`digitlab.Predictor` and the others: the attribute from its module, imported now. `digitlab.explain` is
-    the explain package, which is callable: digitlab.explain(images, run=None, method="ig")."""
-    if name == "explain":
-        return importlib.import_module("digitlab.explain")
+    """`digitlab.Predictor` and the others: the attribute from its module, imported now."""
     if name not in _WHERE:
         raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"digitlab.{_WHERE[name]}"), name)
@@ -33,18 +28,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE, "explain"])
+    return sorted([*globals(), *_WHERE])
 
-
-class _Package(types.ModuleType):
-    """`digitlab.train` and `digitlab.evaluate` are functions named like the modules that hold them. Importing
-    such a module sets the package attribute to the module; this keeps the function there instead, as the
-    package's eager imports used to, so `from digitlab import train` is the function in whatever order."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if _WHERE.get(name) == name and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -23,12 +23,12 @@ from digitlab.abstain import Scored, fit_abstention
 from digitlab.calibration import META_KEY, NO_HOLD_OUT, Calibration
 from digitlab.checkpoint import resolve_checkpoint, update_metadata
 from digitlab.errors import ConfigError, DigitlabError, RunError
-from digitlab.evaluate import predict_logits
+from digitlab.evaluation import predict_logits
 from digitlab.events import Subscriber
 from digitlab.runs import load_run
 
 if TYPE_CHECKING:
-    from digitlab.train import RunState, TrainResult
+    from digitlab.training import RunState, TrainResult
 
 CHECKPOINTS = ("best", "last")  # what a training serves and resumes from: both get a temperature
 NON_DIGITS = 1000  # generated non-digits (validation seeds) an abstention is fitted on

@@ -150,7 +150,7 @@ def training_threads(threads: int, device: torch.device, ranks: int = 1) -> int:
     at its start. Otherwise what 0 always meant: torch's current count, split between `ranks` local DDP ranks
     on the CPU (they start together, so each would see the others' start-up as load). The count changes the
     last digits of a run's figures (sums in another order), so a run that must repeat bit for bit gives `threads`.
-    Called by the training set-up, train.set_threads: torch.set_num_threads(training_threads(cfg.threads, device,
+    Called by the training set-up, training.set_threads: torch.set_num_threads(training_threads(cfg.threads, device,
     ctx.local_world_size if ctx.enabled else 1))."""
     if threads:
         return threads

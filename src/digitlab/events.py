@@ -1,6 +1,6 @@
 """Training events and their subscribers: how a run reports, without the loop knowing who listens.
 
-The loop in train.py emits a few events; each subscriber overrides the ones it cares about:
+The loop in training.py emits a few events; each subscriber overrides the ones it cares about:
 
     on_start(run)                     the run folder and model exist; the selection line has been logged
     on_epoch_start(run, epoch)
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from digitlab.runs import write_metrics
 
-if TYPE_CHECKING:  # train.py imports this module; these names are for type checkers only
-    from digitlab.train import EpochTally, RunState, TrainResult
+if TYPE_CHECKING:  # training.py imports this module; these names are for type checkers only
+    from digitlab.training import EpochTally, RunState, TrainResult
 
 
 class Subscriber:

@@ -46,7 +46,7 @@ import torch
 from digitlab.backends import INPUT_NAME, OUTPUT_NAME, OnnxBackend, TorchBackend, encode_metadata
 from digitlab.atomic import commit, write_tmp
 from digitlab.errors import ConfigError, DigitlabError
-from digitlab.evaluate import predict_logits
+from digitlab.evaluation import predict_logits
 from digitlab.extras import require
 from digitlab.onnx_static import static_check
 from digitlab.normalize import normalize

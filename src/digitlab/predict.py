@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +42,7 @@ import numpy as np
 
 from digitlab.backends import DEADLINE_S, OnnxBackend, TorchBackend
 from digitlab.calibration import UNCALIBRATED, Calibration
+from digitlab.cpus import cpu_count
 from digitlab.errors import ConfigError, DigitlabError, ModelError
 from digitlab.normalize import normalize, normalize_array
 from digitlab.preprocess.reading import _is_tensor
@@ -173,14 +173,6 @@ def is_onnx_file(path: str | Path | None) -> bool:
 def weights_sha256(path: Path) -> str:
     """The file's sha256, hex: what ties an exported copy of the shipped model to the weights it came from."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, under taskset or a container's cpuset), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _pool(workers: int):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from digitlab.events import Subscriber
 
 if TYPE_CHECKING:
-    from digitlab.train import RunState, TrainResult
+    from digitlab.training import RunState, TrainResult
 
 SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "loss/test": "test_loss",
            "accuracy/train": "train_accuracy", "accuracy/val": "val_accuracy", "accuracy/test": "test_accuracy",
@@ -90,7 +90,7 @@ class TensorBoard(Subscriber):
         scored = run.last_scored
         if scored is None:  # under torchrun each rank scored a shard: no whole-set figures
             return
-        from digitlab.evaluate import metrics_from_logits, most_confident_mistakes
+        from digitlab.evaluation import metrics_from_logits, most_confident_mistakes
         from digitlab.plots import confusion_figure, grid_figure
 
         name, logits, images, labels = scored

@@ -18,7 +18,7 @@ MAX_EXPLAIN_IMAGES = 100  # rows of one explain PNG; more would be a figure no o
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from digitlab.explain import Explainer
+    from digitlab.attribution import Explainer
 
     run, files = split_run_and_files(args.inputs)
     if args.layers and args.embedding:
@@ -54,7 +54,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             why = ", ".join(f"{e.classes[t]} {e.probabilities[t]:.1%}" for t in e.targets)
             print(f"{name}: predicted {e.classes[e.label]} ({why})")
     if args.output or not args.json:
-        from digitlab.explain import figures
+        from digitlab.attribution import figures
 
         rows = [(o, e, n) for o, e, n in zip(originals, explanations, names)]
         path = figures.save(figures.attribution_figure(rows, args.method), args.output or "explain.png")
@@ -86,7 +86,7 @@ def explain_inputs(explainer, paths: list[Path], args: argparse.Namespace):
 
 
 def explain_layers(explainer, image: np.ndarray, name: str, args: argparse.Namespace) -> int:
-    from digitlab.explain.activations import layer_activations
+    from digitlab.attribution.activations import layer_activations
 
     layers = layer_activations(explainer, image)
     probs = explainer.probabilities(image[None])[0]
@@ -99,7 +99,7 @@ def explain_layers(explainer, image: np.ndarray, name: str, args: argparse.Names
         for layer in layers:
             print(f"{layer.name:<16}{layer.type:<12}{str(tuple(layer.shape)):<16}")
     if args.output or not args.json:
-        from digitlab.explain import figures
+        from digitlab.attribution import figures
 
         title = f"{explainer.name}: {name}, predicted {explainer.classes[label]} ({probs[label]:.1%})"
         fig = figures.layers_figure(layers, image, title, explainer.classes, probs)
@@ -118,7 +118,7 @@ def embedding_path(run: str | None, output: str | None) -> Path:
 
 def explain_embedding(explainer, args: argparse.Namespace, path: Path) -> int:
     from digitlab.data import load_dataset
-    from digitlab.explain.embedding import embed
+    from digitlab.attribution.embedding import embed
 
     ds = load_dataset(explainer.dataset, args.data_dir, progress=False)
     emb = embed(explainer, ds.test_images.numpy(), ds.test_labels.numpy(), args.limit)
@@ -131,7 +131,7 @@ def explain_embedding(explainer, args: argparse.Namespace, path: Path) -> int:
         print(json.dumps({"model": explainer.name, "dataset": explainer.dataset, **emb.to_dict(explainer.classes)},
                          allow_nan=False))
     if args.output or not args.json:
-        from digitlab.explain import figures
+        from digitlab.attribution import figures
 
         title = (f"{explainer.name}: penultimate-layer features of {len(emb.labels)} {explainer.dataset} test "
                  f"images (t-SNE), {wrong} misclassified (true→predicted)")

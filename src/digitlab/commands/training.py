@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def cmd_train(args: argparse.Namespace) -> int:
     from digitlab.config import field_types, make_config
     from digitlab.resume import resume_config
-    from digitlab.train import Terminated, TrainingInterrupted, train
+    from digitlab.training import Terminated, TrainingInterrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k in field_types() and v is not None}
     if args.resume:
@@ -138,7 +138,7 @@ def run_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool,
     """A run folder or .safetensors file: its model in PyTorch, on its own dataset; with the test-time augmentation
     the run's own evaluations used unless --tta says. Returns the subject, its dataset and how TTA was used."""
     from digitlab.runs import load_run
-    from digitlab.evaluate import predict_logits
+    from digitlab.evaluation import predict_logits
 
     loaded = load_run(args.run, args.checkpoint)
     if args.dataset is not None and args.dataset != loaded.dataset:
@@ -179,11 +179,11 @@ def onnx_subject(args: argparse.Namespace) -> tuple[EvalSubject, str, tuple[bool
 
 
 def tta_image_views(images: np.ndarray) -> list[np.ndarray]:
-    """evaluate.tta_views' shifts on uint8 images (N, H, W) or (N, C, H, W): a shift moves pixels, so it commutes
+    """evaluation.tta_views' shifts on uint8 images (N, H, W) or (N, C, H, W): a shift moves pixels, so it commutes
     with the per-pixel normalisation the Predictor applies afterwards."""
     import numpy as np
 
-    from digitlab.evaluate import SHIFTS
+    from digitlab.evaluation import SHIFTS
 
     return [images] + [np.roll(images, shift, axis=(-2, -1)) for shift in SHIFTS]
 
@@ -191,7 +191,7 @@ def tta_image_views(images: np.ndarray) -> list[np.ndarray]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from digitlab.commands.calibrate import calibration_lines, eval_calibration
     from digitlab.data import load_dataset
-    from digitlab.evaluate import metrics_from_logits, most_confident_mistakes
+    from digitlab.evaluation import metrics_from_logits, most_confident_mistakes
     from digitlab.plots import plot_confusion, plot_grid
     from digitlab.predict import is_onnx_file
 

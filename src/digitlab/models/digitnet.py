@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from digitlab.errors import ConfigError
-from digitlab.models.registry import choice, flat_features, positive_int, register_model
+from digitlab.models.registry import flat_features, positive_int, register_model
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
@@ -36,16 +36,11 @@ class DigitNet(nn.Module):
     channels_last_on_cpu = True
 
     def __init__(self, width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
-                 stem: str = "conv", num_classes: int = 10, in_chans: int = 1, image_size: tuple[int, int] = (28, 28)):
+                 num_classes: int = 10, in_chans: int = 1, image_size: tuple[int, int] = (28, 28)):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = in_chans
-        for stage, c_out in enumerate((width, 2 * width, 4 * width)):  # 28 -> 14 -> 7 -> 3
-            if stem == "stride2" and stage == 0:  # 4x4 stride 2: the 3x3 conv + 2x2 pool's field, a quarter the work
-                blocks.append(nn.Sequential(nn.Conv2d(in_chans, c_out, 4, stride=2, padding=1, bias=False),
-                                            nn.BatchNorm2d(c_out), nn.ReLU()))
-                c_in = c_out
-                continue
+        for c_out in (width, 2 * width, 4 * width):  # 28 -> 14 -> 7 -> 3
             ins = [c_in] + [c_out] * (depth - 1)
             blocks += [conv_bn(c, c_out, pool=pool_first and i == depth - 1) for i, c in enumerate(ins)]
             if not pool_first:
@@ -86,14 +81,10 @@ class DigitNet(nn.Module):
 
 @register_model
 def digitnet(width: int = 32, depth: int = 2, pool_first: bool = False, whiten: bool = False,
-             stem: str = "conv", num_classes: int = 10, in_chans: int = 1,
-             image_size: tuple[int, int] = (28, 28)) -> nn.Module:
+             num_classes: int = 10, in_chans: int = 1, image_size: tuple[int, int] = (28, 28)) -> nn.Module:
     """digitlab's fast VGG-style conv-BN net (3 stages of `depth` 3x3 convs, widths w, 2w, 4w, Linear head)."""
     for key, value in (("pool_first", pool_first), ("whiten", whiten)):
         if not isinstance(value, bool):
             raise ConfigError(f"digitnet: {key} must be true or false, got {value!r}")
-    if whiten and stem != "conv":
-        raise ConfigError("digitnet: whiten whitens 3x3 patches, so it needs stem 'conv', not a 4x4 stride-2 stem")
     return DigitNet(positive_int("digitnet", "width", width), positive_int("digitnet", "depth", depth),
-                    pool_first, whiten, choice("digitnet", "stem", stem, ("conv", "stride2")),
-                    num_classes, in_chans, image_size)
+                    pool_first, whiten, num_classes, in_chans, image_size)

@@ -201,7 +201,7 @@ def health_response(pool: WorkerPool) -> JSONResponse:
 
 def add_explain_route(app: FastAPI, pool: WorkerPool, limits: Limits) -> None:
     """POST /api/explain: /api/predict's inputs and limits, run through the same pool as an "explain" job
-    (serve/jobs.py: digitlab.explain.explain_image in the worker, under the same queue and deadline)."""
+    (serve/jobs.py: digitlab.attribution.explain_image in the worker, under the same queue and deadline)."""
 
     @app.post("/api/explain", response_model=ExplainResponse, response_model_exclude_none=True,
               openapi_extra=PREDICT_BODY, responses={

@@ -15,7 +15,7 @@ from digitlab.serve.settings import ServeSettings
 
 
 class InlinePool:
-    """The pool's interface in this process: jobs run in threads, `limits.workers` at a time, the model under a
+    """The pool's interface in this process: jobs run in threads, `limits.threads` at a time, the model under a
     lock, no batching. For tests and embedding (create_app(predictor)); a job past its deadline is answered 503
     but its thread cannot be stopped, so `digitlab serve` uses ProcessPool. Expensive jobs (explain) waiting or
     running are capped at `explain_queue_size`, as ProcessPool's queue of them is."""
@@ -29,7 +29,7 @@ class InlinePool:
         self.stats = PoolStats()
         self._context = WorkerContext(predictor, limits, self.model_info)
         self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(max(1, limits.workers))
+        self._limiter = anyio.CapacityLimiter(max(1, limits.threads))
         self._waiting = 0
         self._running = 0
 

@@ -195,7 +195,7 @@ def run_predict(ctx: WorkerContext, items: list[tuple[np.ndarray, float | None, 
 register_job("predict", prepare_predict, run_predict)
 
 
-#### explain: ((predict's payload), method, target, layers) -> the prediction and heat maps (digitlab.explain)
+#### explain: ((predict's payload), method, target, layers) -> the prediction and heat maps (digitlab.attribution)
 
 
 def prepare_explain(ctx: WorkerContext, payload: tuple) -> tuple:
@@ -213,7 +213,7 @@ def _explain_one(ctx: WorkerContext, image: np.ndarray, method: str, target: int
     from digitlab.extras import MissingExtraError
 
     try:
-        from digitlab.explain import ExplainError, Explainer, explain_image
+        from digitlab.attribution import ExplainError, Explainer, explain_image
     except MissingExtraError as e:
         return _refusal(501, str(e))
     try:

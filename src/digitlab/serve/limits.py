@@ -28,7 +28,7 @@ class Limits:
     max_image_pixels: int = 4096 * 4096  # width x height of an uploaded image; more is 413 (before decoding)
     read_timeout_s: float = 10.0  # time a client has to send its request body; slower is 408
     inference_timeout_s: float = 10.0  # queueing + decoding + preprocessing + model per request; slower is 503
-    workers: int = 2  # in-process serving (create_app(predictor)): requests run at once in threads
+    threads: int = 2  # in-process serving (create_app(predictor)): requests run at once in threads
 
 
 class BodyTooLarge(HTTPException):

@@ -10,7 +10,7 @@ from digitlab.serve.worker import WorkerSettings
 def default_workers() -> int:
     """Two worker processes where there are two CPUs or more (one on a single CPU): the serving process itself
     needs a core for HTTP, so more workers than CPUs only queue on the CPU instead of here."""
-    from digitlab.predict import cpu_count
+    from digitlab.cpus import cpu_count
 
     return min(2, cpu_count())
 

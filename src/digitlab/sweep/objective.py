@@ -58,7 +58,7 @@ class PruningReporter(Subscriber):
 
 def run_trial(trial, spec: TrialSpec, log=print) -> float:
     """Optuna's objective: sample, train the trial's run folder, return its best validation accuracy."""
-    from digitlab.train import train
+    from digitlab.training import train
 
     values = {p.name: p.suggest(trial) for p in spec.params}
     for key, value in this_process().items():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.explain.attributions import attribute
+from digitlab.attribution.attributions import attribute
 
 FRACTIONS = np.round(np.arange(0, 0.51, 0.02), 2)  # 0..50% of the 784 pixels: a digit's ink is 10-25% of them
 INK_THRESHOLD = 64  # ink: brighter than a quarter of full intensity (the faint anti-aliased fringe is in the radius)

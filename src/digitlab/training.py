@@ -40,7 +40,7 @@ from digitlab.device import (cpu_has_native_bf16, pick_device, rng_state, set_se
                              training_threads, use_channels_last)
 from digitlab.ema import make_ema, update_ema
 from digitlab.errors import ConfigError, DigitlabError, RunError
-from digitlab.evaluate import predict_logits
+from digitlab.evaluation import predict_logits
 from digitlab.events import Events, Subscriber, default_subscribers
 from digitlab.models import create_model
 from digitlab.normalize import normalize

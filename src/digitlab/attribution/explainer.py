@@ -24,7 +24,7 @@ from digitlab.backends import TorchBackend
 from digitlab.checkpoint import LoadedModel
 from digitlab.device import use_channels_last
 from digitlab.errors import ConfigError
-from digitlab.explain.attributions import METHOD_NAMES, ExplainError, attribute, check_gradcam, check_method
+from digitlab.attribution.attributions import METHOD_NAMES, ExplainError, attribute, check_gradcam, check_method
 from digitlab.normalize import normalize
 from digitlab.predict import DEFAULT_WEIGHTS, Predictor, softmax
 from digitlab.runs import load_run
@@ -150,11 +150,11 @@ class Explainer:
 def explain_image(explainer: Explainer, image28: np.ndarray, method: str = "ig", target: int | None = None,
                   layers: bool = False) -> dict:
     """One 28x28 uint8 image -> plain data: label, probabilities, the map(s), and optionally each layer's
-    activations, small (digitlab.explain.activations.compact). What POST /api/explain answers."""
+    activations, small (digitlab.attribution.activations.compact). What POST /api/explain answers."""
     result = explainer.explain(image28[None], method, target)[0].to_dict(decimals=4)
     result["method_name"] = METHOD_NAMES[method]
     if layers:
-        from digitlab.explain.activations import compact, layer_activations
+        from digitlab.attribution.activations import compact, layer_activations
 
         result["layers"] = compact(layer_activations(explainer, image28))
     return result

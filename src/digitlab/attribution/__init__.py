@@ -9,21 +9,8 @@ One module, one job:
 - sanity.py: the model-randomisation, deletion and ink-share checks;
 - figures.py: the PNGs.
 """
-import sys
-import types
-
-from digitlab.explain.attributions import METHODS, ExplainError
-from digitlab.explain.explainer import Explainer, Explanation, explain, explain_image
+from digitlab.attribution.attributions import METHODS, ExplainError
+from digitlab.attribution.explainer import Explainer, Explanation, explain, explain_image
 
 __all__ = ["METHODS", "ExplainError", "Explainer", "Explanation", "explain", "explain_image"]
 
-
-class _CallablePackage(types.ModuleType):
-    """`digitlab.explain(...)` is the function, and `digitlab.explain` is also this package: once the package is
-    imported, Python binds the name `explain` in digitlab to it, so the package itself answers the call."""
-
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

@@ -6,7 +6,7 @@ returns the figure (tests read it back), `save` writes it.
   number of rows and columns (attribution_figure_size), so a caller can check the layout of a written PNG.
 - layers_figure: one panel per layer, its channels tiled (CNN Explainer's view).
 - embedding_figure: the 2-D map of penultimate-layer features, coloured by class, mistakes marked.
-- randomisation_figure, deletion_figure, ink_figure: the sanity checks per method (digitlab.explain.sanity).
+- randomisation_figure, deletion_figure, ink_figure: the sanity checks per method (digitlab.attribution.sanity).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from digitlab.explain.attributions import METHOD_NAMES  # noqa: E402
+from digitlab.attribution.attributions import METHOD_NAMES  # noqa: E402
 
 DPI = 100
 CELL_W, CELL_H = 2.0, 2.3  # inches per image in the attribution figure
