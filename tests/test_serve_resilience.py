@@ -3,7 +3,7 @@ their own capacity; a body of many stray JSON keys is refused cheaply and briefl
 beside the model the server started with; a pool whose workers cannot load the model says so at /healthz and
 refuses at once, backing off its restarts; a stopped worker is replaced; both pools implement one interface; a
 job past its deadline costs only itself (the jobs its worker held are answered); an explanation past its deadline
-is answered 503 and let finish on a worker that is not killed.
+is answered 503 and let finish on a worker that is not killed; /metrics counts restarts and unresponsive workers.
 
 Pools run in this process on the fixture model (a small CNN), each test's on its own copy of the run folder where
 the test changes it. Every wait is on an event (an answer, the pool's state, a /proc entry), bounded in time.
@@ -183,8 +183,9 @@ def test_a_replacement_worker_refuses_a_retrained_model(run_copy, mnist):
 
 
 def metric(text: str, name: str) -> float:
-    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
-    return float(line.split()[1])
+    lines = [x for x in text.splitlines() if x.startswith(name + " ")]
+    assert len(lines) == 1, f"/metrics has {len(lines)} {name} series"
+    return float(lines[0].split()[1])
 
 
 def test_no_loadable_model_is_reported_refused_at_once_and_retried_with_backoff(run_copy, mnist, caplog):
@@ -395,3 +396,39 @@ def test_an_explanation_past_its_deadline_is_let_finish_on_its_worker(trained_ru
         assert sum(a["label"] == w for a, w in zip(answers, labels)) >= 3, (answers, labels)
     assert isinstance(again, dict) and again["maps"], again
 
+
+#### 8. workers' lives in /metrics
+
+
+def test_metrics_count_restarts_and_unresponsive_workers(trained_run, mnist):
+    """/metrics: no restart at first; the first worker stopped (SIGSTOP) and given a prediction (both idle, the
+    first takes it) holds it a whole 2 s deadline without a word: 503, the worker killed as unresponsive and
+    replaced (restarts 1, unresponsive 1); the second worker killed (SIGKILL): a crash, replaced (restarts 2,
+    crashes 1, unresponsive still 1); then the server answers again."""
+    from digitlab.serve import create_app
+
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=2),
+                                     Limits(inference_timeout_s=2))).start()
+    body = {"pixels": mnist.test_images[0].tolist()}
+    with TestClient(create_app(pool=pool)) as client:
+        def counts() -> tuple[float, float, float]:
+            text = client.get("/metrics").text
+            return tuple(metric(text, f"digitlab_worker_{name}_total") for name in ("restarts", "unresponsive",
+                                                                                    "crashes"))
+
+        assert counts() == (0, 0, 0)
+        first, second = pool.worker_pids()
+        os.kill(first, signal.SIGSTOP)
+        try:
+            r = client.post("/api/predict", json=body)
+        finally:
+            if state(first) not in (None, "Z"):
+                os.kill(first, signal.SIGCONT)
+        assert r.status_code == 503, r.text
+        wait_until(lambda: first not in pool.worker_pids() and pool.ready_workers() == 2, "a ready replacement")
+        assert counts() == (1, 1, 0)
+        os.kill(second, signal.SIGKILL)
+        wait_until(lambda: second not in pool.worker_pids() and pool.ready_workers() == 2, "a second replacement")
+        assert counts() == (2, 1, 1)
+        r = client.post("/api/predict", json=body)
+        assert r.status_code == 200 and r.json()["label"] == 7, r.text
