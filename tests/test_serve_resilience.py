@@ -1,7 +1,9 @@
 """The worker pool under abuse and mishap (serve/pool.py, worker.py, jobs.py): an explain flood leaves predictions
 their own capacity; a body of many stray JSON keys is refused cheaply and briefly; a retrained run is not served
 beside the model the server started with; a pool whose workers cannot load the model says so at /healthz and
-refuses at once, backing off its restarts; a stopped worker is replaced; both pools implement one interface.
+refuses at once, backing off its restarts; a stopped worker is replaced; both pools implement one interface; a
+job past its deadline costs only itself (the jobs its worker held are answered); an explanation past its deadline
+is answered 503 and let finish on a worker that is not killed; /metrics counts restarts and unresponsive workers.
 
 Pools run in this process on the fixture model (a small CNN), each test's on its own copy of the run folder where
 the test changes it. Every wait is on an event (an answer, the pool's state, a /proc entry), bounded in time.
@@ -15,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +25,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from digitlab.serve import Limits, ModelSpec, PoolSettings, ProcessPool, ServeSettings
-from digitlab.serve.pool_settings import PoolBusy, PoolUnavailable
+from digitlab.serve.jobs import JobError
+from digitlab.serve.pool_settings import PoolBusy, PoolTimeout, PoolUnavailable
 
-from test_serve_pool import state, wait_until
+from test_serve_pool import huge_png, state, wait_until  # noqa: F401 (huge_png: a fixture)
 
 
 def pixels_body(mnist, i: int) -> bytes:
@@ -179,8 +183,9 @@ def test_a_replacement_worker_refuses_a_retrained_model(run_copy, mnist):
 
 
 def metric(text: str, name: str) -> float:
-    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
-    return float(line.split()[1])
+    lines = [x for x in text.splitlines() if x.startswith(name + " ")]
+    assert len(lines) == 1, f"/metrics has {len(lines)} {name} series"
+    return float(lines[0].split()[1])
 
 
 def test_no_loadable_model_is_reported_refused_at_once_and_retried_with_backoff(run_copy, mnist, caplog):
@@ -275,3 +280,155 @@ def test_both_pools_implement_the_pool_interface(predictor, trained_run):
     assert isinstance(inline, WorkerPool) and isinstance(processes, WorkerPool)
     assert inline.health() == Health(True) and inline.ready_workers() == 1
     assert not processes.health().ok and processes.ready_workers() == 0
+
+
+#### 7. a job past its deadline
+
+
+def started_on(pool: ProcessPool, payload) -> int | None:
+    """The pid of the worker that has said Started for the job carrying `payload`, None until one has: the pool's
+    own record (nothing outside it knows when a worker takes a job up)."""
+    for worker in pool._workers:
+        if worker is not None and not worker.dead:
+            if any(job.payload is payload and job.started for job in worker.in_flight.values()):
+                return worker.pid
+    return None
+
+
+async def outcome(pending) -> object:
+    """A job's JSON answer (decoded), or the exception it ended with."""
+    try:
+        return json.loads(await pending)
+    except Exception as e:
+        return e
+
+
+def test_a_late_job_costs_only_itself(trained_run, mnist, huge_png):
+    """One worker holds, in this order: a body it refuses (422), a prediction, the 4096x4096 PNG (taken into one
+    batch: it gathers one for up to 0.5 s), and three more predictions queued behind them. The worker is stopped
+    (SIGSTOP) once it has started the PNG, so the PNG passes its deadline while running: it alone gets the 503,
+    and its worker is killed and replaced. The refusal was answered before the kill (answers are sent per job),
+    the prediction it had started is tried again, the three it had not started are queued again, and all four
+    get their own label. The refusal and the PNG have a 3 s deadline, the predictions 60 s (the pool reads the
+    deadline at each submission: as if they had arrived long after the PNG), so that how soon the replacement
+    loads the model never decides. Before, the refusal waited for its batch's end, was lost with the worker
+    and got a 503."""
+    long = Limits(inference_timeout_s=60)
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=1, batch_wait_ms=500),
+                                     long)).start()
+    [worker] = pool.worker_pids()
+    late = ("upload", huge_png, False)
+    bodies = [("pixels", pixels_body(mnist, i), False) for i in range(4)]
+
+    async def scenario() -> tuple[list[int], list]:
+        warm = await asyncio.gather(*(pool.submit("predict", b) for b in bodies))
+        expected = [json.loads(a)["label"] for a in warm]  # the model's own labels
+        short = replace(long, inference_timeout_s=3)
+        pool.limits = short
+        refused = asyncio.create_task(outcome(pool.submit("predict", ("pixels", b'{"pixels": [[0]]}', False))))
+        await asyncio.sleep(0)  # submitted first ...
+        pool.limits = long
+        started = asyncio.create_task(outcome(pool.submit("predict", bodies[0])))
+        await asyncio.sleep(0)  # ... then the prediction batched with the PNG ...
+        pool.limits = short
+        png = asyncio.create_task(outcome(pool.submit("predict", late)))
+        await until(lambda: started_on(pool, late) is not None, "the worker starting the PNG")
+        os.kill(worker, signal.SIGSTOP)  # the PNG runs past its deadline, whatever the machine's speed
+        pool.limits = long
+        queued = [asyncio.create_task(outcome(pool.submit("predict", b))) for b in bodies[1:]]
+        await until(lambda: pool.queue_depth() == 0, "the three predictions handed to the stopped worker")
+        return expected, await asyncio.gather(refused, png, started, *queued)
+
+    try:
+        expected, (refused, png, *predicted) = asyncio.run(scenario())
+    finally:
+        if state(worker) not in (None, "Z"):
+            os.kill(worker, signal.SIGCONT)
+        pool.close()
+    assert isinstance(refused, JobError) and refused.status == 422, refused
+    assert isinstance(png, PoolTimeout), png
+    assert [p.get("label") if isinstance(p, dict) else p for p in predicted] == expected, predicted
+    assert pool.stats.timeouts == 1 and pool.stats.restarts == 1 and pool.stats.crashes == 0, pool.stats
+    assert worker not in pool.worker_pids()
+
+
+def test_an_explanation_past_its_deadline_is_let_finish_on_its_worker(trained_run, mnist, huge_png):
+    """An explanation (of the 4096x4096 PNG) whose worker is stopped (SIGSTOP) once it has started it: it gets its
+    503 at the 5 s deadline, its worker is not killed (an explanation's work is bounded, and it may run two more
+    deadlines), the other worker answers predictions meanwhile, and once continued the worker finishes it and
+    serves on: the same two pids, no restart, predictions and a new explanation answered. Before, the worker was
+    killed at the deadline and replaced (the model loaded again)."""
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=2),
+                                     Limits(inference_timeout_s=5))).start()
+    pids = pool.worker_pids()
+    explain = (("upload", huge_png), "ig", None, True)
+    stopped: list[int] = []
+
+    def predictions() -> list:
+        return [outcome(pool.submit("predict", ("pixels", pixels_body(mnist, i), False))) for i in range(4)]
+
+    async def scenario() -> tuple[object, list, list, object]:
+        late = asyncio.create_task(outcome(pool.submit("explain", explain)))
+        await until(lambda: started_on(pool, explain) is not None, "a worker starting the explanation")
+        stopped.append(started_on(pool, explain))
+        os.kill(stopped[0], signal.SIGSTOP)
+        meanwhile = await asyncio.gather(*predictions())
+        answer = await late
+        if state(stopped[0]) not in (None, "Z"):
+            os.kill(stopped[0], signal.SIGCONT)
+        await until(lambda: pool.in_flight() == 0, "the explanation finished after its 503", 30)
+        after = await asyncio.gather(*predictions())
+        again = await outcome(pool.submit("explain", (("pixels", pixels_body(mnist, 0)), "ig", None, True)))
+        return answer, meanwhile, after, again
+
+    try:
+        answer, meanwhile, after, again = asyncio.run(scenario())
+    finally:
+        if stopped and state(stopped[0]) not in (None, "Z"):
+            os.kill(stopped[0], signal.SIGCONT)
+        pool.close()
+    assert isinstance(answer, PoolTimeout), answer
+    assert pool.stats.restarts == 0 and pool.worker_pids() == pids, (pool.stats, pids, pool.worker_pids())
+    assert pool.stats.timeouts == 1 and pool.stats.crashes == 0, pool.stats
+    labels = [int(mnist.test_labels[i]) for i in range(4)]
+    for answers in (meanwhile, after):
+        assert all(isinstance(a, dict) for a in answers), answers
+        assert sum(a["label"] == w for a, w in zip(answers, labels)) >= 3, (answers, labels)
+    assert isinstance(again, dict) and again["maps"], again
+
+
+#### 8. workers' lives in /metrics
+
+
+def test_metrics_count_restarts_and_unresponsive_workers(trained_run, mnist):
+    """/metrics: no restart at first; the first worker stopped (SIGSTOP) and given a prediction (both idle, the
+    first takes it) holds it a whole 2 s deadline without a word: 503, the worker killed as unresponsive and
+    replaced (restarts 1, unresponsive 1); the second worker killed (SIGKILL): a crash, replaced (restarts 2,
+    crashes 1, unresponsive still 1); then the server answers again."""
+    from digitlab.serve import create_app
+
+    pool = ProcessPool(ServeSettings(ModelSpec(str(trained_run)), PoolSettings(workers=2),
+                                     Limits(inference_timeout_s=2))).start()
+    body = {"pixels": mnist.test_images[0].tolist()}
+    with TestClient(create_app(pool=pool)) as client:
+        def counts() -> tuple[float, float, float]:
+            text = client.get("/metrics").text
+            return tuple(metric(text, f"digitlab_worker_{name}_total") for name in ("restarts", "unresponsive",
+                                                                                    "crashes"))
+
+        assert counts() == (0, 0, 0)
+        first, second = pool.worker_pids()
+        os.kill(first, signal.SIGSTOP)
+        try:
+            r = client.post("/api/predict", json=body)
+        finally:
+            if state(first) not in (None, "Z"):
+                os.kill(first, signal.SIGCONT)
+        assert r.status_code == 503, r.text
+        wait_until(lambda: first not in pool.worker_pids() and pool.ready_workers() == 2, "a ready replacement")
+        assert counts() == (1, 1, 0)
+        os.kill(second, signal.SIGKILL)
+        wait_until(lambda: second not in pool.worker_pids() and pool.ready_workers() == 2, "a second replacement")
+        assert counts() == (2, 1, 1)
+        r = client.post("/api/predict", json=body)
+        assert r.status_code == 200 and r.json()["label"] == 7, r.text
