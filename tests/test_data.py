@@ -17,7 +17,7 @@ import torch
 
 from digitlab import data
 from digitlab.errors import DataError
-from helpers import MNIST_DIR, REPO, fashion_dir
+from helpers import MNIST_DIR, REPO, FileServer, fashion_dir
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -141,7 +141,7 @@ def mirror(tmp_path):
     root = copy_mnist(tmp_path / "mirror")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FileServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}/"

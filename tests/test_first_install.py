@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MNIST_DIR, REPO, run_cli
+from helpers import MNIST_DIR, REPO, FileServer, run_cli
 
 README = (REPO / "README.md").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -165,7 +165,7 @@ def test_download_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, stderr_
 
     stem = "t10k-labels-idx1-ubyte"
     handler = partial(QuietHandler, directory=str(MNIST_DIR))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FileServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     spec = data.DatasetSpec("mnist", data.DATASETS["mnist"].classes, data.DATASETS["mnist"].md5,
                             (f"http://127.0.0.1:{server.server_address[1]}/",))
