@@ -100,6 +100,19 @@ def test_pen_digits_need_mnists_shape(letters, tmp_path):
         digitlab.train(cfg, dataset=letters, progress=False, log=lambda *_: None)
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])  # threads here, or a worker process that loads the model
+def test_serve_refuses_another_shape_in_one_line_at_start(letters, tmp_path, workers):
+    """The page and /api/predict send 28x28 grey pixels: a 3x32x32 model is refused before the server listens,
+    with what it reads, not with a reshape error at its first request."""
+    from helpers import free_port, run_cli
+
+    train_letters("cnn", {}, tmp_path / "run", letters)
+    proc = run_cli("serve", str(tmp_path / "run"), "--port", str(free_port()), "--workers", workers, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "reads 26 classes of 3x32x32 images; digitlab serve answers models of MNIST's shape" in line
+
+
 @pytest.mark.quick
 def test_explain_refuses_another_shape_in_one_line(tmp_path):
     from digitlab.checkpoint import LoadedModel

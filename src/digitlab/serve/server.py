@@ -28,7 +28,7 @@ from digitlab.serve.http_policy import default_allowed_hosts
 from digitlab.serve.inline_pool import InlinePool
 from digitlab.serve.pool import ProcessPool
 from digitlab.serve.settings import ServeSettings
-from digitlab.serve.worker import ModelSpec
+from digitlab.serve.worker import ModelSpec, check_servable
 
 if TYPE_CHECKING:
     import uvicorn
@@ -54,12 +54,14 @@ def start_pool(settings: ServeSettings | None = None, predictor: Predictor | Non
     settings = settings or ServeSettings()
     settings.check()
     if predictor is not None:
+        check_servable(predictor, None)
         return InlinePool(predictor, settings)
     settings = dataclasses.replace(settings, model=vetted(settings.model))
     if settings.pool.workers == 0:
         spec = settings.model
         predictor = Predictor.from_path(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads,
                                         vetted_sha256=spec.vetted_sha256)
+        check_servable(predictor, spec.run)
         return InlinePool(predictor, settings)
     return ProcessPool(settings).start()
 

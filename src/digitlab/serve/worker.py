@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import ConfigError, DigitlabError
 from digitlab.serve.jobs import JobError, WorkerContext, job_kind
 from digitlab.serve.limits import Limits
 from digitlab.serve.messages import Answer, Answers, Failed, Job, Ready, Started, Stop
@@ -119,8 +119,20 @@ def load_context(spec: ModelSpec, limits: Limits) -> WorkerContext:
     torch.set_num_threads(max(1, spec.threads))
     predictor = Predictor.from_path(spec.run, spec.checkpoint, runtime=spec.runtime, threads=spec.threads,
                                     vetted_sha256=spec.vetted_sha256)
+    check_servable(predictor, spec.run)
     predictor.probabilities(np.zeros((1, 28, 28), np.uint8))  # the first call builds lazily made parts
     return WorkerContext(predictor, limits, predictor.describe())
+
+
+def check_servable(predictor, source: str | None) -> None:
+    """The page's canvas and /api/predict's pixels are 28x28 grey, and uploads are made MNIST-like: a model of
+    another shape is refused in one line when the server starts, not with a reshape error at its first request."""
+    shape = predictor.info.shape
+    if not shape.is_mnist:
+        height, width = shape.image_size
+        raise ConfigError(f"{source or 'the model'} reads {shape.num_classes} classes of {shape.in_chans}x{height}x"
+                          f"{width} images; digitlab serve answers models of MNIST's shape (10 classes of 1x28x28 "
+                          "images): use `digitlab predict` or digitlab.Predictor for this one")
 
 
 def tune_allocator() -> None:
