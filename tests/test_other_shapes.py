@@ -113,6 +113,21 @@ def test_serve_refuses_another_shape_in_one_line_at_start(letters, tmp_path, wor
     assert "reads 26 classes of 3x32x32 images; digitlab serve answers models of MNIST's shape" in line
 
 
+def test_predict_text_names_classes_that_are_not_numbers(letters, tmp_path):
+    """Text output shows a class's name beside its number where they differ (12 'M'); JSON has class_name."""
+    import re
+
+    from helpers import run_cli
+
+    train_letters("cnn", {}, tmp_path / "run", letters)
+    picture = tmp_path / "letter.png"
+    Image.fromarray(letters.test_images[0].permute(1, 2, 0).numpy()).save(picture)
+    proc = run_cli("predict", str(tmp_path / "run"), str(picture), "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    shown = re.findall(r"(\d+) '([A-Z])'", proc.stdout.splitlines()[0])
+    assert len(shown) == 4 and all(LETTERS[int(number)] == name for number, name in shown), proc.stdout
+
+
 @pytest.mark.quick
 def test_explain_refuses_another_shape_in_one_line(tmp_path):
     from digitlab.checkpoint import LoadedModel

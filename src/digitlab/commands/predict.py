@@ -117,7 +117,8 @@ def predict_files(predictor, paths: list[Path], args: argparse.Namespace) -> int
     try:
         failed, used_names = 0, set()
         for n, result in enumerate(predictor.predict_files(paths, top_k=args.top_k), 1):
-            failed += print_file_result(result, save_dir, used_names, args, calibration_fields(predictor))
+            failed += print_file_result(result, save_dir, used_names, args, calibration_fields(predictor),
+                                        predictor.classes)
             if note and result.prediction is not None:
                 print(note, file=sys.stderr)
                 note = None
@@ -151,9 +152,9 @@ def json_line(record: dict) -> str:
 
 
 def print_file_result(result, save_dir: Path | None, used_names: set[str], args: argparse.Namespace,
-                      calibration: dict) -> int:
+                      calibration: dict, classes: tuple[str, ...] = ()) -> int:
     """Print one FileResult the way `digitlab predict` always has (--json: with `calibration`); 1 if it is an
-    error, else 0. File names (and error texts, which may hold one) go through json_text in JSON and shown_text
+    error, else 0. In text, a class whose name is not its number is shown with its name (5 'Sandal'). File names (and error texts, which may hold one) go through json_text in JSON and shown_text
     in text, so no name can forge a line of output or make a JSON line unreadable."""
     path, pred, error = result.path, result.prediction, result.error
     if error is not None:
@@ -167,8 +168,9 @@ def print_file_result(result, save_dir: Path | None, used_names: set[str], args:
         extra = {"preprocessed": json_text(str(saved))} if saved else {}
         print(json_line({"file": json_text(str(path)), **pred.to_dict(), **calibration, **extra}))
     else:
-        top = ", ".join(f"{i}: {p:.1%}" for i, p in pred.top_k)
-        said = f"{pred.label} ({pred.probability:.1%})" if pred.label is not None else refusal_text(pred)
+        top = ", ".join(f"{named(i, classes)}: {p:.1%}" for i, p in pred.top_k)
+        said = (f"{named(pred.label, classes)} ({pred.probability:.1%})" if pred.label is not None
+                else refusal_text(pred))
         print(f"{shown_text(str(path))}: {said}  top {args.top_k}: {top}"
               + (f"  saved {shown_text(str(saved))}" if saved else ""))
     return 0
@@ -197,6 +199,13 @@ def shown_text(text: str) -> str:
     text = json_text(text.replace("\\", "\\\\"))
     return "".join(char if ord(char) not in UNSHOWABLE else char.encode("unicode_escape").decode("ascii")
                    for char in text)
+
+
+def named(index: int, classes: tuple[str, ...]) -> str:
+    """A class as text output shows it: its number, and its name where that is not the number (5 'Sandal')."""
+    if index < len(classes) and classes[index] != str(index):
+        return f"{index} {shown_text(repr(classes[index]))}"
+    return str(index)
 
 
 def refusal_text(pred) -> str:
