@@ -151,6 +151,24 @@ def test_a_fixed_schedule_keeps_the_last_epoch_whatever_test_says(small, tmp_pat
     assert not any("| best test" in line for line in lines)
 
 
+@pytest.mark.slow
+def test_a_fixed_schedule_resumed_where_a_best_file_was_left_removes_it(small, tmp_path):
+    """A run begun by a digitlab that wrote best.safetensors under a fixed schedule, resumed now: the file would
+    name older weights than the run's model, so it goes, and `best` is last.safetensors again."""
+    import shutil
+
+    from digitlab.resume import resume_config
+    from digitlab.runs import load_run
+
+    run = tmp_path / "run"
+    cfg = make_config(model="mlp", batch_size=100, epochs=1, fixed_schedule=True, threads=1, out=str(run))
+    train(cfg, dataset=small, progress=False, log=lambda *_: None)
+    shutil.copy(run / "last.safetensors", run / "best.safetensors")  # epoch 1's weights, as that digitlab left them
+    train(resume_config(run, epochs=2), dataset=small, resume=True, progress=False, log=lambda *_: None)
+    assert not (run / "best.safetensors").exists()
+    assert load_run(run, "best").meta["step"] == load_run(run, "last").meta["step"] == 24
+
+
 @pytest.mark.quick
 def test_a_fixed_schedule_has_no_target_accuracy():
     with pytest.raises(ConfigError, match="fixed_schedule selects nothing"):

@@ -473,6 +473,8 @@ def evaluate(run: RunState, epoch_position: float, tally: EpochTally, epoch_end:
         if run.ctx.is_main and run.selection.keeps_best:
             save_weights(run.run_dir / "best.safetensors", run.scored,
                          {**run.meta, "step": progress.step, "metrics": row})
+        elif run.ctx.is_main:  # a run begun by a digitlab that wrote one: `best` would name older weights
+            (run.run_dir / "best.safetensors").unlink(missing_ok=True)
     run.events.emit("on_evaluation", run, row, epoch_end)
     return row
 
