@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from server_process import TICK, proc_stat, process_tree
+from server_process import cpu_seconds
 
 CLIENT_TIMEOUT_S = 30
 EXPLAIN_PATH = "/api/explain?method=ig&layers=true"
@@ -194,17 +194,6 @@ def worker_counters(url: str) -> dict[str, float]:
     return out
 
 
-def tree_cpu_s(root: int) -> float:
-    cpu = 0.0
-    for pid in process_tree(root):
-        try:
-            stat = proc_stat(pid)
-        except OSError:
-            continue
-        cpu += (int(stat[11]) + int(stat[12])) / TICK
-    return cpu
-
-
 #### the attacks
 
 
@@ -261,14 +250,14 @@ def attack_many_keys(url: str, root: int, body: bytes, label: int, rounds: int, 
                 except httpx.HTTPError:
                     statuses.append(0)
 
-    cpu = tree_cpu_s(root)
+    cpu = cpu_seconds(root)
     with Predictors(url, body, label) as predictors:
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    cpu = tree_cpu_s(root) - cpu  # the predictions' CPU too: a few ms each
+    cpu = cpu_seconds(root) - cpu  # the predictions' CPU too: a few ms each
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     what = f"{number}. {len(big) / 1e6:.1f} MB JSON prediction with 200,000 extra keys, 4 clients x {rounds * 4}"
     per_request = cpu / max(1, len(statuses))
